@@ -1,0 +1,226 @@
+"""The configuration tree: typed dataclasses built from config.yaml plus `--set a.b=value` overrides.
+
+Validated once at start-up; unknown keys and values of the wrong type are errors that name the
+key, the value and what was expected.
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data.corpus import CorpusConfig
+from data.masking import MaskingConfig
+from model.bert import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A user's configuration mistake; main.py prints it as one line."""
+
+
+@dataclass
+class TrainConfig:
+    """One pretraining run: objective, optimiser, schedule and budget."""
+
+    objective: str = "mlm"
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    layer_lr_decay: float = 1.0
+    schedule: str = "linear"
+    warmup_fraction: float = 0.05
+    budget_tokens: int = 500_000
+    grad_clip: float = 1.0
+    report_points: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    validation_sequences: int = 256
+    device: str = "auto"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.objective not in ("mlm", "clm"):
+            raise ConfigError(f"train.objective = {self.objective!r}; expected 'mlm' or 'clm'")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise ConfigError(f"train.schedule = {self.schedule!r}; expected linear, cosine or constant")
+        if self.learning_rate <= 0 or self.batch_size <= 0 or self.budget_tokens <= 0:
+            raise ConfigError("train.learning_rate, train.batch_size and train.budget_tokens must be positive")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError(f"train.layer_lr_decay = {self.layer_lr_decay}; expected 0 < decay <= 1")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"train.warmup_fraction = {self.warmup_fraction}; expected 0 <= fraction < 1")
+        if any(not 0 < point < 1 for point in self.report_points):
+            raise ConfigError(f"train.report_points = {self.report_points}; each must lie strictly between 0 and 1")
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probe on AG News: stratified k-fold cross-validation over train.csv."""
+
+    folds: int = 5
+    quick_rows: int = 1200
+    quick_folds: int = 3
+    max_length: int = 128
+    batch_size: int = 128
+    regularization: float = 1.0
+    max_iter: int = 300
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.folds < 2 or self.quick_folds < 2:
+            raise ConfigError("probe.folds and probe.quick_folds must be at least 2")
+        if self.quick_rows < 40 * self.quick_folds:
+            raise ConfigError(f"probe.quick_rows = {self.quick_rows} is too few for {self.quick_folds} folds")
+        if self.regularization <= 0:
+            raise ConfigError(f"probe.regularization = {self.regularization}; expected > 0")
+
+
+@dataclass
+class StudyConfig:
+    """Sampler, pruner and crash-safety settings of the Optuna study."""
+
+    sampler: str = "tpe"
+    sampler_startup_trials: int = 10
+    pruner: str = "median"
+    pruner_startup_trials: int = 3
+    pruner_warmup_steps: int = 0
+    heartbeat_seconds: int = 30
+    grace_seconds: int = 90
+    max_retries: int = 2
+
+
+@dataclass
+class ParamSpec:
+    """One search dimension. `choices` may map names to presets (dicts of fields to set)."""
+
+    type: str = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: Any = None
+    condition: dict[str, list] | None = None
+
+
+@dataclass
+class Config:
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    search_space: dict[str, dict[str, ParamSpec]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for section in (self.data, self.model, self.masking, self.train, self.probe):
+            try:
+                section.validate()
+            except ConfigError:
+                raise
+            except ValueError as error:
+                raise ConfigError(str(error)) from error
+        if self.model.max_seq_len < max(self.data.seq_len, self.probe.max_length):
+            raise ConfigError(
+                f"model.max_seq_len = {self.model.max_seq_len} is below data.seq_len = {self.data.seq_len} "
+                f"or probe.max_length = {self.probe.max_length}"
+            )
+        from hpo.space import validate_space  # the space module owns the rules of the search space
+
+        validate_space(self)
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    """Check (and gently coerce int -> float) a YAML value against a dataclass field type."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except ConfigError as error:
+                errors.append(error)
+        raise errors[0]
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} = {value!r}; expected a list")
+        (item_type,) = typing.get_args(annotation) or (Any,)
+        return [_convert(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} = {value!r}; expected a mapping")
+        _, value_type = typing.get_args(annotation)
+        return {key: _convert(item, value_type, f"{where}.{key}") for key, item in value.items()}
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 1e-3 (no dot) as a string
+        except ValueError:
+            pass
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} = {value!r}; expected {annotation.__name__}")
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} = {data!r}; expected a mapping")
+    prefix = f"{where}." if where else ""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys: {', '.join(sorted(names))}")
+    return cls(**{key: _convert(value, hints[key], f"{prefix}{key}") for key, value in data.items()})
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one `a.b.c=value` (value parsed as YAML) to the raw config mapping."""
+    path, separator, text = assignment.partition("=")
+    if not separator or not path:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, for example --set train.batch_size=64")
+    keys = path.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {key} is not a section")
+    node[keys[-1]] = yaml.safe_load(text)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """config.yaml + overrides -> validated Config."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        config = from_dict(Config, raw)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+    config.validate()
+    return config
+
+
+def config_to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,89 @@
+"""Objective(trial) -> AG News probe accuracy: sample, pretrain, report, prune, probe."""
+
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from data.agnews import load_agnews, stratified_subset
+from data.corpus import PackedCorpus, load_corpus
+from data.tokenizer import Tokenizer
+from hpo.config import Config
+from hpo.pretrain import Pretrainer, resolve_device
+from hpo.probe import Probe
+from hpo.space import suggest
+
+
+@dataclass
+class Resources:
+    """What every trial of a worker shares: loaded once per process."""
+
+    tokenizer: Tokenizer
+    corpus: PackedCorpus
+    probe: Probe
+    quick_probe: Probe
+
+    @classmethod
+    def load(cls, config: Config, data_dir: Path) -> "Resources":
+        tokenizer = Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken")
+        corpus = load_corpus(data_dir, config.data, tokenizer, seed=config.train.seed)
+        selection, _ = load_agnews(data_dir)
+        quick = stratified_subset(selection, config.probe.quick_rows, config.probe.seed)
+        return cls(tokenizer, corpus, Probe(selection, tokenizer, config.probe), Probe(quick, tokenizer, config.probe))
+
+
+def peak_memory_megabytes(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class Objective:
+    """A plain callable for study.optimize."""
+
+    def __init__(self, config: Config, resources: Resources):
+        self.config = config
+        self.resources = resources
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = suggest(trial, self.config)
+        device = resolve_device(config.train.device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        trainer = Pretrainer(config, self.resources.corpus, self.resources.tokenizer, device)
+        report_steps = {max(1, round(point * trainer.total_steps)) for point in config.train.report_points}
+        trial.set_user_attr("parameters", trainer.num_parameters)
+        trial.set_user_attr("budget_tokens", trainer.total_steps * trainer.tokens_per_step)
+        train_seconds, loss = 0.0, float("nan")
+        try:
+            while trainer.step < trainer.total_steps:
+                step_started = time.perf_counter()
+                loss = trainer.train_step().loss
+                train_seconds += time.perf_counter() - step_started
+                if not math.isfinite(loss):
+                    trial.set_user_attr("pruned_reason", f"training loss is {loss} at step {trainer.step}")
+                    raise optuna.TrialPruned(f"loss {loss} at step {trainer.step}")
+                if trainer.step in report_steps:
+                    quick = self.resources.quick_probe.score(trainer.model, device, config.probe.quick_folds)
+                    trial.report(quick.accuracy, trainer.step)
+                    if trial.should_prune():
+                        trial.set_user_attr("pruned_reason", f"quick probe {quick.accuracy:.4f} at step {trainer.step}")
+                        raise optuna.TrialPruned(f"pruned at step {trainer.step}")
+            trial.set_user_attr("validation_loss", trainer.validation_loss())
+            final = self.resources.probe.score(trainer.model, device, config.probe.folds)
+            trial.set_user_attr("probe_standard_error", final.standard_error)
+            if not math.isfinite(final.accuracy):
+                trial.set_user_attr("pruned_reason", "embeddings are not finite")
+                raise optuna.TrialPruned("embeddings are not finite")
+            return final.accuracy
+        finally:
+            trial.set_user_attr("train_loss", loss)
+            trial.set_user_attr("steps", trainer.step)
+            trial.set_user_attr("tokens_per_second", trainer.step * trainer.tokens_per_step / max(train_seconds, 1e-9))
+            trial.set_user_attr("peak_memory_mb", peak_memory_megabytes(device))
+            trial.set_user_attr("wall_seconds", time.perf_counter() - started)

@@ -1,0 +1,98 @@
+"""Linear probe: sentence embeddings -> standardised -> logistic regression -> accuracy.
+
+Selection uses stratified k-fold cross-validation over AG News train.csv (every row is scored
+once, out of fold, so the standard error is that of ~5,000 predictions, not of one small split).
+The official test split is scored only for exported or retrained configurations.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from data.agnews import LabelledTexts
+from data.tokenizer import Tokenizer
+from hpo.config import ProbeConfig
+from model.bert import Encoder
+
+
+@dataclass
+class ProbeResult:
+    accuracy: float
+    standard_error: float
+    rows: int
+
+
+def encode_texts(texts: list[str], tokenizer: Tokenizer, max_length: int) -> list[list[int]]:
+    """[CLS] + tokens, truncated to max_length (as in pretraining, sequences start with [CLS])."""
+    return [[tokenizer.cls_id, *ids[: max_length - 1]] for ids in tokenizer.encode_batch(texts)]
+
+
+@torch.no_grad()
+def embed(
+    model: Encoder, token_lists: list[list[int]], pad_id: int, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """(N, H) float32 sentence embeddings; batches are length-sorted to waste little padding."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort([len(ids) for ids in token_lists])
+    features = np.empty((len(token_lists), model.config.hidden_size), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(token_lists[i]) for i in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        for slot, row in enumerate(rows):
+            input_ids[slot, : len(token_lists[row])] = torch.tensor(token_lists[row])
+        input_ids = input_ids.to(device)
+        key_padding_mask = input_ids != pad_id
+        features[rows] = model.sentence_embedding(input_ids, key_padding_mask).float().cpu().numpy()
+    model.train(was_training)
+    return features
+
+
+def _classifier(config: ProbeConfig):
+    return make_pipeline(StandardScaler(), LogisticRegression(C=config.regularization, max_iter=config.max_iter))
+
+
+def cross_validated_accuracy(features: np.ndarray, labels: np.ndarray, folds: int, config: ProbeConfig) -> ProbeResult:
+    """Out-of-fold accuracy of a stratified, seeded k-fold CV, with its binomial standard error."""
+    if not np.isfinite(features).all():
+        return ProbeResult(accuracy=float("nan"), standard_error=float("nan"), rows=len(labels))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
+    predictions = cross_val_predict(_classifier(config), features, labels, cv=splitter)
+    accuracy = float((predictions == labels).mean())
+    return ProbeResult(accuracy, math.sqrt(accuracy * (1 - accuracy) / len(labels)), len(labels))
+
+
+def held_out_accuracy(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    config: ProbeConfig,
+) -> ProbeResult:
+    """Fit on one split, score on another (the final AG News test report)."""
+    classifier = _classifier(config).fit(train_features, train_labels)
+    accuracy = float((classifier.predict(test_features) == test_labels).mean())
+    return ProbeResult(accuracy, math.sqrt(accuracy * (1 - accuracy) / len(test_labels)), len(test_labels))
+
+
+class Probe:
+    """Tokenises the probe texts once; scores any encoder on them."""
+
+    def __init__(self, split: LabelledTexts, tokenizer: Tokenizer, config: ProbeConfig):
+        self.config = config
+        self.pad_id = tokenizer.pad_id
+        self.labels = split.labels
+        self.token_lists = encode_texts(split.texts, tokenizer, config.max_length)
+
+    def features(self, model: Encoder, device: torch.device) -> np.ndarray:
+        return embed(model, self.token_lists, self.pad_id, self.config.batch_size, device)
+
+    def score(self, model: Encoder, device: torch.device, folds: int) -> ProbeResult:
+        return cross_validated_accuracy(self.features(model, device), self.labels, folds, self.config)

@@ -1,0 +1,114 @@
+"""The search space: every trial.suggest_* call of the project lives here.
+
+A dimension is declared in config.yaml as search_space.<section>.<field>; its Optuna name is
+"<section>.<field>". A categorical whose choices are a mapping is a preset: the chosen name is
+the parameter, and its mapping sets several fields of the section (e.g. model size).
+"""
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+from hpo.config import Config, ConfigError, ParamSpec
+
+SEARCHABLE_SECTIONS = ("data", "model", "masking", "train", "probe")
+PARAM_TYPES = ("float", "int", "categorical")
+
+
+def dimensions(config: Config) -> list[tuple[str, str, str, ParamSpec]]:
+    """(name, section, field, spec) for every dimension, in declaration order."""
+    return [
+        (f"{section}.{name}", section, name, spec)
+        for section, params in config.search_space.items()
+        for name, spec in params.items()
+    ]
+
+
+def validate_space(config: Config) -> None:
+    declared: set[str] = set()
+    for name, section, field_name, spec in dimensions(config):
+        where = f"search_space.{name}"
+        if section not in SEARCHABLE_SECTIONS:
+            raise ConfigError(f"{where}: section {section!r} is not searchable; use one of {SEARCHABLE_SECTIONS}")
+        fields = {f.name for f in dataclasses.fields(getattr(config, section))}
+        if spec.type not in PARAM_TYPES:
+            raise ConfigError(f"{where}.type = {spec.type!r}; expected one of {PARAM_TYPES}")
+        if spec.type == "categorical":
+            if isinstance(spec.choices, dict):
+                for preset, values in spec.choices.items():
+                    if not isinstance(values, dict) or not set(values) <= fields:
+                        raise ConfigError(
+                            f"{where}.choices.{preset} must map fields of {section} to values; got {values!r}"
+                        )
+            elif not isinstance(spec.choices, list) or not spec.choices:
+                raise ConfigError(f"{where}.choices must be a non-empty list or a mapping of presets")
+            elif field_name not in fields:
+                raise ConfigError(f"{where}: {section} has no field {field_name!r}")
+        else:
+            if field_name not in fields:
+                raise ConfigError(f"{where}: {section} has no field {field_name!r}")
+            if spec.low is None or spec.high is None or not spec.low < spec.high:
+                raise ConfigError(f"{where}: needs low < high; got low={spec.low}, high={spec.high}")
+            if spec.log and spec.low <= 0:
+                raise ConfigError(f"{where}: log scale needs low > 0; got {spec.low}")
+        for other in spec.condition or {}:
+            if other not in declared:
+                raise ConfigError(f"{where}.condition names {other!r}, which is not a dimension declared above it")
+        declared.add(name)
+    _check_all_presets(config)
+
+
+def _check_all_presets(config: Config) -> None:
+    """Every combination the space can produce must be a valid configuration (e.g. heads | hidden)."""
+    for name, section, field_name, spec in dimensions(config):
+        if spec.type != "categorical":
+            continue
+        for choice in spec.choices:
+            trial_config = copy.deepcopy(config)
+            _set(trial_config, section, field_name, spec, choice)
+            try:
+                getattr(trial_config, section).validate()
+            except ValueError as error:
+                raise ConfigError(f"search_space.{name} choice {choice!r} gives an invalid config: {error}") from error
+
+
+def _set(config: Config, section: str, field_name: str, spec: ParamSpec, value: Any) -> None:
+    target = getattr(config, section)
+    if isinstance(spec.choices, dict):
+        for key, preset_value in spec.choices[value].items():
+            setattr(target, key, preset_value)
+    else:
+        setattr(target, field_name, value)
+
+
+def _resolve(config: Config, pick: Callable[[str, ParamSpec], Any]) -> Config:
+    """Copy of config with every active dimension set to pick(name, spec)."""
+    resolved = copy.deepcopy(config)
+    chosen: dict[str, Any] = {}
+    for name, section, field_name, spec in dimensions(config):
+        if any(chosen.get(other) not in allowed for other, allowed in (spec.condition or {}).items()):
+            continue
+        chosen[name] = pick(name, spec)
+        _set(resolved, section, field_name, spec, chosen[name])
+    return resolved
+
+
+def _suggest_one(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
+    if spec.type == "categorical":
+        return trial.suggest_categorical(name, list(spec.choices))
+    if spec.type == "int":
+        return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+    return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
+
+
+def suggest(trial: optuna.Trial, config: Config) -> Config:
+    """The trial's run configuration: the base config with every dimension sampled."""
+    return _resolve(config, lambda name, spec: _suggest_one(trial, name, spec))
+
+
+def apply_params(config: Config, params: dict[str, Any]) -> Config:
+    """The run configuration of a finished trial, from its params (for export and retrain)."""
+    return _resolve(config, lambda name, spec: params[name])

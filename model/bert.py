@@ -1,0 +1,178 @@
+"""A small BERT-style encoder: embeddings, pre-LayerNorm blocks, a tied MLM head, pooling.
+
+Attention goes through kernels.attention(kind, ...), so the attention kind decides both the
+kernel and (via model/positions.py) what positions the embedding layer adds.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import kernels
+from model.positions import POSITIONS_BY_ATTENTION_KIND
+
+POOLINGS = ("mean", "first", "pooler")
+
+
+@dataclass
+class ModelConfig:
+    """Shape and behaviour of the encoder; the vocabulary size comes from the tokenizer."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    ffn_multiple: int = 4
+    dropout: float = 0.1
+    attention_kind: str = "standard"
+    attention_backend: str = "auto"
+    pooling: str = "mean"
+    max_seq_len: int = 512
+    gradient_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if self.attention_kind not in kernels.ATTENTION_KINDS:
+            raise ValueError(
+                f"model.attention_kind = {self.attention_kind!r}; expected one of {list(kernels.ATTENTION_KINDS)}"
+            )
+        if self.attention_backend not in kernels.BACKENDS:
+            raise ValueError(
+                f"model.attention_backend = {self.attention_backend!r}; expected one of {kernels.BACKENDS}"
+            )
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling = {self.pooling!r}; expected one of {POOLINGS}")
+        if self.hidden_size <= 0 or self.num_layers <= 0 or self.num_heads <= 0:
+            raise ValueError("model.hidden_size, model.num_layers and model.num_heads must be positive")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.num_heads = {self.num_heads} does not divide model.hidden_size = {self.hidden_size}"
+            )
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(f"head size {self.hidden_size // self.num_heads} must be even (rotary embedding)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout = {self.dropout}; expected 0 <= dropout < 1")
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool) -> torch.Tensor:
+        batch, seq_len, hidden = x.shape
+        heads = self.config.num_heads
+        qkv = self.qkv(x).view(batch, seq_len, 3, heads, hidden // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, S, D)
+        attended = kernels.attention(
+            self.config.attention_kind, q, k, v, key_padding_mask, causal, self.config.attention_backend
+        )
+        return self.out(attended.transpose(1, 2).reshape(batch, seq_len, hidden))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(config.hidden_size)
+        self.attention = SelfAttention(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size)
+        self.ffn = nn.Sequential(
+            nn.Linear(config.hidden_size, config.ffn_multiple * config.hidden_size),
+            nn.GELU(),
+            nn.Linear(config.ffn_multiple * config.hidden_size, config.hidden_size),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), key_padding_mask, causal))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class Encoder(nn.Module):
+    """Token ids (B, S) -> hidden states (B, S, H), with an MLM/CLM head tied to the embeddings."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.token_embedding = nn.Embedding(vocab_size, config.hidden_size)
+        self.positions = POSITIONS_BY_ATTENTION_KIND[config.attention_kind](config.max_seq_len, config.hidden_size)
+        self.embedding_norm = nn.LayerNorm(config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size)
+        self.head_transform = nn.Sequential(
+            nn.Linear(config.hidden_size, config.hidden_size), nn.GELU(), nn.LayerNorm(config.hidden_size)
+        )
+        self.head_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def encode(self, input_ids: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        if seq_len > self.config.max_seq_len:
+            raise ValueError(f"sequence length {seq_len} exceeds model.max_seq_len = {self.config.max_seq_len}")
+        x = self.token_embedding(input_ids)  # (B, S, H)
+        positions = self.positions(seq_len)
+        if positions is not None:
+            x = x + positions
+        x = self.dropout(self.embedding_norm(x))
+        for block in self.blocks:
+            if self.config.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, key_padding_mask, causal, use_reentrant=False)
+            else:
+                x = block(x, key_padding_mask, causal)
+        return self.final_norm(x)
+
+    def prediction_loss(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
+    ) -> torch.Tensor:
+        """Mean cross-entropy over the positions whose label is not -100 (logits only there)."""
+        hidden = self.encode(input_ids, key_padding_mask, causal)
+        predicted = labels != -100
+        features = self.head_transform(hidden[predicted])  # (P, H)
+        logits = F.linear(features, self.token_embedding.weight, self.head_bias)  # (P, V)
+        return F.cross_entropy(logits.float(), labels[predicted])
+
+    def sentence_embedding(self, input_ids: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+        """(B, H) embedding for the probe: mean over real tokens, the first token, or BERT's pooler."""
+        hidden = self.encode(input_ids, key_padding_mask)
+        if self.config.pooling == "mean":
+            weights = key_padding_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        if self.config.pooling == "first":
+            return hidden[:, 0]
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def parameter_groups(self, learning_rate: float, layer_decay: float, weight_decay: float) -> list[dict]:
+        """Optimizer groups with layer-wise LR decay: the head gets the full rate, each level below
+        it (top block, ..., first block, embeddings) a factor `layer_decay` less than the one above."""
+        depth = self.config.num_layers
+        groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
+        for name, parameter in self.named_parameters():
+            if name.startswith(("token_embedding", "positions", "embedding_norm")):
+                level = 0
+            elif name.startswith("blocks."):
+                level = int(name.split(".")[1]) + 1
+            else:
+                level = depth + 1
+            decays = parameter.ndim >= 2 and "embedding" not in name
+            groups.setdefault((level, decays), []).append(parameter)
+        return [
+            {
+                "params": params,
+                "lr": learning_rate * layer_decay ** (depth + 1 - level),
+                "weight_decay": weight_decay if decays else 0.0,
+            }
+            for (level, decays), params in sorted(groups.items())
+        ]

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from hpo.config import ConfigError, load_config
+from hpo.space import apply_params, dimensions
+
+CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+
+
+def test_default_config_loads_and_searches_six_dimensions():
+    config = load_config(CONFIG)
+    names = {name for name, *_ in dimensions(config)}
+    assert {
+        "model.attention_kind",
+        "masking.strategy",
+        "train.learning_rate",
+        "model.dropout",
+        "train.layer_lr_decay",
+        "model.size",
+    } <= names
+
+
+def test_override_is_typed_and_applied():
+    config = load_config(CONFIG, ["train.budget_tokens=1234", "train.learning_rate=2e-3", "model.pooling=first"])
+    assert config.train.budget_tokens == 1234
+    assert config.train.learning_rate == pytest.approx(2e-3)
+    assert config.model.pooling == "first"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.budget=5", "unknown key train.budget"),
+        ("nosuchsection.x=1", "unknown key nosuchsection"),
+        ("train.batch_size=many", "train.batch_size = 'many'; expected int"),
+        ("model.attention_kind=linear", "model.attention_kind = 'linear'"),
+        ("masking.rate=1.5", "masking.rate = 1.5"),
+        ("model.hidden_size=129", "does not divide"),
+        ("model.hidden_size=130", "must be even"),
+        ("search_space.model.size.choices.odd={hidden_size: 100, num_heads: 3}", "search_space.model.size choice"),
+        ("search_space.train.learning_rate.low=0", "log scale needs low > 0"),
+        ("search_space.train.nothing={type: float, low: 0, high: 1}", "train has no field 'nothing'"),
+        ("train.budget_tokens", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key_named(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config(CONFIG, [override])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_conditional_dimension_is_skipped_when_inactive():
+    config = load_config(
+        CONFIG,
+        [
+            "search_space.masking.span_max_length={type: int, low: 3, high: 10, condition: {masking.strategy: [span]}}",
+        ],
+    )
+    base = {
+        "model.attention_kind": "rope",
+        "model.size": "mini",
+        "model.dropout": 0.1,
+        "train.learning_rate": 1e-3,
+        "train.layer_lr_decay": 0.9,
+    }
+    whole_word = apply_params(config, {**base, "masking.strategy": "whole_word"})
+    assert whole_word.masking.span_max_length == config.masking.span_max_length
+    span = apply_params(config, {**base, "masking.strategy": "span", "masking.span_max_length": 4})
+    assert span.masking.span_max_length == 4
+    assert (span.model.hidden_size, span.model.num_heads) == (192, 3)

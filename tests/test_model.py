@@ -1,0 +1,140 @@
+import pytest
+import torch
+
+import kernels
+from kernels import reference
+from model.bert import Encoder, ModelConfig
+from model.positions import LearnedPositions, NoPositions, SinusoidalPositions
+
+KINDS = list(kernels.ATTENTION_KINDS)
+
+
+def padded_batch(vocab: int = 100, batch: int = 3, seq_len: int = 12):
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator)
+    key_padding_mask = torch.ones(batch, seq_len, dtype=torch.bool)
+    key_padding_mask[1, 7:] = False
+    key_padding_mask[2, 3:] = False
+    return input_ids, key_padding_mask
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_backward_every_kind_with_padding(kind, causal):
+    torch.manual_seed(0)
+    model = Encoder(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, attention_kind=kind, dropout=0.0), 100)
+    input_ids, key_padding_mask = padded_batch()
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 1] = input_ids[:, 1]
+    labels[0, 9] = input_ids[0, 9]
+    loss = model.prediction_loss(input_ids, labels, key_padding_mask, causal)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.token_embedding.weight.grad.abs().sum() > 0
+    # Padding must not leak into real tokens: changing padded ids leaves real hidden states alone.
+    model.eval()
+    hidden = model.encode(input_ids, key_padding_mask, causal)
+    changed = input_ids.masked_fill(~key_padding_mask, 7)
+    hidden_changed = model.encode(changed, key_padding_mask, causal)
+    torch.testing.assert_close(hidden[key_padding_mask], hidden_changed[key_padding_mask])
+
+
+def test_position_handling_follows_the_attention_kind():
+    expected = {
+        "standard": LearnedPositions,
+        "absolute": SinusoidalPositions,
+        "rope": NoPositions,
+        "exposb": NoPositions,
+    }
+    for kind, module in expected.items():
+        model = Encoder(ModelConfig(hidden_size=32, num_heads=2, attention_kind=kind), 50)
+        assert type(model.positions) is module
+    sinusoidal = Encoder(ModelConfig(hidden_size=32, num_heads=2, attention_kind="absolute"), 50)
+    assert not any("positions" in name for name, _ in sinusoidal.named_parameters())
+
+
+def test_rope_and_exposb_encoders_see_order_without_position_tables():
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    swapped = torch.tensor([[1, 3, 2, 4, 5]])  # same tokens, two of them trade places
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    for kind in ("rope", "exposb", "standard"):
+        torch.manual_seed(0)
+        model = Encoder(ModelConfig(hidden_size=32, num_heads=2, attention_kind=kind, dropout=0.0), 50).eval()
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attention.qkv.weight.mul_(30)  # sharp attention, so order effects are visible
+        first_token = model.encode(ids, mask)[0, 0]
+        assert not torch.allclose(first_token, model.encode(swapped, mask)[0, 0], atol=1e-4)
+    # Without any position signal the first token could not tell the two orders apart.
+    model = Encoder(ModelConfig(hidden_size=32, num_heads=2, attention_kind="rope", dropout=0.0), 50).eval()
+    model.config.attention_kind = "standard"
+    torch.testing.assert_close(model.encode(ids, mask)[0, 0], model.encode(swapped, mask)[0, 0])
+
+
+def test_head_computes_logits_only_at_predicted_positions(monkeypatch):
+    model = Encoder(ModelConfig(hidden_size=32, num_heads=2), 100)
+    input_ids, key_padding_mask = padded_batch()
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 2], labels[1, 4] = 5, 6
+    shapes = []
+    original = torch.nn.functional.linear
+
+    def spy(x, weight, bias=None):
+        if weight is model.token_embedding.weight:
+            shapes.append(tuple(x.shape))
+        return original(x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    model.prediction_loss(input_ids, labels, key_padding_mask)
+    assert shapes == [(2, 32)]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "first", "pooler"])
+def test_sentence_embedding_ignores_padding(pooling):
+    model = Encoder(ModelConfig(hidden_size=32, num_heads=2, pooling=pooling), 100).eval()
+    input_ids, key_padding_mask = padded_batch()
+    embedding = model.sentence_embedding(input_ids, key_padding_mask)
+    changed = model.sentence_embedding(input_ids.masked_fill(~key_padding_mask, 9), key_padding_mask)
+    assert embedding.shape == (3, 32)
+    torch.testing.assert_close(embedding, changed)
+
+
+def test_layer_wise_learning_rate_decay():
+    model = Encoder(ModelConfig(hidden_size=32, num_layers=3, num_heads=2), 50)
+    groups = model.parameter_groups(learning_rate=1.0, layer_decay=0.5, weight_decay=0.1)
+    rate_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert rate_of[id(model.head_bias)] == 1.0
+    assert rate_of[id(model.blocks[2].ffn[0].weight)] == 0.5
+    assert rate_of[id(model.blocks[0].ffn[0].weight)] == 0.125
+    assert rate_of[id(model.token_embedding.weight)] == 0.0625
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_exposb_reference_weights_sum_to_one_and_skip_padded_keys():
+    torch.manual_seed(0)
+    q, k = (torch.randn(2, 2, 9, 8, dtype=torch.float64) * 2 for _ in range(2))
+    key_padding_mask = torch.ones(2, 9, dtype=torch.bool)
+    key_padding_mask[1, 5:] = False
+    key_padding_mask[1, 1] = False
+    for causal in (False, True):
+        weights = reference.stickbreaking_weights(q, k, key_padding_mask, causal)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 9, dtype=torch.float64))
+        padded = ~key_padding_mask[1]
+        off_diagonal = ~torch.eye(9, dtype=torch.bool)
+        assert (weights[1][:, :, padded] * off_diagonal[:, padded]).abs().max() == 0
+        if causal:
+            assert weights.triu(1).abs().max() == 0
+    # A padded key breaks nothing: removing it leaves the other weights unchanged.
+    weights = reference.stickbreaking_weights(q, k, key_padding_mask)
+    keep = [0, 2, 3, 4]
+    trimmed = reference.stickbreaking_weights(q[1:, :, keep], k[1:, :, keep], torch.ones(1, 4, dtype=torch.bool))
+    torch.testing.assert_close(weights[1:, :, keep][..., keep], trimmed)
+
+
+def test_softmax_reference_fully_padded_row_is_zero_without_nan():
+    q, k, v = (torch.randn(1, 1, 4, 8, requires_grad=True) for _ in range(3))
+    out = reference.softmax_attention(q, k, v, torch.zeros(1, 4, dtype=torch.bool))
+    out.sum().backward()
+    assert out.abs().max() == 0
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
