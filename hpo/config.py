@@ -33,7 +33,7 @@ class TrainConfig:
     layer_lr_decay: float = 1.0
     schedule: str = "linear"
     warmup_fraction: float = 0.05
-    budget_tokens: int = 500_000
+    budget_tokens: int = 300_000
     grad_clip: float = 1.0
     report_points: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     validation_sequences: int = 256
@@ -84,7 +84,7 @@ class StudyConfig:
     sampler: str = "tpe"
     sampler_startup_trials: int = 10
     pruner: str = "median"
-    pruner_startup_trials: int = 3
+    pruner_startup_trials: int = 2
     pruner_warmup_steps: int = 0
     heartbeat_seconds: int = 30
     grace_seconds: int = 90
@@ -106,6 +106,8 @@ class ParamSpec:
 
 @dataclass
 class Config:
+    """The whole run. `provenance` (study, trial, versions; written by `main.py export`) is for people, not runs."""
+
     data: CorpusConfig = field(default_factory=CorpusConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
@@ -113,6 +115,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     search_space: dict[str, dict[str, ParamSpec]] = field(default_factory=dict)
+    provenance: dict[str, Any] | None = None
 
     def validate(self) -> None:
         for section in (self.data, self.model, self.masking, self.train, self.probe):

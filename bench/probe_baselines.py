@@ -1,0 +1,69 @@
+"""What pretraining bought: the study's best probe accuracy beside a randomly initialised encoder
+of the same configuration and a TF-IDF + logistic regression baseline, all on the same
+stratified k-fold split of AG News train.csv.
+
+    python -m bench.probe_baselines --study_name demo
+"""
+
+import argparse
+import time
+
+import numpy as np
+import optuna
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from data.agnews import load_agnews
+from data.files_location import resolve_data_dir
+from data.tokenizer import Tokenizer
+from hpo.config import Config, from_dict
+from hpo.probe import Probe
+from hpo.space import apply_params
+from hpo.study import default_storage_url
+from model.bert import Encoder
+
+
+def tfidf_accuracy(texts: list[str], labels: np.ndarray, folds: int, seed: int) -> float:
+    """TF-IDF word 1-2 grams (sublinear tf, min_df=2) + logistic regression C=10, as in the data card."""
+    features = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2).fit_transform(texts)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    predictions = cross_val_predict(LogisticRegression(C=10, max_iter=1000), features, labels, cv=splitter)
+    return float((predictions == labels).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study_name", required=True)
+    parser.add_argument("--storage")
+    parser.add_argument("--data-dir", dest="data_dir")
+    parser.add_argument("--seeds", type=int, default=3, help="random initialisations to average")
+    args = parser.parse_args()
+    storage = args.storage or default_storage_url(args.study_name)
+    study = optuna.load_study(study_name=args.study_name, storage=storage)
+    best = study.best_trial
+    config = apply_params(from_dict(Config, study.user_attrs["base_config"]), best.params)
+    data_dir = resolve_data_dir(args.data_dir)
+    tokenizer = Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken")
+    selection, _ = load_agnews(data_dir)
+    probe = Probe(selection, tokenizer, config.probe)
+    torch.set_num_threads(2)
+    random_scores = []
+    for seed in range(args.seeds):
+        torch.manual_seed(seed)
+        model = Encoder(config.model, tokenizer.vocab_size)
+        random_scores.append(probe.score(model, torch.device("cpu"), config.probe.folds).accuracy)
+    started = time.perf_counter()
+    tfidf = tfidf_accuracy(selection.texts, selection.labels, config.probe.folds, config.probe.seed)
+    standard_error = best.user_attrs.get("probe_standard_error", float("nan"))
+    print(f"AG News train.csv, {config.probe.folds}-fold stratified CV, {len(selection.labels)} rows")
+    print("| encoder | accuracy |")
+    print("|---|---|")
+    print(f"| study {args.study_name!r} best trial {best.number} ({', '.join(f'{k}={v}' for k, v in best.params.items() if not isinstance(v, float))}) | {best.value:.4f} ± {standard_error:.4f} |")
+    print(f"| same configuration, randomly initialised ({args.seeds} seeds) | {np.mean(random_scores):.4f} (min {min(random_scores):.4f}, max {max(random_scores):.4f}) |")
+    print(f"| TF-IDF + logistic regression (no neural network) | {tfidf:.4f} ({time.perf_counter() - started:.0f} s) |")
+
+
+if __name__ == "__main__":
+    main()

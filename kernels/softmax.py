@@ -1,0 +1,562 @@
+"""Flash-style softmax attention in Triton, forward and backward, with optional fused rotary.
+
+softmax(q k^T / sqrt(D)) v over the allowed keys (key padding, optionally causal), computed with
+an online softmax so the (S, S) score matrix never reaches memory. The forward saves the
+log-sum-exp of every row; the backward recomputes the probabilities from it (one kernel for
+dk/dv that owns a block of keys, one for dq that owns a block of queries).
+
+With `rotary`, q and k are rotated as kernels.reference.rotary_embedding does (the two halves of
+D, base 10000) while they are loaded, and dq, dk are rotated back before they are stored; the
+rotated q and k are never written to memory.
+
+Layout: Triton kernels -> launchers -> torch custom ops (forward, backward, autograd, fake) ->
+`flash_attention`.
+"""
+
+import functools
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+ROTARY_BASE = 10000.0
+LOG2_E = 1.4426950408889634  # scores are kept in base-2 units so the kernels can use exp2
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _configs(block_names: tuple[str, str], tuned: list[tuple[int, int, int, int]]):
+    """Autotune configs on a GPU; one small fixed config in the interpreter, where tuning is slow."""
+    if INTERPRETED:
+        # Owned block 32, loop block 16: odd lengths leave ragged tails in both loops.
+        return [triton.Config(dict(zip(block_names, (32, 16), strict=True)), num_warps=4, num_stages=1)]
+    return [
+        triton.Config(dict(zip(block_names, (owned, looped), strict=True)), num_warps=warps, num_stages=stages)
+        for owned, looped, warps, stages in tuned
+    ]
+
+
+# (owned block, looped block, num_warps, num_stages), around the Triton fused-attention
+# tutorial's choices for Hopper. Configs that do not fit in shared memory are skipped by autotune.
+FORWARD_CONFIGS = _configs(
+    ("BLOCK_Q", "BLOCK_K"),
+    [
+        (64, 64, 4, 3),
+        (64, 64, 4, 4),
+        (64, 128, 4, 3),
+        (128, 32, 4, 4),
+        (128, 64, 4, 3),
+        (128, 64, 8, 3),
+        (128, 64, 8, 4),
+        (128, 128, 8, 3),
+    ],
+)
+KEY_GRAD_CONFIGS = _configs(
+    ("BLOCK_K", "BLOCK_Q"),
+    [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 32, 4, 5), (128, 64, 8, 3)],
+)
+QUERY_GRAD_CONFIGS = _configs(
+    ("BLOCK_Q", "BLOCK_K"),
+    [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 32, 4, 5), (128, 64, 8, 3)],
+)
+AUTOTUNE_KEY = ["SEQ_LEN", "HEAD_DIM", "CAUSAL", "ROTARY"]
+PREPROCESS_BLOCK = 32 if INTERPRETED else 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_cos_sin(COS, SIN, rows, dims, SEQ_LEN, HEAD_DIM: tl.constexpr):
+    """cos and sin of the rotary angle for each (row, dim) of a tile; the table is (S, D/2)."""
+    half: tl.constexpr = HEAD_DIM // 2
+    index = rows[:, None] * half + (dims % half)[None, :]
+    in_range = rows[:, None] < SEQ_LEN
+    cos = tl.load(COS + index, mask=in_range, other=1.0)
+    sin = tl.load(SIN + index, mask=in_range, other=0.0)
+    return cos, sin
+
+
+@triton.jit
+def _load_rows(X, rows, dims, SEQ_LEN, COS, SIN, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr):
+    """A (rows, D) tile of one head, zeros past the sequence end; rotated when ROTARY."""
+    in_range = rows[:, None] < SEQ_LEN
+    x = tl.load(X + rows[:, None] * HEAD_DIM + dims[None, :], mask=in_range, other=0.0)
+    if ROTARY:
+        # rotate_half(x) reads the other half of D: load the tile again with its halves swapped
+        # (same cache lines) instead of shuffling registers inside the hot loop.
+        swapped_dims = (dims + HEAD_DIM // 2) % HEAD_DIM
+        x_swapped = tl.load(X + rows[:, None] * HEAD_DIM + swapped_dims[None, :], mask=in_range, other=0.0)
+        cos, sin = _load_cos_sin(COS, SIN, rows, dims, SEQ_LEN, HEAD_DIM)
+        sign = tl.where(dims < HEAD_DIM // 2, -1.0, 1.0)
+        rotated = x.to(tl.float32) * cos + sign[None, :] * x_swapped.to(tl.float32) * sin
+        x = rotated.to(x.dtype)
+    return x
+
+
+@triton.jit
+def _rotate_gradient_back(grad, rows, dims, SEQ_LEN, COS, SIN, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Gradient w.r.t. the unrotated rows: the transpose (inverse) rotation of `grad`."""
+    half: tl.constexpr = HEAD_DIM // 2
+    halves = tl.permute(tl.reshape(grad, (BLOCK, 2, half)), (0, 2, 1))  # (BLOCK, D/2, 2)
+    first, second = tl.split(halves)
+    swapped = tl.reshape(tl.permute(tl.join(second, first), (0, 2, 1)), (BLOCK, HEAD_DIM))
+    cos, sin = _load_cos_sin(COS, SIN, rows, dims, SEQ_LEN, HEAD_DIM)
+    sign = tl.where(dims < half, 1.0, -1.0)
+    return grad * cos + sign[None, :] * swapped * sin
+
+
+@triton.jit
+def _key_is_real(KEY_MASK, keys, SEQ_LEN):
+    return tl.load(KEY_MASK + keys, mask=keys < SEQ_LEN, other=0) != 0
+
+
+@triton.jit
+def _allowed(queries, keys, key_is_real, SEQ_LEN, CAUSAL: tl.constexpr):
+    """May each query see each key. Arguments come pre-shaped, (Q, 1) and (1, K) or transposed,
+    so one helper serves the (queries, keys) and (keys, queries) tiles."""
+    allowed = key_is_real & (queries < SEQ_LEN)
+    if CAUSAL:
+        allowed = allowed & (keys <= queries)
+    return allowed
+
+
+@triton.jit
+def _head_pointers(SEQ_LEN, NUM_HEADS, HEAD_DIM: tl.constexpr):
+    """Which batch row this program works on, and the int64 offset of its (S, D) head."""
+    batch_head = tl.program_id(1)
+    batch = batch_head // NUM_HEADS
+    head_offset = batch_head.to(tl.int64) * SEQ_LEN * HEAD_DIM
+    return batch, batch_head, head_offset
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=FORWARD_CONFIGS, key=AUTOTUNE_KEY)
+@triton.jit
+def _forward_kernel(
+    Q,
+    K,
+    V,
+    KEY_MASK,
+    KEY_END,
+    COS,
+    SIN,
+    OUT,
+    LSE,
+    qk_scale,
+    SEQ_LEN,
+    NUM_HEADS,
+    HEAD_DIM: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    ROTARY: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    batch, batch_head, head_offset = _head_pointers(SEQ_LEN, NUM_HEADS, HEAD_DIM)
+    Q, K, V, OUT = Q + head_offset, K + head_offset, V + head_offset, OUT + head_offset
+    KEY_MASK += batch * SEQ_LEN
+    queries = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    dims = tl.arange(0, HEAD_DIM)
+
+    q = _load_rows(Q, queries, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+    row_max = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
+    row_sum = tl.zeros((BLOCK_Q,), tl.float32)
+    acc = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
+
+    # Keys past the last real key of this batch row (and, if causal, past this query block)
+    # are never allowed: stop before them.
+    key_end = tl.load(KEY_END + batch)
+    if CAUSAL:
+        key_end = tl.minimum(key_end, (tl.program_id(0) + 1) * BLOCK_Q)
+    for key_start in range(0, key_end, BLOCK_K):
+        keys = key_start + tl.arange(0, BLOCK_K)
+        k = _load_rows(K, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+        v = _load_rows(V, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, False)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        key_is_real = _key_is_real(KEY_MASK, keys, SEQ_LEN)
+        allowed = _allowed(queries[:, None], keys[None, :], key_is_real[None, :], SEQ_LEN, CAUSAL)
+        scores = tl.where(allowed, scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, 1))
+        # A row with nothing allowed yet has max -inf; shifting by 0 keeps exp2 at 0, not NaN.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        correction = tl.exp2(row_max - shift)
+        probabilities = tl.exp2(scores - shift[:, None])
+        row_sum = row_sum * correction + tl.sum(probabilities, 1)
+        acc = acc * correction[:, None] + tl.dot(probabilities.to(v.dtype), v, input_precision=DOT_PRECISION)
+        row_max = new_max
+
+    # A row with no allowed key has sum 0 and acc 0: it comes out as zeros, its lse as 0.
+    has_key = row_sum > 0.0
+    safe_sum = tl.where(has_key, row_sum, 1.0)
+    out = acc / safe_sum[:, None]
+    lse = tl.where(has_key, row_max + tl.log2(safe_sum), 0.0)
+    in_range = queries < SEQ_LEN
+    tl.store(
+        OUT + queries[:, None] * HEAD_DIM + dims[None, :],
+        out.to(OUT.dtype.element_ty),
+        mask=in_range[:, None],
+    )
+    tl.store(LSE + batch_head.to(tl.int64) * SEQ_LEN + queries, lse, mask=in_range)
+
+
+@triton.jit
+def _delta_kernel(OUT, GRAD_OUT, DELTA, SEQ_LEN, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """delta = rowsum(out * grad_out), the softmax-backward term shared by dq and dk."""
+    batch_head = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    dims = tl.arange(0, HEAD_DIM)
+    offsets = batch_head * SEQ_LEN * HEAD_DIM + rows[:, None] * HEAD_DIM + dims[None, :]
+    in_range = rows < SEQ_LEN
+    out = tl.load(OUT + offsets, mask=in_range[:, None], other=0.0).to(tl.float32)
+    grad_out = tl.load(GRAD_OUT + offsets, mask=in_range[:, None], other=0.0).to(tl.float32)
+    tl.store(DELTA + batch_head * SEQ_LEN + rows, tl.sum(out * grad_out, 1), mask=in_range)
+
+
+@triton.autotune(configs=KEY_GRAD_CONFIGS, key=AUTOTUNE_KEY)
+@triton.jit
+def _key_value_grad_kernel(
+    Q,
+    K,
+    V,
+    GRAD_OUT,
+    LSE,
+    DELTA,
+    KEY_MASK,
+    KEY_END,
+    COS,
+    SIN,
+    GRAD_K,
+    GRAD_V,
+    scale,
+    qk_scale,
+    SEQ_LEN,
+    NUM_HEADS,
+    HEAD_DIM: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    ROTARY: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """dk, dv for one block of keys, looping over the queries that may see them."""
+    batch, batch_head, head_offset = _head_pointers(SEQ_LEN, NUM_HEADS, HEAD_DIM)
+    Q, K, V, GRAD_OUT = Q + head_offset, K + head_offset, V + head_offset, GRAD_OUT + head_offset
+    GRAD_K, GRAD_V = GRAD_K + head_offset, GRAD_V + head_offset
+    LSE += batch_head.to(tl.int64) * SEQ_LEN
+    DELTA += batch_head.to(tl.int64) * SEQ_LEN
+    KEY_MASK += batch * SEQ_LEN
+    key_start = tl.program_id(0) * BLOCK_K
+    keys = key_start + tl.arange(0, BLOCK_K)
+    dims = tl.arange(0, HEAD_DIM)
+
+    k = _load_rows(K, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+    v = _load_rows(V, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, False)
+    key_is_real = _key_is_real(KEY_MASK, keys, SEQ_LEN)
+    grad_k = tl.zeros((BLOCK_K, HEAD_DIM), tl.float32)
+    grad_v = tl.zeros((BLOCK_K, HEAD_DIM), tl.float32)
+
+    # Earlier queries cannot see these keys when causal; a block of padding only gets zeros.
+    query_start = 0
+    if CAUSAL:
+        query_start = (key_start // BLOCK_Q) * BLOCK_Q
+    query_end = tl.where(key_start < tl.load(KEY_END + batch), SEQ_LEN, query_start)
+    for block_start in range(query_start, query_end, BLOCK_Q):
+        queries = block_start + tl.arange(0, BLOCK_Q)
+        q = _load_rows(Q, queries, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+        grad_out = _load_rows(GRAD_OUT, queries, dims, SEQ_LEN, COS, SIN, HEAD_DIM, False)
+        lse = tl.load(LSE + queries, mask=queries < SEQ_LEN, other=0.0)
+        delta = tl.load(DELTA + queries, mask=queries < SEQ_LEN, other=0.0)
+        # Transposed tiles (keys, queries), so the sums over queries are plain dots.
+        scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+        allowed_t = _allowed(queries[None, :], keys[:, None], key_is_real[:, None], SEQ_LEN, CAUSAL)
+        probabilities_t = tl.where(allowed_t, tl.exp2(scores_t - lse[None, :]), 0.0)
+        grad_v += tl.dot(probabilities_t.to(grad_out.dtype), grad_out, input_precision=DOT_PRECISION)
+        grad_p_t = tl.dot(v, tl.trans(grad_out), input_precision=DOT_PRECISION)
+        grad_scores_t = probabilities_t * (grad_p_t - delta[None, :])
+        grad_k += tl.dot(grad_scores_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+
+    grad_k *= scale
+    if ROTARY:
+        grad_k = _rotate_gradient_back(grad_k, keys, dims, SEQ_LEN, COS, SIN, BLOCK_K, HEAD_DIM)
+    offsets = keys[:, None] * HEAD_DIM + dims[None, :]
+    in_range = keys[:, None] < SEQ_LEN
+    tl.store(GRAD_K + offsets, grad_k.to(GRAD_K.dtype.element_ty), mask=in_range)
+    tl.store(GRAD_V + offsets, grad_v.to(GRAD_V.dtype.element_ty), mask=in_range)
+
+
+@triton.autotune(configs=QUERY_GRAD_CONFIGS, key=AUTOTUNE_KEY)
+@triton.jit
+def _query_grad_kernel(
+    Q,
+    K,
+    V,
+    GRAD_OUT,
+    LSE,
+    DELTA,
+    KEY_MASK,
+    KEY_END,
+    COS,
+    SIN,
+    GRAD_Q,
+    scale,
+    qk_scale,
+    SEQ_LEN,
+    NUM_HEADS,
+    HEAD_DIM: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    ROTARY: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """dq for one block of queries, looping over the keys they may see."""
+    batch, batch_head, head_offset = _head_pointers(SEQ_LEN, NUM_HEADS, HEAD_DIM)
+    Q, K, V, GRAD_OUT = Q + head_offset, K + head_offset, V + head_offset, GRAD_OUT + head_offset
+    GRAD_Q += head_offset
+    KEY_MASK += batch * SEQ_LEN
+    queries = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    dims = tl.arange(0, HEAD_DIM)
+
+    q = _load_rows(Q, queries, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+    grad_out = _load_rows(GRAD_OUT, queries, dims, SEQ_LEN, COS, SIN, HEAD_DIM, False)
+    row_offsets = batch_head.to(tl.int64) * SEQ_LEN + queries
+    lse = tl.load(LSE + row_offsets, mask=queries < SEQ_LEN, other=0.0)
+    delta = tl.load(DELTA + row_offsets, mask=queries < SEQ_LEN, other=0.0)
+    grad_q = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
+
+    key_end = tl.load(KEY_END + batch)
+    if CAUSAL:
+        key_end = tl.minimum(key_end, (tl.program_id(0) + 1) * BLOCK_Q)
+    for key_start in range(0, key_end, BLOCK_K):
+        keys = key_start + tl.arange(0, BLOCK_K)
+        k = _load_rows(K, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+        v = _load_rows(V, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, False)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        key_is_real = _key_is_real(KEY_MASK, keys, SEQ_LEN)
+        allowed = _allowed(queries[:, None], keys[None, :], key_is_real[None, :], SEQ_LEN, CAUSAL)
+        probabilities = tl.where(allowed, tl.exp2(scores - lse[:, None]), 0.0)
+        grad_p = tl.dot(grad_out, tl.trans(v), input_precision=DOT_PRECISION)
+        grad_scores = probabilities * (grad_p - delta[:, None])
+        grad_q += tl.dot(grad_scores.to(k.dtype), k, input_precision=DOT_PRECISION)
+
+    grad_q *= scale
+    if ROTARY:
+        grad_q = _rotate_gradient_back(grad_q, queries, dims, SEQ_LEN, COS, SIN, BLOCK_Q, HEAD_DIM)
+    tl.store(
+        GRAD_Q + queries[:, None] * HEAD_DIM + dims[None, :],
+        grad_q.to(GRAD_Q.dtype.element_ty),
+        mask=queries[:, None] < SEQ_LEN,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _rotary_tables(seq_len: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """cos and sin (S, D/2) float32, computed in float64 exactly as reference.rotary_embedding."""
+    half = head_dim // 2
+    inverse_frequency = ROTARY_BASE ** (-torch.arange(half, device=device, dtype=torch.float64) / half)
+    angles = torch.arange(seq_len, device=device, dtype=torch.float64)[:, None] * inverse_frequency
+    return angles.cos().float().contiguous(), angles.sin().float().contiguous()
+
+
+def _kernel_inputs(q: torch.Tensor, key_padding_mask: torch.Tensor, rotary: bool) -> dict:
+    """Arguments shared by every kernel: the key mask as bytes, where real keys end, rotary tables."""
+    num_heads, seq_len, head_dim = q.shape[1:]
+    key_mask = key_padding_mask.contiguous().view(torch.uint8)  # (B, S)
+    positions = torch.arange(1, seq_len + 1, device=q.device)
+    key_end = (key_padding_mask * positions).amax(dim=-1).to(torch.int32)  # (B,)
+    if rotary:
+        cos, sin = _rotary_tables(seq_len, head_dim, q.device)
+    else:
+        cos = sin = key_end  # never read: ROTARY is a compile-time False
+    return {
+        "KEY_MASK": key_mask,
+        "KEY_END": key_end,
+        "COS": cos,
+        "SIN": sin,
+        "SEQ_LEN": seq_len,
+        "NUM_HEADS": num_heads,
+        "HEAD_DIM": head_dim,
+        "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+    }
+
+
+def _grid(block_name: str, q: torch.Tensor):
+    batch, num_heads, seq_len, _ = q.shape
+    return lambda meta: (triton.cdiv(seq_len, meta[block_name]), batch * num_heads)
+
+
+def _forward(q, k, v, key_padding_mask, causal, rotary):
+    """Launch the forward kernel on contiguous inputs: out (B, H, S, D), lse (B, H, S) base 2."""
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)  # (B, H, S)
+    qk_scale = LOG2_E / math.sqrt(q.shape[-1])
+    _forward_kernel[_grid("BLOCK_Q", q)](
+        q,
+        k,
+        v,
+        OUT=out,
+        LSE=lse,
+        qk_scale=qk_scale,
+        CAUSAL=causal,
+        ROTARY=rotary,
+        **_kernel_inputs(q, key_padding_mask, rotary),
+    )
+    return out, lse
+
+
+def _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
+    """Launch delta, dk/dv and dq kernels on contiguous inputs."""
+    batch, num_heads, seq_len, head_dim = q.shape
+    delta = torch.empty_like(lse)  # (B, H, S)
+    _delta_kernel[(triton.cdiv(seq_len, PREPROCESS_BLOCK), batch * num_heads)](
+        out, grad_out, delta, seq_len, HEAD_DIM=head_dim, BLOCK=PREPROCESS_BLOCK
+    )
+    grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    shared = dict(
+        Q=q,
+        K=k,
+        V=v,
+        GRAD_OUT=grad_out,
+        LSE=lse,
+        DELTA=delta,
+        scale=1.0 / math.sqrt(head_dim),
+        qk_scale=LOG2_E / math.sqrt(head_dim),
+        CAUSAL=causal,
+        ROTARY=rotary,
+        **_kernel_inputs(q, key_padding_mask, rotary),
+    )
+    _key_value_grad_kernel[_grid("BLOCK_K", k)](GRAD_K=grad_k, GRAD_V=grad_v, **shared)
+    _query_grad_kernel[_grid("BLOCK_Q", q)](GRAD_Q=grad_q, **shared)
+    return grad_q, grad_k, grad_v
+
+
+# ---------------------------------------------------------------------------------------------
+# Torch custom ops: opaque to torch.compile, differentiable through register_autograd
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("kernels::flash_attention_forward", mutates_args=())
+def _flash_attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    causal: bool,
+    rotary: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(q.contiguous(), k.contiguous(), v.contiguous(), key_padding_mask, causal, rotary)
+
+
+@_flash_attention_forward.register_fake
+def _(q, k, v, key_padding_mask, causal, rotary):
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("kernels::flash_attention_backward", mutates_args=())
+def _flash_attention_backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    causal: bool,
+    rotary: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    contiguous = [t.contiguous() for t in (grad_out, q, k, v)]
+    return _backward(*contiguous, key_padding_mask, out, lse, causal, rotary)
+
+
+@_flash_attention_backward.register_fake
+def _(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_padding_mask, causal, rotary = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, key_padding_mask, out, lse)
+    ctx.causal, ctx.rotary = causal, rotary
+
+
+def _autograd_backward(ctx, grad_out, grad_lse):
+    q, k, v, key_padding_mask, out, lse = ctx.saved_tensors
+    grad_q, grad_k, grad_v = _flash_attention_backward(
+        grad_out, q, k, v, key_padding_mask, out, lse, ctx.causal, ctx.rotary
+    )
+    return grad_q, grad_k, grad_v, None, None, None
+
+
+_flash_attention_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_inputs(q, k, v, key_padding_mask) -> None:
+    """Raise a ValueError that says which input is wrong and what was expected."""
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            "flash_attention expects q, k, v of one shape (batch, heads, seq, head_dim); "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    batch, _, seq_len, head_dim = q.shape
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"flash_attention supports head_dim in {SUPPORTED_HEAD_DIMS}, got {head_dim}")
+    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(
+            f"flash_attention expects q, k, v of one dtype among {SUPPORTED_DTYPES}; "
+            f"got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (batch, seq_len):
+        raise ValueError(
+            f"key_padding_mask must be bool of shape (batch, seq) = {(batch, seq_len)}; "
+            f"got {key_padding_mask.dtype} of shape {tuple(key_padding_mask.shape)}"
+        )
+    devices = {t.device for t in (q, k, v, key_padding_mask)}
+    if len(devices) != 1:
+        raise ValueError(f"q, k, v and key_padding_mask must be on one device; got {devices}")
+    if not (q.is_cuda or INTERPRETED):
+        raise ValueError(
+            f"flash_attention runs Triton kernels: it needs CUDA tensors (got {q.device}), "
+            "or TRITON_INTERPRET=1 set before triton is imported to run them on the CPU"
+        )
+
+
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    causal: bool = False,
+    rotary: bool = False,
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v on (B, H, S, D); key_padding_mask (B, S) True = real key.
+
+    A query with no allowed key gets zeros. With `rotary`, q and k are first rotated as
+    kernels.reference.rotary_embedding does. Differentiable in q, k, v.
+    """
+    if key_padding_mask is None:
+        key_padding_mask = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device)
+    _check_inputs(q, k, v, key_padding_mask)
+    out, _ = _flash_attention_forward(q, k, v, key_padding_mask, causal, rotary)
+    return out

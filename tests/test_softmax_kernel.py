@@ -1,0 +1,162 @@
+"""Triton flash attention (kernels/softmax.py) against a float64 oracle.
+
+Tolerance rule of flash-attention's tests: the kernel's error against the float64 oracle must be
+within 2x the error of plain PyTorch in the same dtype, plus twice the rounding error of the dtype
+at the size of the values (and a few ulps in float32, see ABSOLUTE_SLACK). On the CPU the kernels
+run in Triton's interpreter (float32 only), which TRITON_INTERPRET=1 must select before triton is
+first imported (tests/conftest.py does it when no GPU is visible).
+"""
+
+import os
+
+import pytest
+import torch
+
+from kernels import reference
+from kernels.softmax import _flash_attention_forward, flash_attention
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRETED else "cuda"
+
+pytestmark = pytest.mark.skipif(
+    not (INTERPRETED or torch.cuda.is_available()),
+    reason="Triton kernels need CUDA, or TRITON_INTERPRET=1 set for the whole pytest run",
+)
+
+ORACLES = {False: reference.softmax_attention, True: reference.rope_attention}
+# In float32 both errors are a few ulps, and the flash backward's delta = rowsum(out * grad_out),
+# summed in another order than dp = grad_out . v, leaves a few ulps of dp in dp - delta where
+# PyTorch's softmax backward subtracts sum(p * dp) from the same dp: about 8 ulps at 1.0 cover it.
+ABSOLUTE_SLACK = {torch.float32: 1e-6, torch.bfloat16: 0.0, torch.float16: 0.0}
+
+
+def padding_mask(batch: int, seq_len: int) -> torch.Tensor:
+    """(B, S) True = real key; rows cycle through: no padding, tail padding with a hole, all padding."""
+    mask = torch.ones(batch, seq_len, dtype=torch.bool)
+    for row in range(batch):
+        if row % 3 == 1:
+            mask[row, seq_len - seq_len // 4 :] = False
+            mask[row, seq_len // 3] = False
+        elif row % 3 == 2:
+            mask[row] = False
+    return mask.to(DEVICE)
+
+
+def outputs_and_grads(attention, inputs, grad_out, dtype) -> list[torch.Tensor]:
+    """[out, dq, dk, dv] of attention(q, k, v) on copies of the float64 inputs cast to dtype."""
+    leaves = [x.to(dtype).requires_grad_() for x in inputs]
+    out = attention(*leaves)
+    grads = torch.autograd.grad(out, leaves, grad_out.to(dtype))
+    return [out.detach(), *grads]
+
+
+def assert_close_to_oracle(ours, pytorch, oracle, names=("out", "dq", "dk", "dv")) -> None:
+    """Each of ours is within 2x PyTorch's error in the same dtype (+ the dtype's rounding)."""
+    for name, mine, theirs, truth in zip(names, ours, pytorch, oracle, strict=True):
+        assert torch.isfinite(mine).all(), f"{name}: non-finite values"
+        truth_in_dtype = truth.to(mine.dtype)
+        rounding = 2 * (truth_in_dtype + 0.3 - 0.3 - truth_in_dtype).abs().max().item()
+        error = (mine.double() - truth).abs().max().item()
+        pytorch_error = (theirs.double() - truth).abs().max().item()
+        allowed = 2 * pytorch_error + rounding + ABSOLUTE_SLACK[mine.dtype]
+        assert error <= allowed, (
+            f"{name}: max error {error:.3g} vs float64, PyTorch {mine.dtype} has {pytorch_error:.3g}"
+            f" (allowed {allowed:.3g})"
+        )
+
+
+def check_against_oracle(shape, causal, rotary, dtype, seed=0) -> list[torch.Tensor]:
+    """Compare flash_attention with the oracle in float64 and in dtype; return our [out, dq, dk, dv]."""
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v, grad_out = (torch.randn(shape, generator=generator, dtype=torch.float64) for _ in "qkvg")
+    inputs = [x.to(DEVICE) for x in (q, k, v)]
+    grad_out = grad_out.to(DEVICE)
+    mask = padding_mask(shape[0], shape[2])
+    oracle_fn = ORACLES[rotary]
+
+    ours = outputs_and_grads(
+        lambda *x: flash_attention(*x, mask, causal=causal, rotary=rotary), inputs, grad_out, dtype
+    )
+    pytorch = outputs_and_grads(lambda *x: oracle_fn(*x, mask, causal), inputs, grad_out, dtype)
+    oracle = outputs_and_grads(lambda *x: oracle_fn(*x, mask, causal), inputs, grad_out, torch.float64)
+    assert_close_to_oracle(ours, pytorch, oracle)
+    return ours
+
+
+# Neither length is a multiple of a block (interpreter blocks are 16 and 32): ragged tails.
+@pytest.mark.parametrize(("head_dim", "seq_len"), [(32, 100), (64, 37)])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("rotary", [False, True], ids=["standard", "rope"])
+def test_matches_oracle_in_float32(rotary, causal, head_dim, seq_len):
+    out, *grads = check_against_oracle((3, 2, seq_len, head_dim), causal, rotary, torch.float32)
+    # Batch row 2 is all padding: its outputs are exactly zero, and so are all its gradients.
+    assert (out[2] == 0).all()
+    assert all((grad[2] == 0).all() for grad in grads)
+
+
+@pytest.mark.parametrize("head_dim", [16, 128])
+@pytest.mark.parametrize("rotary", [False, True], ids=["standard", "rope"])
+def test_smallest_and_largest_head_dim(rotary, head_dim):
+    check_against_oracle((1, 1, 45, head_dim), causal=True, rotary=rotary, dtype=torch.float32)
+
+
+def test_rows_without_any_allowed_key_are_zero_with_finite_gradients():
+    # Leading padding with causal masking: the first queries of row 1 see no key at all.
+    mask = torch.ones(3, 20, dtype=torch.bool, device=DEVICE)
+    mask[1, :5] = False
+    mask[2] = False
+    q, k, v = (torch.randn(3, 2, 20, 32, device=DEVICE, requires_grad=True) for _ in "qkv")
+    out = flash_attention(q, k, v, mask, causal=True, rotary=True)
+    out.backward(torch.randn_like(out))
+
+    assert (out[1, :, :5] == 0).all() and (out[2] == 0).all()
+    assert torch.isfinite(out).all()
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        assert torch.isfinite(tensor.grad).all(), f"d{name} has non-finite values"
+    assert (q.grad[1, :, :5] == 0).all() and (q.grad[2] == 0).all()
+    assert (k.grad[1, :, :5] == 0).all() and (v.grad[1, :, :5] == 0).all()
+
+
+def test_non_contiguous_inputs_as_the_model_makes_them():
+    # The model projects to (B, S, H, D) and transposes: strided views must give the same result.
+    q, k, v = (torch.randn(2, 21, 2, 32, dtype=torch.float64, device=DEVICE) for _ in "qkv")
+    mask = padding_mask(2, 21)
+    strided = [x.float().transpose(1, 2) for x in (q, k, v)]
+    contiguous = [x.contiguous() for x in strided]
+    torch.testing.assert_close(
+        flash_attention(*strided, mask, rotary=True), flash_attention(*contiguous, mask, rotary=True)
+    )
+
+
+def test_custom_op_registration():
+    """Schema, fake implementation, autograd and torch.compile (AOT dispatch) agree with the op."""
+    q, k, v = (torch.randn(1, 1, 16, 16, device=DEVICE, requires_grad=True) for _ in "qkv")
+    mask = padding_mask(1, 16)
+    torch.library.opcheck(_flash_attention_forward, (q, k, v, mask, True, True))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"head_dim": 48}, "head_dim"),
+        ({"mask_len": 7}, "key_padding_mask"),
+        ({"v_dtype": torch.float64}, "dtype"),
+    ],
+)
+def test_rejects_bad_inputs_with_a_clear_message(change, message):
+    head_dim = change.get("head_dim", 32)
+    q, k = (torch.randn(1, 1, 8, head_dim, device=DEVICE) for _ in "qk")
+    v = torch.randn(1, 1, 8, head_dim, device=DEVICE, dtype=change.get("v_dtype", torch.float32))
+    mask = torch.ones(1, change.get("mask_len", 8), dtype=torch.bool, device=DEVICE)
+    with pytest.raises(ValueError, match=message):
+        flash_attention(q, k, v, mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs CUDA (bf16/fp16 kernels)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [(4, 12, 512, 64), (2, 4, 333, 128)], ids=str)
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("rotary", [False, True], ids=["standard", "rope"])
+def test_matches_oracle_in_half_precision_on_gpu(rotary, causal, shape, dtype):
+    check_against_oracle(shape, causal, rotary, dtype)
