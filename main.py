@@ -1,22 +1,17 @@
-"""Command line: run a study of pretraining recipes (the default command)."""
+"""Command line: run a study of pretraining recipes (the default command), then report, export or browse it."""
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent
-COMMANDS = ("study",)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Hyperparameter study of BERT-style pretraining recipes, scored by an AG News linear probe."
-    )
-    parser.add_argument("command", choices=COMMANDS, help="what to do (default: study)")
-    parser.add_argument("--study_name", required=True, help="name of the study (and of studies/<name>.db)")
+def add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n_trials", type=int, default=10, help="trials to add in this run (default 10)")
     parser.add_argument("--n_jobs", type=int, default=1, help="worker processes sharing the study (default 1)")
-    parser.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/<study_name>.db)")
     parser.add_argument("--config", default=str(PROJECT_DIR / "config.yaml"), help="config file (default config.yaml)")
     parser.add_argument(
         "--set",
@@ -30,31 +25,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--data-dir", dest="data_dir", help="data folder (default: $HPO_DATA_DIR, else the bundled data)"
     )
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    if not argv or argv[0] not in COMMANDS:
-        argv = ["study", *argv]
-    args = parser.parse_args(argv)
-    if args.n_trials < 1 or args.n_jobs < 1:
-        parser.error(f"--n_trials ({args.n_trials}) and --n_jobs ({args.n_jobs}) must be at least 1")
-    return args
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def add_export_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--top_k", type=int, default=0, help="also write the K best trials to studies/<name>/top_K/rank_N.yaml"
+    )
+
+
+def add_dashboard_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 picks a free one)")
+
+
+def run_study_command(args: argparse.Namespace, storage: str) -> int:
     from data.files_location import resolve_data_dir
-    from hpo.config import ConfigError, load_config
-    from hpo.study import default_storage_url, run_study
+    from hpo.config import load_config
+    from hpo.study import run_study
 
-    try:
-        config = load_config(args.config, args.overrides)
-        data_dir = resolve_data_dir(args.data_dir)
-        storage = args.storage or default_storage_url(args.study_name)
-        study = run_study(args.study_name, storage, config, data_dir, args.n_trials, args.n_jobs, args.seed)
-    except (ConfigError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are saved; run the same command to resume", file=sys.stderr)
-        return 130
+    config = load_config(args.config, args.overrides)
+    data_dir = resolve_data_dir(args.data_dir)
+    study = run_study(args.study_name, storage, config, data_dir, args.n_trials, args.n_jobs, args.seed)
     completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
     if not completed:
         print("no completed trial yet")
@@ -64,6 +55,83 @@ def main(argv: list[str]) -> int:
     for name, value in best.params.items():
         print(f"  {name} = {value}")
     return 0
+
+
+def run_report_command(args: argparse.Namespace, storage: str) -> int:
+    from hpo.report import write_report
+
+    print(write_report(args.study_name, storage, Path("studies") / args.study_name))
+    return 0
+
+
+def run_export_command(args: argparse.Namespace, storage: str) -> int:
+    from hpo.export import export_best
+
+    for path in export_best(args.study_name, storage, Path("studies") / args.study_name, args.top_k):
+        print(path)
+    return 0
+
+
+def run_dashboard_command(args: argparse.Namespace, storage: str) -> int:
+    from hpo.dashboard import serve_dashboard
+
+    serve_dashboard(args.study_name, storage, args.host, args.port)
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help line, what it does with (flags, storage URL), and its own flags."""
+
+    help: str
+    run: Callable[[argparse.Namespace, str], int]
+    add_flags: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+COMMANDS = {
+    "study": Command("add trials to a study (the default command)", run_study_command, add_study_flags),
+    "report": Command("write studies/<name>/report.html: plots, importances, statistics", run_report_command),
+    "export": Command("write studies/<name>/best_config.yaml for a retrain", run_export_command, add_export_flags),
+    "dashboard": Command("browse the study in optuna-dashboard", run_dashboard_command, add_dashboard_flags),
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Hyperparameter study of BERT-style pretraining recipes, scored by an AG News linear probe."
+    )
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--study_name", required=True, help="name of the study (and of studies/<name>.db)")
+    shared.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/<study_name>.db)")
+    commands = parser.add_subparsers(dest="command", metavar="command", help="what to do (default: study)")
+    for name, command in COMMANDS.items():
+        subparser = commands.add_parser(name, parents=[shared], help=command.help, description=command.help)
+        if command.add_flags:
+            command.add_flags(subparser)
+    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv = ["study", *argv]
+    args = parser.parse_args(argv)
+    if args.command == "study" and (args.n_trials < 1 or args.n_jobs < 1):
+        parser.error(f"--n_trials ({args.n_trials}) and --n_jobs ({args.n_jobs}) must be at least 1")
+    if args.command == "export" and args.top_k < 0:
+        parser.error(f"--top_k ({args.top_k}) must be 0 (best trial only) or more")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from hpo.config import ConfigError
+    from hpo.study import default_storage_url
+
+    try:
+        storage = args.storage or default_storage_url(args.study_name)
+        return COMMANDS[args.command].run(args, storage)
+    except (ConfigError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are saved; run the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -60,8 +60,12 @@ def main() -> None:
     print(f"AG News train.csv, {config.probe.folds}-fold stratified CV, {len(selection.labels)} rows")
     print("| encoder | accuracy |")
     print("|---|---|")
-    print(f"| study {args.study_name!r} best trial {best.number} ({', '.join(f'{k}={v}' for k, v in best.params.items() if not isinstance(v, float))}) | {best.value:.4f} ± {standard_error:.4f} |")
-    print(f"| same configuration, randomly initialised ({args.seeds} seeds) | {np.mean(random_scores):.4f} (min {min(random_scores):.4f}, max {max(random_scores):.4f}) |")
+    categorical = ", ".join(f"{k}={v}" for k, v in best.params.items() if not isinstance(v, float))
+    mean, low, high = np.mean(random_scores), min(random_scores), max(random_scores)
+    best_label = f"study {args.study_name!r} best trial {best.number} ({categorical})"
+    print(f"| {best_label} | {best.value:.4f} ± {standard_error:.4f} |")
+    random_label = f"same configuration, randomly initialised ({args.seeds} seeds)"
+    print(f"| {random_label} | {mean:.4f} (min {low:.4f}, max {high:.4f}) |")
     print(f"| TF-IDF + logistic regression (no neural network) | {tfidf:.4f} ({time.perf_counter() - started:.0f} s) |")
 
 
