@@ -1,0 +1,120 @@
+"""The best trials of a study -> full run configurations (config.yaml format) with provenance, for a retrain."""
+
+import dataclasses
+import datetime
+import importlib.metadata
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial
+
+from hpo.config import Config, ConfigError, from_dict
+from hpo.report import displayed_url, load_existing_study, ranked_trials
+from hpo.space import apply_params
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+VERSIONED_PACKAGES = ("torch", "triton", "optuna")
+
+
+def study_base_config(study: optuna.Study) -> Config:
+    """The configuration the study was started with (its "base_config" user attr)."""
+    if "base_config" not in study.user_attrs:
+        raise ConfigError(
+            f"study {study.study_name!r} has no 'base_config' user attr (it was not started by main.py), "
+            "so its trials cannot be turned into run configurations"
+        )
+    try:
+        return from_dict(Config, study.user_attrs["base_config"])
+    except ConfigError as error:
+        raise ConfigError(
+            f"study {study.study_name!r}: its stored base_config no longer matches hpo/config.py: {error}"
+        ) from error
+
+
+def trial_config(base: Config, trial: FrozenTrial) -> Config:
+    """The full, validated run configuration of a finished trial."""
+    try:
+        config = apply_params(base, trial.params)
+    except KeyError as error:
+        raise ConfigError(
+            f"trial {trial.number} has no value for dimension {error.args[0]!r} of the study's search space"
+        ) from error
+    config.validate()
+    return config
+
+
+def _git(*arguments: str) -> str | None:
+    try:
+        result = subprocess.run(["git", *arguments], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def software_versions() -> dict[str, Any]:
+    """Python, torch, triton and optuna versions and this project's git commit (None where unknown)."""
+    versions: dict[str, Any] = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    versions["git_commit"] = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    versions["git_uncommitted_changes"] = None if status is None else bool(status)
+    return versions
+
+
+def provenance(study: optuna.Study, storage_url: str, trial: FrozenTrial, rank: int) -> dict[str, Any]:
+    """Where a configuration came from: study, trial, its score, and the software that produced it."""
+    return {
+        "study": study.study_name,
+        "storage": displayed_url(storage_url),
+        "trial": trial.number,
+        "rank": rank,
+        "value": trial.value,
+        "standard_error": trial.user_attrs.get("probe_standard_error"),
+        "params": dict(trial.params),
+        "trial_attributes": dict(trial.user_attrs),
+        "trial_completed": trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
+        "exported": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        **software_versions(),
+    }
+
+
+def write_config(config: Config, path: Path) -> None:
+    """Write a configuration that hpo.config.load_config reads back unchanged."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = config.provenance or {}
+    header = (
+        f"# Full run configuration of trial {source.get('trial')} of study {source.get('study')!r}, "
+        "exported by `python main.py export`.\n# Use it as the --config of a run; `provenance` is for people.\n"
+    )
+    path.write_text(header + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), encoding="utf-8")
+
+
+def export_best(study_name: str, storage_url: str, output_dir: Path, top_k: int = 0) -> list[Path]:
+    """Write output_dir/best_config.yaml and, with top_k, output_dir/top_K/rank_N.yaml; returns the paths."""
+    study = load_existing_study(study_name, storage_url)
+    ranked = ranked_trials(study)
+    if not ranked:
+        states = ", ".join(f"{trial.state.name.lower()} trial {trial.number}" for trial in study.trials) or "no trials"
+        raise ConfigError(
+            f"study {study_name!r} has no completed trial yet ({states}); run more trials before exporting"
+        )
+    base = study_base_config(study)
+    targets = [(output_dir / "best_config.yaml", 1, ranked[0])]
+    for rank, trial in enumerate(ranked[:top_k], start=1):
+        targets.append((output_dir / f"top_{top_k}" / f"rank_{rank}.yaml", rank, trial))
+    for path, rank, trial in targets:
+        config = trial_config(base, trial)
+        config.provenance = provenance(study, storage_url, trial, rank)
+        write_config(config, path)
+    if top_k > len(ranked):
+        print(f"note: only {len(ranked)} completed trial(s), so top_{top_k}/ holds {len(ranked)}", file=sys.stderr)
+    return [path for path, _, _ in targets]

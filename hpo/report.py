@@ -1,0 +1,398 @@
+"""A study -> one self-contained HTML report: history, importances, plots, top trials, choice statistics.
+
+The statistics answer "does choice A beat choice B in this study?": per categorical dimension, each
+choice's mean accuracy with a seeded bootstrap 95% interval, and Mann-Whitney U tests between
+choices, Holm-corrected within the dimension.
+"""
+
+import datetime
+import html
+import itertools
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import plotly.graph_objects as go
+import plotly.offline
+from optuna.distributions import CategoricalDistribution
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+from scipy import stats
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from hpo.config import ConfigError, StudyConfig
+from hpo.study import make_storage
+
+MIN_TRIALS_PER_CHOICE = 3  # fewer completed trials than this: no interval, no test
+SIGNIFICANCE_LEVEL = 0.05  # for the Holm-adjusted p-values
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+TOP_TRIALS = 10
+PED_ANOVA_RELIABLE_TRIALS = 20  # PED-ANOVA contrasts the top 10% with all: below this it is a hint
+
+
+def open_existing_storage(study_name: str, storage_url: str) -> RDBStorage:
+    """The storage of a study that must already exist; otherwise a ConfigError listing the studies that do."""
+    try:
+        url = make_url(storage_url)
+    except ArgumentError as error:
+        raise ConfigError(f"--storage {storage_url!r} is not a SQLAlchemy URL (e.g. sqlite:///studies/x.db)") from error
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        database = Path(url.database)
+        if not database.exists():  # opening it would create an empty database
+            files = ", ".join(sorted(path.name for path in database.parent.glob("*.db"))) or "none"
+            raise ConfigError(
+                f"no study {study_name!r}: storage {storage_url} does not exist; "
+                f"study files in {database.parent}: {files} (pick one with --study_name or --storage)"
+            )
+    storage = make_storage(storage_url, StudyConfig())
+    names = optuna.get_all_study_names(storage)
+    if study_name not in names:
+        raise ConfigError(
+            f"no study {study_name!r} in {storage_url}; studies there: {', '.join(sorted(names)) or 'none'} "
+            "(pick one with --study_name)"
+        )
+    return storage
+
+
+def displayed_url(storage_url: str) -> str:
+    """The storage URL as written into reports and exported configs: any password masked."""
+    return make_url(storage_url).render_as_string(hide_password=True)
+
+
+def load_existing_study(study_name: str, storage_url: str) -> optuna.Study:
+    """Load a study that must already exist (see open_existing_storage)."""
+    return optuna.load_study(study_name=study_name, storage=open_existing_storage(study_name, storage_url))
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials, best first (ties keep trial order)."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(completed, key=lambda trial: -trial.value if maximize else trial.value)
+
+
+# Statistics of the categorical choices -----------------------------------------------------------
+
+
+def bootstrap_mean_interval(
+    values: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean."""
+    rng = np.random.default_rng(seed)
+    means = rng.choice(np.asarray(values, dtype=float), size=(resamples, len(values)), replace=True).mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given."""
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(np.argsort(p_values, kind="stable")):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+@dataclass
+class ChoiceSummary:
+    """Completed-trial accuracy of one choice of one categorical dimension."""
+
+    choice: str
+    values: list[float]
+    pruned: int
+
+    @property
+    def enough(self) -> bool:
+        return len(self.values) >= MIN_TRIALS_PER_CHOICE
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+
+@dataclass
+class Comparison:
+    """A two-sided Mann-Whitney U test between two choices; `better` has the higher mean."""
+
+    better: ChoiceSummary
+    worse: ChoiceSummary
+    p_value: float
+    adjusted_p_value: float = math.nan
+
+    @property
+    def significant(self) -> bool:
+        return self.adjusted_p_value < SIGNIFICANCE_LEVEL
+
+    def verdict(self) -> str:
+        better, worse = self.better, self.worse
+        means = f"mean {better.mean:.4f} vs {worse.mean:.4f}"
+        detail = f"Holm-adjusted p={self.adjusted_p_value:.3g}, raw p={self.p_value:.3g}"
+        if self.significant:
+            return f"{better.choice} beats {worse.choice} here: {means}, {detail}"
+        verdict = f"no difference yet between {better.choice} and {worse.choice}: {means}, {detail}; need more trials"
+        # The exact test's smallest two-sided p-value, reached when the two groups do not overlap at all.
+        smallest = 2 / math.comb(len(better.values) + len(worse.values), len(better.values))
+        if smallest >= SIGNIFICANCE_LEVEL:
+            verdict += (
+                f" (with {len(better.values)} and {len(worse.values)} trials even complete separation "
+                f"gives p={smallest:.2g})"
+            )
+        return verdict
+
+
+def summarise_choices(trials: list[FrozenTrial], name: str, choices: list) -> list[ChoiceSummary]:
+    """Per choice of dimension `name`: completed values and the number pruned."""
+    return [
+        ChoiceSummary(
+            str(choice),
+            [t.value for t in trials if t.state == TrialState.COMPLETE and t.params.get(name) == choice],
+            sum(t.state == TrialState.PRUNED and t.params.get(name) == choice for t in trials),
+        )
+        for choice in choices
+    ]
+
+
+def compare_choices(summaries: list[ChoiceSummary]) -> list[Comparison]:
+    """All pairs of choices with enough trials, tested and Holm-corrected together."""
+    testable = [summary for summary in summaries if summary.enough]
+    comparisons = []
+    for first, second in itertools.combinations(testable, 2):
+        better, worse = (first, second) if first.mean >= second.mean else (second, first)
+        test = stats.mannwhitneyu(better.values, worse.values, alternative="two-sided")
+        comparisons.append(Comparison(better, worse, float(test.pvalue)))
+    for comparison, adjusted in zip(comparisons, holm_adjust([c.p_value for c in comparisons]), strict=True):
+        comparison.adjusted_p_value = adjusted
+    return sorted(comparisons, key=lambda comparison: comparison.adjusted_p_value)
+
+
+def categorical_dimensions(trials: list[FrozenTrial]) -> dict[str, list]:
+    """Every categorical parameter seen in the study, with its declared choices."""
+    dimensions: dict[str, list] = {}
+    for trial in trials:
+        for name, distribution in trial.distributions.items():
+            if isinstance(distribution, CategoricalDistribution):
+                dimensions.setdefault(name, list(distribution.choices))
+    return dimensions
+
+
+# HTML sections -----------------------------------------------------------------------------------
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """Cells are HTML already (escape text before)."""
+    head = "".join(f"<th>{cell}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(make: Callable[[], go.Figure]) -> str:
+    """The figure as a div (plotly.js is loaded once in the page head), with Optuna's warnings beneath."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure = make()
+    notes = sorted({str(warning.message) for warning in caught if issubclass(warning.category, UserWarning)})
+    return figure.to_html(full_html=False, include_plotlyjs=False) + "".join(_note(f"Optuna: {n}") for n in notes)
+
+
+def _format_value(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _completed(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def _needs_completed(study: optuna.Study, minimum: int, what: str) -> str | None:
+    """A note when the study has too few completed trials for `what`, else None."""
+    completed = _completed(study)
+    if len(completed) < minimum:
+        return f"{what} needs at least {minimum} completed trial(s); this study has {len(completed)}. Run more trials."
+    if minimum > 1 and len({trial.value for trial in completed}) < 2:
+        return f"{what} needs completed trials with different values; all {len(completed)} have the same value."
+    return None
+
+
+def summary_section(study: optuna.Study) -> str:
+    counts = {state.name.lower(): 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name.lower()] += 1
+    lines = [f"{len(study.trials)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n)]
+    ranked = ranked_trials(study)
+    if ranked:
+        best = ranked[0]
+        error = best.user_attrs.get("probe_standard_error", math.nan)
+        lines.append(f"best: trial {best.number}, accuracy {best.value:.4f} ± {error:.4f} (probe standard error)")
+    return "".join(f"<p>{html.escape(line)}</p>" for line in lines)
+
+
+def history_section(study: optuna.Study) -> str:
+    note = _needs_completed(study, 1, "The optimisation history")
+    return _note(note) if note else _figure(lambda: optuna.visualization.plot_optimization_history(study))
+
+
+def _importance_section(study: optuna.Study, evaluator: optuna.importance.BaseImportanceEvaluator, about: str) -> str:
+    note = _needs_completed(study, 2, "Parameter importance")
+    if note:
+        return _note(note)
+    try:
+        figure = _figure(lambda: optuna.visualization.plot_param_importances(study, evaluator=evaluator))
+    except (RuntimeError, ValueError) as error:  # e.g. fANOVA: "zero total variance" when no parameter varies
+        return _note(
+            f"{type(evaluator).__name__} could not be computed from these trials ({error}); it needs completed "
+            "trials whose parameters and accuracies both vary. Run more trials."
+        )
+    return _note(about) + figure
+
+
+def ped_anova_section(study: optuna.Study) -> str:
+    about = (
+        "PED-ANOVA: how much each parameter's distribution in the top 10% of completed trials differs from "
+        "its distribution in all of them; conditional parameters are included."
+    )
+    completed = len(_completed(study))
+    if completed < PED_ANOVA_RELIABLE_TRIALS:
+        about += f" With {completed} completed trials (< {PED_ANOVA_RELIABLE_TRIALS}) read it as a hint."
+    return _importance_section(study, optuna.importance.PedAnovaImportanceEvaluator(), about)
+
+
+def fanova_section(study: optuna.Study) -> str:
+    about = (
+        "fANOVA: share of the accuracy's variance explained by each parameter in a random-forest fit "
+        "(seed 0); only parameters present in every completed trial."
+    )
+    return _importance_section(study, optuna.importance.FanovaImportanceEvaluator(seed=0), about)
+
+
+def parallel_section(study: optuna.Study) -> str:
+    note = _needs_completed(study, 1, "The parallel coordinates plot")
+    return _note(note) if note else _figure(lambda: optuna.visualization.plot_parallel_coordinate(study))
+
+
+def slice_section(study: optuna.Study) -> str:
+    note = _needs_completed(study, 1, "The slice plot")
+    return _note(note) if note else _figure(lambda: optuna.visualization.plot_slice(study))
+
+
+def intermediate_section(study: optuna.Study) -> str:
+    if not any(trial.intermediate_values for trial in study.get_trials(deepcopy=False)):
+        return _note("No trial has reported a quick-probe score yet.")
+    about = "Quick-probe accuracy at each report step; pruned trials end early."
+    return _note(about) + _figure(lambda: optuna.visualization.plot_intermediate_values(study))
+
+
+def top_trials_section(study: optuna.Study) -> str:
+    ranked = ranked_trials(study)[:TOP_TRIALS]
+    if not ranked:
+        return _note("No completed trial yet.")
+    rows = []
+    for rank, trial in enumerate(ranked, start=1):
+        attrs = trial.user_attrs
+        params = "<br>".join(html.escape(f"{name} = {_format_value(v)}") for name, v in trial.params.items())
+        rows.append(
+            [
+                str(rank),
+                str(trial.number),
+                f"{trial.value:.4f} ± {attrs.get('probe_standard_error', math.nan):.4f}",
+                params,
+                f"{attrs.get('tokens_per_second', math.nan):,.0f}",
+                f"{attrs.get('wall_seconds', math.nan):.0f}",
+            ]
+        )
+    header = ["rank", "trial", "accuracy ± s.e.", "parameters", "tokens/s", "wall time (s)"]
+    return _table(header, rows)
+
+
+def _choice_row(summary: ChoiceSummary) -> list[str]:
+    completed = len(summary.values)
+    best = f"{max(summary.values):.4f}" if summary.values else "–"
+    if summary.enough:
+        low, high = bootstrap_mean_interval(summary.values)
+        mean = f"{summary.mean:.4f} [{low:.4f}, {high:.4f}]"
+    else:
+        mean = f"too few completed trials ({completed} &lt; {MIN_TRIALS_PER_CHOICE}): not tested"
+    return [html.escape(summary.choice), str(completed), str(summary.pruned), best, mean]
+
+
+def dimension_statistics(trials: list[FrozenTrial], name: str, choices: list) -> str:
+    """Table of the choices of one dimension and the verdicts of their pairwise tests."""
+    summaries = summarise_choices(trials, name, choices)
+    header = ["choice", "completed", "pruned", "best", "mean accuracy [bootstrap 95% CI]"]
+    table = _table(header, [_choice_row(summary) for summary in summaries])
+    comparisons = compare_choices(summaries)
+    if not comparisons:
+        return table + _note(
+            f"No test yet: fewer than two choices have {MIN_TRIALS_PER_CHOICE} completed trials; run more trials."
+        )
+    verdicts = "".join(f"<li>{html.escape(comparison.verdict())}</li>" for comparison in comparisons)
+    return table + f"<ul>{verdicts}</ul>"
+
+
+def choices_section(study: optuna.Study) -> str:
+    trials = study.get_trials(deepcopy=False)
+    dimensions = categorical_dimensions(trials)
+    if not dimensions:
+        return _note("No categorical parameter in this study.")
+    about = (
+        f"Two-sided Mann-Whitney U tests between choices with at least {MIN_TRIALS_PER_CHOICE} completed trials, "
+        f"Holm-corrected within each dimension, significance level {SIGNIFICANCE_LEVEL}. Intervals: percentile "
+        f"bootstrap of the mean ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}). The sampler picks "
+        "choices after seeing results and the other parameters vary too, so these are observations of this "
+        "study, not a controlled experiment."
+    )
+    parts = [_note(about)]
+    for name, choices in dimensions.items():
+        parts.append(f"<h3>{html.escape(name)}</h3>" + dimension_statistics(trials, name, choices))
+    return "".join(parts)
+
+
+SECTIONS: dict[str, Callable[[optuna.Study], str]] = {
+    "Summary": summary_section,
+    "Optimisation history": history_section,
+    "Parameter importances: PED-ANOVA": ped_anova_section,
+    "Parameter importances: fANOVA": fanova_section,
+    "Parallel coordinates": parallel_section,
+    "Slices": slice_section,
+    "Intermediate values (pruning curves)": intermediate_section,
+    f"Top {TOP_TRIALS} trials": top_trials_section,
+    "Categorical choices: which is better?": choices_section,
+}
+
+STYLE = """
+body { font-family: sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+.note { color: #555; }
+"""
+
+
+def render_report(study: optuna.Study, storage_url: str) -> str:
+    """The whole report as one HTML page, plotly.js inlined once so that it opens offline."""
+    generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    about = _note(f"storage {displayed_url(storage_url)}; generated {generated}")
+    title = html.escape(f"Study {study.study_name}")
+    body = "".join(f"<h2>{html.escape(heading)}</h2>{section(study)}" for heading, section in SECTIONS.items())
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style>'
+        f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script></head>'
+        f"<body><h1>{title}</h1>{about}{body}</body></html>"
+    )
+
+
+def write_report(study_name: str, storage_url: str, output_dir: Path) -> Path:
+    """Write output_dir/report.html for the study; returns its path."""
+    study = load_existing_study(study_name, storage_url)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "report.html"
+    path.write_text(render_report(study, storage_url), encoding="utf-8")
+    return path

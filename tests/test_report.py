@@ -1,0 +1,168 @@
+"""The HTML report and its statistics, on fake studies in the real search space (no pretraining)."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
+import optuna
+import plotly.offline
+import pytest
+from optuna.trial import TrialState
+
+import main
+from hpo.config import ConfigError, load_config
+from hpo.report import (
+    MIN_TRIALS_PER_CHOICE,
+    ChoiceSummary,
+    bootstrap_mean_interval,
+    compare_choices,
+    holm_adjust,
+    load_existing_study,
+    render_report,
+)
+from hpo.space import suggest
+
+CONFIG_PATH = Path(__file__).resolve().parents[1] / "config.yaml"
+
+
+def make_study(path: Path, trials: list[tuple[dict, float | None]], overrides: list[str] = ()) -> str:
+    """A study named "fake" whose trials sample the real space (with some params fixed) and are told
+    a value (None: pruned) directly; returns its storage URL."""
+    config = load_config(CONFIG_PATH, overrides)
+    storage = f"sqlite:///{path}"
+    study = optuna.create_study(
+        study_name="fake", storage=storage, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    study.set_user_attr("base_config", dataclasses.asdict(config))
+    for index, (fixed, value) in enumerate(trials):
+        if fixed:
+            study.enqueue_trial(fixed)
+        trial = study.ask()
+        suggest(trial, config)
+        trial.report(0.4 + 0.01 * index, step=5)
+        for name, attr in {"tokens_per_second": 1000.0 + index, "wall_seconds": 30.0, "parameters": 12345}.items():
+            trial.set_user_attr(name, attr)
+        if value is None:
+            trial.set_user_attr("pruned_reason", "quick probe 0.4000 at step 5")
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            trial.set_user_attr("probe_standard_error", 0.012)
+            study.tell(trial, value)
+    return storage
+
+
+def test_holm_adjust_matches_hand_computation():
+    # Sorted p: 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> kept monotone at 0.06.
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm_adjust([]) == []
+
+
+def test_bootstrap_interval_is_seeded_and_as_wide_as_the_standard_error_says():
+    values = np.random.default_rng(1).normal(0.55, 0.02, size=40).tolist()
+    low, high = bootstrap_mean_interval(values)
+    assert (low, high) == bootstrap_mean_interval(values)
+    assert low < np.mean(values) < high
+    expected_width = 2 * 1.96 * np.std(values) / np.sqrt(len(values))
+    assert high - low == pytest.approx(expected_width, rel=0.15)
+
+
+def summary(choice: str, values: list[float]) -> ChoiceSummary:
+    return ChoiceSummary(choice, values, pruned=0)
+
+
+def test_clear_winner_is_named_and_overlapping_choices_need_more_trials():
+    steps = [0.002 * k for k in range(8)]
+    rope = summary("rope", [0.600 + step for step in steps])
+    standard = summary("standard", [0.550 + step for step in steps])
+    absolute = summary("absolute", [0.551 + step for step in steps])  # interleaves with standard
+    exposb = summary("exposb", [0.70, 0.71])  # best of all, but too few trials to test
+
+    comparisons = compare_choices([rope, standard, absolute, exposb])
+
+    assert len(comparisons) == 3 and all("exposb" not in c.verdict() for c in comparisons)
+    verdicts = {(c.better.choice, c.worse.choice): c for c in comparisons}
+    assert verdicts["rope", "standard"].significant
+    assert verdicts["rope", "standard"].verdict().startswith("rope beats standard here")
+    assert verdicts["rope", "absolute"].significant
+    pair = next(c for c in comparisons if {c.better.choice, c.worse.choice} == {"standard", "absolute"})
+    assert not pair.significant and "no difference yet" in pair.verdict() and "need more trials" in pair.verdict()
+    # Holm never lowers a p-value.
+    assert all(c.adjusted_p_value >= c.p_value for c in comparisons)
+
+
+def test_three_against_three_says_the_test_cannot_yet_be_significant():
+    (comparison,) = compare_choices([summary("span", [0.6, 0.61, 0.62]), summary("standard", [0.5, 0.51, 0.52])])
+    assert not comparison.significant
+    assert "even complete separation gives p=0.1" in comparison.verdict()
+
+
+def choice_rows(page: str, choice: str) -> list[str]:
+    return re.findall(rf"<tr><td>{choice}</td>(.*?)</tr>", page)
+
+
+@pytest.mark.parametrize("completed", [0, 1, 2])
+def test_report_of_a_nearly_empty_study_skips_sections_with_a_note(tmp_path, completed):
+    storage = make_study(tmp_path / "fake.db", [({}, 0.5 + 0.01 * i) for i in range(completed)] + [({}, None)])
+    page = render_report(load_existing_study("fake", storage), storage)
+
+    assert page.count(plotly.offline.get_plotlyjs()[:300]) == 1, "plotly.js must be inlined exactly once"
+    assert "<script src=" not in page, "the report must open offline"
+    importance_notes = page.count("Parameter importance needs at least 2 completed trial(s)")
+    assert importance_notes == (2 if completed < 2 else 0)
+    assert "fewer than two choices have 3 completed trials" in page
+    assert page.count("Plotly.newPlot") == (0 if completed == 0 else 3 + 2 * (completed >= 2)) + 1
+
+
+def test_importance_of_trials_that_share_every_parameter_is_a_note_not_a_crash(tmp_path):
+    same = {"model.attention_kind": "rope", "model.size": "tiny", "model.dropout": 0.1, "masking.strategy": "span"}
+    same |= {"train.learning_rate": 1e-3, "train.layer_lr_decay": 0.9}
+    storage = make_study(tmp_path / "fake.db", [(same, 0.50), (same, 0.52), (same, 0.60)])
+    page = render_report(load_existing_study("fake", storage), storage)
+    assert "FanovaImportanceEvaluator could not be computed from these trials" in page
+
+
+def test_report_names_the_better_attention_kind_and_lists_the_top_trials(tmp_path):
+    rng = np.random.default_rng(0)
+    trials = [({"model.attention_kind": "rope"}, 0.60 + rng.normal(0, 0.004)) for _ in range(6)]
+    trials += [({"model.attention_kind": "standard"}, 0.55 + rng.normal(0, 0.004)) for _ in range(6)]
+    trials += [({"model.attention_kind": "exposb"}, 0.58), ({"model.attention_kind": "exposb"}, None)]
+    storage = make_study(tmp_path / "fake.db", trials)
+    study = load_existing_study("fake", storage)
+    page = render_report(study, storage)
+
+    assert "rope beats standard here" in page
+    exposb = choice_rows(page, "exposb")[0]
+    assert "<td>1</td><td>1</td><td>0.5800</td>" in exposb  # completed, pruned, best
+    assert f"too few completed trials (1 &lt; {MIN_TRIALS_PER_CHOICE})" in exposb
+    assert "<td>0</td><td>0</td><td>–</td>" in choice_rows(page, "absolute")[0]
+    best = max(study.trials, key=lambda t: t.value or 0)
+    top_row = re.search(r"<tr><td>1</td><td>(\d+)</td><td>([\d.]+) ± 0.0120</td>", page)
+    assert top_row and int(top_row[1]) == best.number and float(top_row[2]) == pytest.approx(best.value, abs=1e-4)
+    assert f"{best.user_attrs['tokens_per_second']:,.0f}" in page
+    for heading in ("PED-ANOVA", "fANOVA", "Parallel coordinates", "Slices", "Intermediate values"):
+        assert f"<h2>{heading}" in page or f": {heading}</h2>" in page
+
+
+def test_report_command_writes_the_file_and_prints_its_path(tmp_path, monkeypatch, capsys):
+    storage = make_study(tmp_path / "fake.db", [({}, 0.5), ({}, 0.52), ({}, 0.51)])
+    monkeypatch.chdir(tmp_path)
+    assert main.main(["report", "--study_name", "fake", "--storage", storage]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == Path("studies/fake/report.html") and (tmp_path / path).stat().st_size > 1_000_000
+
+
+def test_missing_study_is_a_one_line_error_listing_the_studies_there(tmp_path, capsys):
+    storage = make_study(tmp_path / "fake.db", [])
+    assert main.main(["report", "--study_name", "nope", "--storage", storage]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "'nope'" in error and storage in error and "studies there: fake" in error
+
+
+def test_missing_storage_file_is_not_created(tmp_path):
+    make_study(tmp_path / "fake.db", [])
+    missing = tmp_path / "other.db"
+    with pytest.raises(ConfigError, match=r"does not exist; study files in .*: fake\.db"):
+        load_existing_study("other", f"sqlite:///{missing}")
+    assert not missing.exists()
