@@ -144,7 +144,7 @@ def _checkpoints(CHECKPOINTS, key_start, queries, SEQ_LEN, LEFT: tl.constexpr, B
 
 @triton.jit
 def _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, toward_query, qk_scale, SEQ_LEN,
-                LEFT: tl.constexpr, DOT_PRECISION: tl.constexpr, CUMSUM_PRECISION: tl.constexpr):  # fmt: skip
+                LEFT: tl.constexpr, DOT_PRECISION: tl.constexpr):  # fmt: skip
     """Weights A (queries, keys) of one key tile, and log2(1 - beta), 0 where not allowed.
 
     log2 A_ij = x_ij + sum of log2(1 - beta_il) over the keys l from j (included) to i, where
@@ -159,7 +159,7 @@ def _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, toward_query, qk_sc
     allowed = on_stick & key_is_real[None, :] & (queries[:, None] < SEQ_LEN)
     logits = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     log_kept = tl.where(allowed, -_softplus2(logits), 0.0)
-    log_weight = logits + log_unbroken[:, None] + tl.dot(log_kept, toward_query, input_precision=CUMSUM_PRECISION)
+    log_weight = logits + log_unbroken[:, None] + tl.dot(log_kept, toward_query, input_precision=DOT_PRECISION)
     # Where not allowed log_weight may be large; `where` drops exp2's inf before any arithmetic.
     weight = tl.where(allowed, tl.exp2(log_weight), 0.0)
     return weight, log_kept
@@ -167,8 +167,8 @@ def _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, toward_query, qk_sc
 
 @triton.jit
 def _forward_stick(q, queries, query_start, key_end, K, V, KEY_MASK, CHECKPOINTS, qk_scale, SEQ_LEN,
-                   LEFT: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                   CUMSUM_PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+                   LEFT: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr,
+                   BLOCK_K: tl.constexpr):  # fmt: skip
     """sum_j A_ij v_j over one stick (float32) and log2 of its leftover; saves the checkpoints."""
     dims = tl.arange(0, HEAD_DIM)
     first_key, step, num_blocks = _key_blocks(query_start, key_end, LEFT, BLOCK_Q, BLOCK_K)
@@ -183,7 +183,7 @@ def _forward_stick(q, queries, query_start, key_end, K, V, KEY_MASK, CHECKPOINTS
         k = _load_rows(K, keys, dims, SEQ_LEN, HEAD_DIM)
         v = _load_rows(V, keys, dims, SEQ_LEN, HEAD_DIM)
         weight, log_kept = _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, toward_query, qk_scale, SEQ_LEN,
-                                       LEFT, DOT_PRECISION, CUMSUM_PRECISION)  # fmt: skip
+                                       LEFT, DOT_PRECISION)  # fmt: skip
         acc += tl.dot(weight.to(v.dtype), v, input_precision=DOT_PRECISION)
         log_unbroken += tl.sum(log_kept, 1)
     return acc, log_unbroken
@@ -192,8 +192,8 @@ def _forward_stick(q, queries, query_start, key_end, K, V, KEY_MASK, CHECKPOINTS
 @triton.jit
 def _backward_stick(q, grad_out, leftover_grad, alpha, grad_q, queries, query_start, key_end, K, V, KEY_MASK,
                     CHECKPOINTS, GRAD_K, GRAD_V, scale, qk_scale, SEQ_LEN, LEFT: tl.constexpr,
-                    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, CUMSUM_PRECISION: tl.constexpr,
-                    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+                    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr,
+                    BLOCK_K: tl.constexpr):  # fmt: skip
     """Add one stick's dq to grad_q and atomically its dk, dv; key blocks farthest first.
 
     dz_il = alpha (A_il g_i.v_l - beta_il F_il), F_il = r_i g_i.v_i (leftover_grad) plus
@@ -212,10 +212,10 @@ def _backward_stick(q, grad_out, leftover_grad, alpha, grad_q, queries, query_st
         k = _load_rows(K, keys, dims, SEQ_LEN, HEAD_DIM)
         v = _load_rows(V, keys, dims, SEQ_LEN, HEAD_DIM)
         weight, log_kept = _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, toward_query, qk_scale, SEQ_LEN,
-                                       LEFT, DOT_PRECISION, CUMSUM_PRECISION)  # fmt: skip
+                                       LEFT, DOT_PRECISION)  # fmt: skip
         grad_weight = tl.dot(grad_out, tl.trans(v), input_precision=DOT_PRECISION)
         weighted_grad = weight * grad_weight  # A g.v, 0 where not allowed
-        outward = beyond[:, None] + tl.dot(weighted_grad, away_from_query, input_precision=CUMSUM_PRECISION)
+        outward = beyond[:, None] + tl.dot(weighted_grad, away_from_query, input_precision=DOT_PRECISION)
         beta = 1.0 - tl.exp2(log_kept)
         grad_logits = alpha * (weighted_grad - beta * outward)
         beyond += tl.sum(weighted_grad, 1)
@@ -252,8 +252,8 @@ def _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexp
 @triton.jit
 def _forward_kernel(
     Q, K, V, KEY_MASK, KEY_END, OUT, CHECKPOINTS, LEFTOVER, qk_scale, SEQ_LEN, NUM_HEADS,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, CUMSUM_PRECISION: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
     """o for one block of queries: the left stick and, unless causal, the right one."""
     batch, batch_head, query_start, queries = _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q, BLOCK_K)
@@ -266,7 +266,7 @@ def _forward_kernel(
 
     q = _load_rows(Q, queries, dims, SEQ_LEN, HEAD_DIM)
     acc, log_left = _forward_stick(q, queries, query_start, key_end, K, V, KEY_MASK, CHECKPOINTS, qk_scale, SEQ_LEN,
-                                   True, HEAD_DIM, DOT_PRECISION, CUMSUM_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
+                                   True, HEAD_DIM, DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
     in_range = queries < SEQ_LEN
     LEFTOVER += batch_head * (1 if CAUSAL else 2) * SEQ_LEN
     leftover = tl.exp2(log_left)
@@ -276,8 +276,7 @@ def _forward_kernel(
     else:
         alpha = 0.5
         right, log_right = _forward_stick(q, queries, query_start, key_end, K, V, KEY_MASK, CHECKPOINTS, qk_scale,
-                                          SEQ_LEN, False, HEAD_DIM, DOT_PRECISION, CUMSUM_PRECISION, BLOCK_Q,
-                                          BLOCK_K)  # fmt: skip
+                                          SEQ_LEN, False, HEAD_DIM, DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
         acc += right
         right_leftover = tl.exp2(log_right)
         tl.store(LEFTOVER + SEQ_LEN + queries, right_leftover, mask=in_range)
@@ -292,8 +291,8 @@ def _forward_kernel(
 def _backward_kernel(
     Q, K, V, GRAD_OUT, KEY_MASK, KEY_END, CHECKPOINTS, LEFTOVER, GRAD_Q, GRAD_K, GRAD_V,
     scale, qk_scale, SEQ_LEN, NUM_HEADS,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, CUMSUM_PRECISION: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
     """dq for one block of queries; its parts of dk, dv (float32) are added atomically."""
     batch, batch_head, query_start, queries = _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q, BLOCK_K)
@@ -316,12 +315,12 @@ def _backward_kernel(
     grad_q = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
     grad_q = _backward_stick(q, grad_out, leftover * grad_dot_self, alpha, grad_q, queries, query_start, key_end,
                              K, V, KEY_MASK, CHECKPOINTS, GRAD_K, GRAD_V, scale, qk_scale, SEQ_LEN, True, HEAD_DIM,
-                             DOT_PRECISION, CUMSUM_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
+                             DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
     if not CAUSAL:
         right_leftover = tl.load(LEFTOVER + SEQ_LEN + queries, mask=in_range, other=0.0)
         grad_q = _backward_stick(q, grad_out, right_leftover * grad_dot_self, alpha, grad_q, queries, query_start,
                                  key_end, K, V, KEY_MASK, CHECKPOINTS, GRAD_K, GRAD_V, scale, qk_scale, SEQ_LEN,
-                                 False, HEAD_DIM, DOT_PRECISION, CUMSUM_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
+                                 False, HEAD_DIM, DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
         leftover += right_leftover
 
     offsets = queries[:, None] * HEAD_DIM + dims[None, :]
@@ -340,7 +339,6 @@ def _kernel_inputs(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool
     batch, num_heads, seq_len, head_dim = q.shape
     positions = torch.arange(1, seq_len + 1, device=q.device)
     key_end = (key_padding_mask * positions).amax(dim=-1).to(torch.int32)  # (B,)
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
     return dict(
         KEY_MASK=key_padding_mask.contiguous().view(torch.uint8),  # (B, S)
         KEY_END=key_end,
@@ -349,12 +347,19 @@ def _kernel_inputs(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool
         NUM_HEADS=num_heads,
         HEAD_DIM=head_dim,
         CAUSAL=causal,
-        DOT_PRECISION=precision,
-        # The in-tile sums take float32 operands: exact for float32 inputs; for 16-bit inputs
-        # tf32 (relative error about 1e-3 over a tile), below their own rounding.
-        CUMSUM_PRECISION=precision,
+        # The in-tile running sums are dots with float32 operands: exact for float32 inputs, tf32
+        # for 16-bit inputs (relative error about 1e-3 over a tile, below their own rounding).
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         BLOCK_K=_key_block(head_dim),
     )
+
+
+def _saved_state_shapes(q: torch.Tensor, causal: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of the float32 state the forward saves: checkpoints and the sticks' leftovers."""
+    batch, num_heads, seq_len, head_dim = q.shape
+    num_key_blocks = triton.cdiv(seq_len, _key_block(head_dim))
+    num_sticks = 1 if causal else 2
+    return (batch, num_heads, num_key_blocks, seq_len), (batch, num_heads, num_sticks, seq_len)
 
 
 def _grid(q: torch.Tensor):
@@ -364,17 +369,11 @@ def _grid(q: torch.Tensor):
 
 def _forward(q, k, v, key_padding_mask, causal):
     """Launch the forward on contiguous inputs: out, checkpoints, leftovers r_L (and r_R)."""
-    batch, num_heads, seq_len, head_dim = q.shape
     out = torch.empty_like(q)  # (B, H, S, D)
-    num_key_blocks = triton.cdiv(seq_len, _key_block(head_dim))
+    checkpoints_shape, leftover_shape = _saved_state_shapes(q, causal)
     # Zeros where a stick stores nothing, so the op's outputs are fully defined.
-    checkpoints = torch.zeros(  # (B, H, S / BLOCK_K, S)
-        batch, num_heads, num_key_blocks, seq_len, device=q.device, dtype=torch.float32
-    )
-    num_sticks = 1 if causal else 2
-    leftover = torch.empty(  # (B, H, sticks, S)
-        batch, num_heads, num_sticks, seq_len, device=q.device, dtype=torch.float32
-    )
+    checkpoints = q.new_zeros(checkpoints_shape, dtype=torch.float32)  # (B, H, S / BLOCK_K, S)
+    leftover = q.new_empty(leftover_shape, dtype=torch.float32)  # (B, H, sticks, S)
     _forward_kernel[_grid(q)](
         q, k, v, OUT=out, CHECKPOINTS=checkpoints, LEFTOVER=leftover,
         **_kernel_inputs(q, key_padding_mask, causal),
@@ -414,13 +413,9 @@ def _stickbreaking_forward(
 
 @_stickbreaking_forward.register_fake
 def _(q, k, v, key_padding_mask, causal):
-    batch, num_heads, seq_len, head_dim = q.shape
-    num_key_blocks = triton.cdiv(seq_len, _key_block(head_dim))
+    checkpoints_shape, leftover_shape = _saved_state_shapes(q, causal)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    checkpoints = q.new_empty(batch, num_heads, num_key_blocks, seq_len, dtype=torch.float32)
-    num_sticks = 1 if causal else 2
-    leftover = q.new_empty(batch, num_heads, num_sticks, seq_len, dtype=torch.float32)
-    return out, checkpoints, leftover
+    return out, q.new_empty(checkpoints_shape, dtype=torch.float32), q.new_empty(leftover_shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("kernels::stickbreaking_backward", mutates_args=())
