@@ -37,16 +37,14 @@ fake) -> `stickbreaking_attention`.
 """
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+from kernels.inputs import INTERPRETED, check_attention_inputs
+
 LOG2_E = 1.4426950408889634  # logits are kept in base-2 units so the kernels can use exp2/log2
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _key_block(head_dim: int) -> int:
@@ -462,36 +460,6 @@ _stickbreaking_forward.register_autograd(_autograd_backward, setup_context=_setu
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_inputs(q, k, v, key_padding_mask) -> None:
-    """Raise a ValueError that says which input is wrong and what was expected."""
-    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(
-            "stickbreaking_attention expects q, k, v of one shape (batch, heads, seq, head_dim); "
-            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    batch, _, seq_len, head_dim = q.shape
-    if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"stickbreaking_attention supports head_dim in {SUPPORTED_HEAD_DIMS}, got {head_dim}")
-    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(
-            f"stickbreaking_attention expects q, k, v of one dtype among {SUPPORTED_DTYPES}; "
-            f"got {q.dtype}, {k.dtype}, {v.dtype}"
-        )
-    if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (batch, seq_len):
-        raise ValueError(
-            f"key_padding_mask must be bool of shape (batch, seq) = {(batch, seq_len)}; "
-            f"got {key_padding_mask.dtype} of shape {tuple(key_padding_mask.shape)}"
-        )
-    devices = {t.device for t in (q, k, v, key_padding_mask)}
-    if len(devices) != 1:
-        raise ValueError(f"q, k, v and key_padding_mask must be on one device; got {devices}")
-    if not (q.is_cuda or INTERPRETED):
-        raise ValueError(
-            f"stickbreaking_attention runs Triton kernels: it needs CUDA tensors (got {q.device}), "
-            "or TRITON_INTERPRET=1 set before triton is imported to run them on the CPU"
-        )
-
-
 def stickbreaking_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -506,6 +474,6 @@ def stickbreaking_attention(
     """
     if key_padding_mask is None:
         key_padding_mask = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device)
-    _check_inputs(q, k, v, key_padding_mask)
+    check_attention_inputs("stickbreaking_attention", q, k, v, key_padding_mask)
     out, _, _ = _stickbreaking_forward(q, k, v, key_padding_mask, causal)
     return out
