@@ -56,19 +56,18 @@ class Objective:
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
         trainer = Pretrainer(config, self.resources.corpus, self.resources.tokenizer, device)
-        report_steps = {max(1, round(point * trainer.total_steps)) for point in config.train.report_points}
+        pending_points = sorted(config.train.report_points)
         trial.set_user_attr("parameters", trainer.num_parameters)
-        trial.set_user_attr("budget_tokens", trainer.total_steps * trainer.tokens_per_step)
-        train_seconds, loss = 0.0, float("nan")
+        loss = float("nan")
         try:
-            while trainer.step < trainer.total_steps:
-                step_started = time.perf_counter()
+            while not trainer.finished:
                 loss = trainer.train_step().loss
-                train_seconds += time.perf_counter() - step_started
                 if not math.isfinite(loss):
                     trial.set_user_attr("pruned_reason", f"training loss is {loss} at step {trainer.step}")
                     raise optuna.TrialPruned(f"loss {loss} at step {trainer.step}")
-                if trainer.step in report_steps:
+                # A report point is due at the step whose progress (of tokens or of seconds) first reaches it.
+                if pending_points and trainer.progress >= pending_points[0]:
+                    pending_points = [point for point in pending_points if point > trainer.progress]
                     quick = self.resources.quick_probe.score(trainer.model, device, config.probe.quick_folds)
                     trial.report(quick.accuracy, trainer.step)
                     if trial.should_prune():
@@ -82,8 +81,10 @@ class Objective:
                 raise optuna.TrialPruned("embeddings are not finite")
             return final.accuracy
         finally:
+            trial.set_user_attr("budget_tokens", trainer.budget_tokens)
             trial.set_user_attr("train_loss", loss)
             trial.set_user_attr("steps", trainer.step)
-            trial.set_user_attr("tokens_per_second", trainer.step * trainer.tokens_per_step / max(train_seconds, 1e-9))
+            tokens_per_second = trainer.step * trainer.tokens_per_step / max(trainer.train_seconds, 1e-9)
+            trial.set_user_attr("tokens_per_second", tokens_per_second)
             trial.set_user_attr("peak_memory_mb", peak_memory_megabytes(device))
             trial.set_user_attr("wall_seconds", time.perf_counter() - started)

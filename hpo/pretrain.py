@@ -1,33 +1,56 @@
 """The pretraining loop shared by a study's trials and the full retrain.
 
 Objectives form a registry: each turns a batch of packed token ids into (inputs, labels,
-causal). Everything random (batch order, masking) is a function of the seed and the step, so
-a run resumed from a checkpoint continues exactly.
+causal). The data a step sees (rows and masking) is a function of the seed, the step and the
+micro-batch index only, and dropout draws from a random stream saved with the state, so a run
+resumed from a checkpoint continues exactly, and one global batch split over processes or
+micro-batches sees the same data.
 """
 
+import contextlib
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from data.corpus import PackedCorpus
 from data.masking import Masker, causal_lm_labels
+from data.pairs import next_sentence_pairs
 from data.tokenizer import Tokenizer
-from hpo.config import Config
+from hpo.config import Config, ConfigError
 from model.bert import Encoder
 
-Batch = tuple[torch.Tensor, torch.Tensor, bool]  # (input ids, labels, causal)
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32 runs without autocast
+
+
+@dataclass
+class Batch:
+    """What an objective makes of packed rows: the model's inputs and its targets."""
+
+    input_ids: torch.Tensor  # (B, S)
+    labels: torch.Tensor  # (B, S), -100 where nothing is predicted
+    causal: bool
+    token_types: torch.Tensor | None = None  # (B, S) segments, with next-sentence prediction
+    next_sentence_labels: torch.Tensor | None = None  # (B,)
 
 
 def _masked_lm(trainer: "Pretrainer", token_ids: torch.Tensor) -> Batch:
-    inputs, labels = trainer.masker(token_ids, trainer.generator)
-    return inputs, labels, False
+    if not trainer.config.train.next_sentence:
+        inputs, labels = trainer.masker(token_ids, trainer.generator)
+        return Batch(inputs, labels, causal=False)
+    pairs = next_sentence_pairs(token_ids, trainer.tokenizer.sep_id, trainer.generator)
+    inputs, labels = trainer.masker(pairs.input_ids, trainer.generator)
+    return Batch(inputs, labels, False, pairs.token_types, pairs.labels)
 
 
 def _causal_lm(trainer: "Pretrainer", token_ids: torch.Tensor) -> Batch:
     inputs, labels = causal_lm_labels(token_ids, trainer.tokenizer.pad_id)
-    return inputs, labels, True
+    return Batch(inputs, labels, causal=True)
 
 
 OBJECTIVES: dict[str, Callable[["Pretrainer", torch.Tensor], Batch]] = {
@@ -42,35 +65,106 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def learning_rate_multiplier(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warm-up, then constant, linear decay to zero or cosine decay to zero."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
+def derived_seed(*keys: int) -> int:
+    """A 64-bit seed that depends on nothing but `keys` (e.g. seed, step, micro-batch index)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
+
+
+def learning_rate_multiplier(schedule: str, progress: float, warmup_fraction: float) -> float:
+    """Linear warm-up from zero over the first `warmup_fraction` of the budget, then constant,
+    linear decay to zero or cosine decay to zero at progress 1."""
+    if progress < warmup_fraction:
+        return progress / warmup_fraction
     if schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    decay = min(1.0, (progress - warmup_fraction) / (1.0 - warmup_fraction))
     if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * decay))
+    return 1.0 - decay
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a step runs. The defaults are a study trial's: one process, one micro-batch, float32.
+
+    The global batch (train.batch_size rows) of a step is cut into accumulation_steps * world_size
+    micro-batches; process `rank` takes the contiguous slice of micro-batches rank * A .. rank * A + A - 1.
+    """
+
+    accumulation_steps: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | fp16 ("auto" is resolved before this)
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per step over all processes."""
+        return self.accumulation_steps * self.world_size
+
+
+class _PredictionLoss(nn.Module):
+    """DDP synchronises gradients only for calls through its forward; this makes the loss a forward."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.encoder.prediction_loss(*args, **kwargs)
 
 
 @dataclass
 class StepResult:
-    loss: float
-    tokens: int
+    loss: float  # mean over this process's micro-batches
+    tokens: int  # over all processes
+    learning_rate: float  # of the top (full-rate) parameter group, as used by this step
 
 
 class Pretrainer:
-    """Model, optimiser, schedule and data position of one pretraining run."""
+    """Model, optimiser, schedule and data position of one pretraining run.
 
-    def __init__(self, config: Config, corpus: PackedCorpus, tokenizer: Tokenizer, device: torch.device):
+    The budget is train.budget_tokens, or train.budget_seconds of training wall time when set;
+    `progress` in [0, 1] measures it, and the learning-rate schedule follows progress.
+    """
+
+    clock: Callable[[], float] = staticmethod(time.perf_counter)  # training time; a test may drive a fake one
+
+    def __init__(
+        self,
+        config: Config,
+        corpus: PackedCorpus,
+        tokenizer: Tokenizer,
+        device: torch.device,
+        execution: Execution = Execution(),
+    ):
         self.config = config
         self.corpus = corpus
         self.tokenizer = tokenizer
         self.device = device
+        self.execution = execution
         train = config.train
+        if train.batch_size % execution.micro_batches:
+            raise ConfigError(
+                f"train.batch_size = {train.batch_size} does not split into {execution.accumulation_steps} "
+                f"micro-batch(es) x {execution.world_size} process(es); make it a multiple of {execution.micro_batches}"
+            )
+        if train.next_sentence and train.batch_size // execution.micro_batches < 2:
+            raise ConfigError(
+                f"train.nsp needs at least 2 rows per micro-batch (a 'not next' segment comes from another row); "
+                f"train.batch_size = {train.batch_size} over {execution.micro_batches} micro-batch(es) is too small"
+            )
         torch.manual_seed(train.seed)
-        self.model = Encoder(config.model, tokenizer.vocab_size).to(device)
+        self.model = Encoder(config.model, tokenizer.vocab_size, next_sentence=train.next_sentence).to(device)
+        self.training_loss: Callable[..., torch.Tensor] = self.model.prediction_loss
+        if execution.world_size > 1:
+            # Same initial weights on every process (seeded above), its own dropout stream on each.
+            torch.manual_seed(derived_seed(train.seed, execution.rank))
+            self.training_loss = DistributedDataParallel(
+                _PredictionLoss(self.model),
+                device_ids=[device] if device.type == "cuda" else None,
+                find_unused_parameters=True,  # the pooler takes no part in the pretraining loss
+                forward_sync_buffers=False,  # the only buffer is a constant sinusoid table
+            )
         self.optimizer = torch.optim.AdamW(
             self.model.parameter_groups(train.learning_rate, train.layer_lr_decay, train.weight_decay),
             betas=(0.9, 0.98),
@@ -78,50 +172,130 @@ class Pretrainer:
         )
         self.tokens_per_step = train.batch_size * corpus.seq_len
         self.total_steps = max(1, train.budget_tokens // self.tokens_per_step)
-        warmup_steps = max(1, int(train.warmup_fraction * self.total_steps))
+        self.budget_seconds = train.budget_seconds
+        self.step = 0
+        self.train_seconds = 0.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda step: learning_rate_multiplier(train.schedule, step, self.total_steps, warmup_steps),
+            lambda _: learning_rate_multiplier(train.schedule, self.progress, train.warmup_fraction),
         )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=execution.precision == "fp16")
         self.masker = Masker(config.masking, tokenizer)
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(train.seed)
         self.make_batch = OBJECTIVES[train.objective]
-        self.step = 0
 
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def loss_on(self, token_ids: torch.Tensor) -> torch.Tensor:
-        inputs, labels, causal = self.make_batch(self, token_ids.to(self.device, non_blocking=True))
-        return self.model.prediction_loss(inputs, labels, inputs != self.tokenizer.pad_id, causal)
+    @property
+    def progress(self) -> float:
+        """Share of the budget used: steps for a token budget, training wall time for a time budget."""
+        if self.budget_seconds is None:
+            return self.step / self.total_steps
+        return self.train_seconds / self.budget_seconds
+
+    @property
+    def finished(self) -> bool:
+        return self.progress >= 1.0
+
+    @property
+    def budget_tokens(self) -> int:
+        """Tokens of the budget: planned for a token budget, consumed so far for a time budget."""
+        steps = self.total_steps if self.budget_seconds is None else self.step
+        return steps * self.tokens_per_step
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = AUTOCAST_DTYPES.get(self.execution.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def loss_on(self, token_ids: torch.Tensor, loss_function: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """Objective loss of a (B, S) batch; loss_function is the model's, or its DDP wrapper's in training."""
+        batch = self.make_batch(self, token_ids.to(self.device, non_blocking=True))
+        with self.autocast():
+            return loss_function(
+                batch.input_ids,
+                batch.labels,
+                batch.input_ids != self.tokenizer.pad_id,
+                batch.causal,
+                batch.token_types,
+                batch.next_sentence_labels,
+            )
+
+    def _gradient_sync(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        """DDP all-reduces gradients once per step, after the last micro-batch's backward."""
+        if isinstance(self.training_loss, DistributedDataParallel) and not last_micro_batch:
+            return self.training_loss.no_sync()
+        return contextlib.nullcontext()
 
     def train_step(self) -> StepResult:
-        """One optimiser step on batch number self.step."""
+        """One optimiser step on batch number self.step (this process's micro-batches of it)."""
+        started = self.clock()
         self.model.train()
-        loss = self.loss_on(self.corpus.batch(self.step, self.config.train.batch_size))
+        execution = self.execution
+        learning_rate = self.optimizer.param_groups[-1]["lr"]
+        global_batch = self.corpus.batch(self.step, self.config.train.batch_size)  # (B, S)
+        rows = len(global_batch) // execution.micro_batches
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(execution.accumulation_steps):
+            index = execution.rank * execution.accumulation_steps + micro
+            self.generator.manual_seed(derived_seed(self.config.train.seed, self.step, index))
+            with self._gradient_sync(micro == execution.accumulation_steps - 1):
+                loss = self.loss_on(global_batch[index * rows : (index + 1) * rows], self.training_loss)
+                self.scaler.scale(loss / execution.accumulation_steps).backward()
+            loss_sum += loss.detach()
         if self.config.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        mean_loss = loss_sum.item() / execution.accumulation_steps  # .item() also waits for the GPU
         self.step += 1
-        return StepResult(loss=loss.item(), tokens=self.tokens_per_step)
+        self.train_seconds += self.clock() - started
+        self.scheduler.step()  # after the clock, so a time budget's schedule sees this step's time
+        return StepResult(loss=mean_loss, tokens=self.tokens_per_step, learning_rate=learning_rate)
 
     @torch.no_grad()
     def validation_loss(self) -> float:
         """Mean objective loss on the fixed held-out sequences (masking seeded, so comparable)."""
         self.model.eval()
-        saved_state = self.generator.get_state()
         self.generator.manual_seed(12345)
         losses = [
-            self.loss_on(batch).item()
+            self.loss_on(batch, self.model.prediction_loss).item()
             for batch in self.corpus.validation_batches(
                 self.config.train.batch_size, self.config.train.validation_sequences
             )
         ]
-        self.generator.set_state(saved_state)
         self.model.train()
         return sum(losses) / max(1, len(losses))
+
+    def random_state(self) -> dict[str, torch.Tensor | None]:
+        """This process's dropout streams (the masking is reseeded per micro-batch and needs none)."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue bit-identically."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "random": self.random_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        self.train_seconds = state["train_seconds"]
+        torch.set_rng_state(state["random"]["cpu"])
+        if self.device.type == "cuda" and state["random"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["random"]["cuda"], self.device)

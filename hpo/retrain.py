@@ -1,0 +1,320 @@
+"""`main.py retrain`: the full-length pretraining run of an exported config, in one process or under torchrun (DDP).
+
+The run keeps the trial's recipe and takes its budget, schedule and memory settings from the
+`retrain` section. It checkpoints every K steps (atomically, with a hash of the run
+configuration), continues from the newest checkpoint with --resume, prints one progress line
+every N steps, and ends with the validation loss and two AG News probes: the selection score of
+the study (cross-validated over train.csv) and the test score (fit on train.csv, scored on
+test.csv). Only rank 0 logs, checkpoints, probes and writes; the other ranks train and wait.
+"""
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import pickle
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from data.agnews import load_agnews
+from data.corpus import load_corpus
+from data.tokenizer import Tokenizer
+from hpo.config import Config, ConfigError, config_to_dict
+from hpo.pretrain import Execution, Pretrainer, StepResult, resolve_device
+from hpo.probe import Probe, cross_validated_accuracy, held_out_accuracy
+
+# Settings that change how often a run reports or saves, not what it learns: a resume may change them.
+CADENCE_FIELDS = ("checkpoint_every_steps", "log_every_steps", "keep_checkpoints")
+# Sections that do not shape the trained weights (probe settings only change the final scores).
+UNHASHED_SECTIONS = ("provenance", "study", "search_space", "probe")
+# The other ranks wait at a barrier while rank 0 probes, which takes minutes on a CPU.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)
+
+
+def run_config(config: Config) -> Config:
+    """The trial's recipe with the retrain's budget, schedule and gradient checkpointing in place of the trial's."""
+    retrain = config.retrain
+    train = dataclasses.replace(
+        config.train,
+        budget_tokens=retrain.budget_tokens,
+        budget_seconds=None,
+        schedule=retrain.schedule,
+        warmup_fraction=retrain.warmup_fraction,
+    )
+    model = dataclasses.replace(config.model, gradient_checkpointing=retrain.gradient_checkpointing)
+    return dataclasses.replace(config, train=train, model=model)
+
+
+def run_hash(config: Config) -> str:
+    """Fingerprint of everything that shapes the trained weights; a resumed run must have the same."""
+    identity = config_to_dict(config)
+    for section in UNHASHED_SECTIONS:
+        identity.pop(section)
+    identity["data"].pop("cache_dir")
+    for name in CADENCE_FIELDS:
+        identity["retrain"].pop(name)
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto -> bf16 on a CUDA GPU that supports it, else fp32; fp16 needs CUDA (its GradScaler)."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError(f"retrain.precision = 'fp16' needs a CUDA GPU, and this run is on {device}; use bf16 or fp32")
+    return name
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes torchrun started (a world of one without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@contextlib.contextmanager
+def process_group(device_name: str) -> Iterator[tuple[World, torch.device]]:
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU) for the run, and leave it after."""
+    device = resolve_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        yield World(), device
+        return
+    world = World(int(os.environ["RANK"]), world_size, int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
+    try:
+        yield world, device
+    finally:
+        dist.destroy_process_group()
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename over `path`, so a
+    reader (or a resume after a crash) sees the old file or the new one, never part of one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # makes the rename itself durable
+    finally:
+        os.close(folder)
+
+
+class CheckpointFolder:
+    """step_N.pt files of one run, written atomically; the newest `keep` are kept."""
+
+    def __init__(self, folder: Path, keep: int):
+        self.folder = folder
+        self.keep = keep
+
+    def paths(self) -> list[Path]:
+        """The checkpoints, oldest first (temporary files of an interrupted write are not among them)."""
+        found = [path for path in self.folder.glob("step_*.pt") if path.stem.removeprefix("step_").isdigit()]
+        return sorted(found, key=lambda path: int(path.stem.removeprefix("step_")))
+
+    def save(self, checkpoint: dict, step: int) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"step_{step}.pt"
+        atomic_write(path, lambda handle: torch.save(checkpoint, handle))
+        for old in self.paths()[: -self.keep]:
+            old.unlink()
+        return path
+
+    def load_newest(self, config_hash: str, world_size: int) -> dict:
+        """The newest checkpoint, refused unless it was written by this run configuration and world size."""
+        paths = self.paths()
+        if not paths:
+            raise ConfigError(f"--resume: no checkpoint in {self.folder}; run without --resume to start the run")
+        path = paths[-1]
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]  # one line for the user
+            raise ConfigError(
+                f"--resume: cannot read {path} ({reason}); delete it to resume from the one before"
+            ) from error
+        if not isinstance(checkpoint, dict) or checkpoint.get("config_hash") != config_hash:
+            found = checkpoint.get("config_hash") if isinstance(checkpoint, dict) else None
+            raise ConfigError(
+                f"--resume: {path} was written by another run configuration (hash {found}, "
+                f"this run {config_hash}); use that run's config, --set and --budget_tokens, or another --output"
+            )
+        if checkpoint["world_size"] != world_size:
+            raise ConfigError(
+                f"--resume: {path} was written by {checkpoint['world_size']} process(es), this run has "
+                f"{world_size}; resume with torchrun --nproc_per_node {checkpoint['world_size']}"
+            )
+        return checkpoint
+
+
+def random_states_by_rank(trainer: Pretrainer, world: World) -> list[dict]:
+    """Every rank's dropout streams (collective: all ranks call it), so each resumes its own."""
+    if world.world_size == 1:
+        return [trainer.random_state()]
+    states: list = [None] * world.world_size
+    dist.all_gather_object(states, trainer.random_state())
+    return states
+
+
+def save_checkpoint(trainer: Pretrainer, checkpoints: CheckpointFolder, config_hash: str, world: World) -> None:
+    random_states = random_states_by_rank(trainer, world)
+    if world.is_main:
+        checkpoint = {
+            "config_hash": config_hash,
+            "world_size": world.world_size,
+            "trainer": trainer.state_dict(),
+            "random_by_rank": random_states,
+        }
+        checkpoints.save(checkpoint, trainer.step)
+
+
+def checkpoint_to_resume(checkpoints: CheckpointFolder, config_hash: str, world: World, resume: bool) -> dict | None:
+    """The newest checkpoint with --resume (None to start afresh); refuses to mix a new run into an old run's folder."""
+    if resume:
+        return checkpoints.load_newest(config_hash, world.world_size)
+    existing = checkpoints.paths()
+    if existing:
+        raise ConfigError(
+            f"{checkpoints.folder} already holds checkpoints (newest {existing[-1].name}); "
+            "add --resume to continue that run, or choose another --output"
+        )
+    return None
+
+
+class ProgressLine:
+    """One line every `every` steps: step/total, rank 0's mean loss since the last line, LR, tokens/s, ETA."""
+
+    def __init__(self, trainer: Pretrainer, every: int):
+        self.every = every
+        self.started = time.perf_counter()
+        self.first_step = trainer.step
+        self.losses: list[float] = []
+
+    def after_step(self, trainer: Pretrainer, result: StepResult) -> None:
+        self.losses.append(result.loss)
+        if trainer.step % self.every and not trainer.finished:
+            return
+        elapsed = time.perf_counter() - self.started
+        steps = trainer.step - self.first_step
+        tokens_per_second = steps * trainer.tokens_per_step / elapsed
+        eta = datetime.timedelta(seconds=round((trainer.total_steps - trainer.step) * elapsed / steps))
+        print(
+            f"step {trainer.step}/{trainer.total_steps} | loss {sum(self.losses) / len(self.losses):.4f} | "
+            f"lr {result.learning_rate:.3e} | {tokens_per_second:,.0f} tokens/s | ETA {eta}",
+            flush=True,
+        )
+        self.losses.clear()
+
+
+def evaluate(trainer: Pretrainer, data_dir: Path) -> dict:
+    """Validation loss, the study's selection score (k-fold CV over train.csv) and the AG News test score."""
+    config, model, device = trainer.config, trainer.model, trainer.device
+    selection, test = load_agnews(data_dir)
+    train_features = Probe(selection, trainer.tokenizer, config.probe).features(model, device)
+    test_features = Probe(test, trainer.tokenizer, config.probe).features(model, device)
+    cross_validated = cross_validated_accuracy(train_features, selection.labels, config.probe.folds, config.probe)
+    tested = held_out_accuracy(train_features, selection.labels, test_features, test.labels, config.probe)
+    return {
+        "validation_loss": trainer.validation_loss(),
+        "selection_accuracy": {
+            "split": f"AG News train.csv, stratified {config.probe.folds}-fold cross-validation",
+            **dataclasses.asdict(cross_validated),
+        },
+        "test_accuracy": {"split": "AG News fit on train.csv, scored on test.csv", **dataclasses.asdict(tested)},
+    }
+
+
+def write_outputs(trainer: Pretrainer, results: dict, output_dir: Path) -> None:
+    """OUTPUT/model.pt (final weights and the config that builds the model) and OUTPUT/results.yaml."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    weights = {"model": trainer.model.state_dict(), "config": config_to_dict(trainer.config)}
+    atomic_write(output_dir / "model.pt", lambda handle: torch.save(weights, handle))
+    text = yaml.safe_dump(results, sort_keys=False).encode()
+    atomic_write(output_dir / "results.yaml", lambda handle: handle.write(text))
+
+
+def summary(results: dict, output_dir: Path) -> str:
+    selection, test = results["selection_accuracy"], results["test_accuracy"]
+    return (
+        f"validation loss {results['validation_loss']:.4f} | AG News selection (CV) accuracy "
+        f"{selection['accuracy']:.4f} ± {selection['standard_error']:.4f} | test accuracy "
+        f"{test['accuracy']:.4f} ± {test['standard_error']:.4f}\nwrote {output_dir / 'results.yaml'} and model.pt"
+    )
+
+
+def train(trainer: Pretrainer, checkpoints: CheckpointFolder, config_hash: str, world: World) -> None:
+    retrain = trainer.config.retrain
+    progress = ProgressLine(trainer, retrain.log_every_steps) if world.is_main else None
+    while not trainer.finished:
+        result = trainer.train_step()
+        if progress:
+            progress.after_step(trainer, result)
+        if trainer.step % retrain.checkpoint_every_steps == 0:
+            save_checkpoint(trainer, checkpoints, config_hash, world)
+
+
+def retrain(config: Config, data_dir: Path, output_dir: Path, resume: bool = False) -> dict | None:
+    """Run the full pretraining of `config`; returns the results on rank 0, None on the other ranks."""
+    config = run_config(config)
+    config_hash = run_hash(config)
+    with process_group(config.train.device) as (world, device):
+        precision = resolve_precision(config.retrain.precision, device)
+        checkpoints = CheckpointFolder(output_dir / "checkpoints", config.retrain.keep_checkpoints)
+        checkpoint = checkpoint_to_resume(checkpoints, config_hash, world, resume)
+        tokenizer = Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken")
+        corpus = load_corpus(data_dir, config.data, tokenizer, seed=config.train.seed)
+        execution = Execution(config.retrain.grad_accumulation_steps, precision, world.rank, world.world_size)
+        trainer = Pretrainer(config, corpus, tokenizer, device, execution)
+        if checkpoint is not None:
+            trainer.load_state_dict({**checkpoint["trainer"], "random": checkpoint["random_by_rank"][world.rank]})
+        if world.is_main:
+            print(
+                f"retrain: {trainer.num_parameters:,} parameters, {trainer.total_steps} steps of "
+                f"{trainer.tokens_per_step:,} tokens, {precision}, {world.world_size} process(es) on {device}, "
+                f"from step {trainer.step}; output {output_dir}",
+                flush=True,
+            )
+        train(trainer, checkpoints, config_hash, world)
+        results = None
+        if world.is_main:
+            results = {
+                **evaluate(trainer, data_dir),
+                "steps": trainer.step,
+                "tokens": trainer.step * trainer.tokens_per_step,
+                "parameters": trainer.num_parameters,
+                "train_seconds": trainer.train_seconds,
+                "world_size": world.world_size,
+                "precision": precision,
+                "config_hash": config_hash,
+                "config": config_to_dict(config),
+            }
+            write_outputs(trainer, results, output_dir)
+            print(summary(results, output_dir), flush=True)
+        if world.world_size > 1:
+            dist.barrier()
+        return results
