@@ -9,7 +9,6 @@ import argparse
 import time
 
 import numpy as np
-import optuna
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -21,7 +20,7 @@ from data.tokenizer import Tokenizer
 from hpo.config import Config, from_dict
 from hpo.probe import Probe
 from hpo.space import apply_params
-from hpo.study import default_storage_url
+from hpo.study import default_storage_url, load_existing_study
 from model.bert import Encoder
 
 
@@ -41,7 +40,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="random initialisations to average")
     args = parser.parse_args()
     storage = args.storage or default_storage_url(args.study_name)
-    study = optuna.load_study(study_name=args.study_name, storage=storage)
+    study = load_existing_study(args.study_name, storage)
     best = study.best_trial
     config = apply_params(from_dict(Config, study.user_attrs["base_config"]), best.params)
     data_dir = resolve_data_dir(args.data_dir)

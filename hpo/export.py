@@ -14,8 +14,8 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from hpo.config import Config, ConfigError, from_dict
-from hpo.report import displayed_url, load_existing_study, ranked_trials
 from hpo.space import apply_params
+from hpo.study import displayed_url, load_existing_study, ranked_trials
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 VERSIONED_PACKAGES = ("torch", "triton", "optuna")

@@ -19,14 +19,10 @@ import optuna
 import plotly.graph_objects as go
 import plotly.offline
 from optuna.distributions import CategoricalDistribution
-from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
-from hpo.config import ConfigError, StudyConfig
-from hpo.study import make_storage
+from hpo.study import displayed_url, load_existing_study, ranked_trials
 
 MIN_TRIALS_PER_CHOICE = 3  # fewer completed trials than this: no interval, no test
 SIGNIFICANCE_LEVEL = 0.05  # for the Holm-adjusted p-values
@@ -34,47 +30,6 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 TOP_TRIALS = 10
 PED_ANOVA_RELIABLE_TRIALS = 20  # PED-ANOVA contrasts the top 10% with all: below this it is a hint
-
-
-def open_existing_storage(study_name: str, storage_url: str) -> RDBStorage:
-    """The storage of a study that must already exist; otherwise a ConfigError listing the studies that do."""
-    try:
-        url = make_url(storage_url)
-    except ArgumentError as error:
-        raise ConfigError(f"--storage {storage_url!r} is not a SQLAlchemy URL (e.g. sqlite:///studies/x.db)") from error
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        database = Path(url.database)
-        if not database.exists():  # opening it would create an empty database
-            files = ", ".join(sorted(path.name for path in database.parent.glob("*.db"))) or "none"
-            raise ConfigError(
-                f"no study {study_name!r}: storage {storage_url} does not exist; "
-                f"study files in {database.parent}: {files} (pick one with --study_name or --storage)"
-            )
-    storage = make_storage(storage_url, StudyConfig())
-    names = optuna.get_all_study_names(storage)
-    if study_name not in names:
-        raise ConfigError(
-            f"no study {study_name!r} in {storage_url}; studies there: {', '.join(sorted(names)) or 'none'} "
-            "(pick one with --study_name)"
-        )
-    return storage
-
-
-def displayed_url(storage_url: str) -> str:
-    """The storage URL as written into reports and exported configs: any password masked."""
-    return make_url(storage_url).render_as_string(hide_password=True)
-
-
-def load_existing_study(study_name: str, storage_url: str) -> optuna.Study:
-    """Load a study that must already exist (see open_existing_storage)."""
-    return optuna.load_study(study_name=study_name, storage=open_existing_storage(study_name, storage_url))
-
-
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials, best first (ties keep trial order)."""
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(completed, key=lambda trial: -trial.value if maximize else trial.value)
 
 
 # Statistics of the categorical choices -----------------------------------------------------------

@@ -1,22 +1,29 @@
 """Create or load a study, build its sampler and pruner, and run worker processes on it."""
 
+import contextlib
+import dataclasses
 import multiprocessing
 import os
+import signal
 import sqlite3
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
 
-from hpo.config import Config, ConfigError, StudyConfig, config_to_dict
+from hpo.config import Config, ConfigError, StudyConfig, config_to_dict, from_dict
+from hpo.interruption import INTERRUPTED_EXIT_CODE, InterruptibleObjective, Interruption, sigint_handled_by
 
 # Heartbeats, grouped TPE and the retry callback are marked experimental; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -84,8 +91,117 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     return PRUNERS[config.pruner](config)
 
 
-def open_study(study_name: str, storage_url: str, config: Config, seed: int) -> optuna.Study:
-    """Create the study or load it if it exists; the base config is stored with it."""
+# Studies that must already exist (report, export, dashboard) -------------------------------------
+
+
+def open_existing_storage(study_name: str, storage_url: str) -> RDBStorage:
+    """The storage of a study that must already exist; otherwise a ConfigError listing the studies that do."""
+    try:
+        url = make_url(storage_url)
+    except ArgumentError as error:
+        raise ConfigError(f"--storage {storage_url!r} is not a SQLAlchemy URL (e.g. sqlite:///studies/x.db)") from error
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        database = Path(url.database)
+        if not database.exists():  # opening it would create an empty database
+            files = ", ".join(sorted(path.name for path in database.parent.glob("*.db"))) or "none"
+            raise ConfigError(
+                f"no study {study_name!r}: storage {storage_url} does not exist; "
+                f"study files in {database.parent}: {files} (pick one with --study_name or --storage)"
+            )
+    storage = make_storage(storage_url, StudyConfig())
+    names = optuna.get_all_study_names(storage)
+    if study_name not in names:
+        raise ConfigError(
+            f"no study {study_name!r} in {storage_url}; studies there: {', '.join(sorted(names)) or 'none'} "
+            "(pick one with --study_name)"
+        )
+    return storage
+
+
+def displayed_url(storage_url: str) -> str:
+    """The storage URL as printed and written into reports and exported configs: any password masked."""
+    return make_url(storage_url).render_as_string(hide_password=True)
+
+
+def load_existing_study(study_name: str, storage_url: str) -> optuna.Study:
+    """Load a study that must already exist (see open_existing_storage)."""
+    return optuna.load_study(study_name=study_name, storage=open_existing_storage(study_name, storage_url))
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials, best first (ties keep trial order)."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(completed, key=lambda trial: -trial.value if maximize else trial.value)
+
+
+# Resuming: would a score mean something else now? -------------------------------------------------
+
+# A change in these sections changes what a trial's score means; the others (study: sampler, pruner,
+# heartbeat; retrain; provenance) do not.
+SCORE_SECTIONS = ("data", "model", "masking", "train", "probe", "search_space")
+SHOWN_KEYS = 5
+_ABSENT = object()
+
+
+def differing_keys(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings; a key on one side only differs too."""
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        return [] if stored == current else [prefix]
+    keys = [*stored, *(key for key in current if key not in stored)]
+    return [
+        difference
+        for key in keys
+        for difference in differing_keys(
+            stored.get(key, _ABSENT), current.get(key, _ABSENT), f"{prefix}.{key}" if prefix else str(key)
+        )
+    ]
+
+
+def normalised_base_config(stored: dict) -> dict:
+    """The stored base config with fields added to the code since filled in by their defaults, which then
+    do not count as changes; as stored when it no longer loads (a field was removed or retyped)."""
+    try:
+        return config_to_dict(from_dict(Config, stored))
+    except ConfigError:
+        return stored
+
+
+def _some(keys: list[str]) -> str:
+    more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+    return ", ".join(keys[:SHOWN_KEYS]) + more
+
+
+def check_config_unchanged(study: optuna.Study, config: Config, force: bool) -> None:
+    """Refuse to add trials whose scores would mean something else than the study's earlier ones, unless
+    forced; a forced change is recorded in the study's user attr "config_changes"."""
+    changed = differing_keys(normalised_base_config(study.user_attrs["base_config"]), config_to_dict(config))
+    scoring = [key for key in changed if key.split(".")[0] in SCORE_SECTIONS]
+    harmless = [key for key in changed if key not in scoring]
+    if scoring and not force:
+        raise ConfigError(
+            f"study {study.study_name!r} was created with a different configuration: {_some(scoring)} differ; "
+            "use a new --study_name, or pass --force to continue anyway"
+        )
+    if harmless:
+        print(
+            f"note: study {study.study_name!r} continues with changed settings that keep scores comparable: "
+            f"{_some(harmless)}"
+        )
+    if not scoring:
+        return
+    print(
+        f"warning: --force: study {study.study_name!r} continues with changed {_some(scoring)} after "
+        f"{len(study.trials)} trials (recorded in its user attr 'config_changes')",
+        file=sys.stderr,
+    )
+    history = study.user_attrs.get("config_changes", [])
+    study.set_user_attr("config_changes", [*history, {"keys": scoring, "after_trials": len(study.trials)}])
+
+
+def open_study(study_name: str, storage_url: str, config: Config, seed: int, force: bool = False) -> optuna.Study:
+    """Create the study or load it if it exists. The config is stored with a study that has no trials yet,
+    and checked against the stored one when a study with trials is resumed."""
     study = optuna.create_study(
         study_name=study_name,
         storage=make_storage(storage_url, config.study),
@@ -94,12 +210,59 @@ def open_study(study_name: str, storage_url: str, config: Config, seed: int) -> 
         direction="maximize",
         load_if_exists=True,
     )
-    if "base_config" not in study.user_attrs:
+    if study.trials and "base_config" in study.user_attrs:
+        check_config_unchanged(study, config, force)
+    else:
         study.set_user_attr("base_config", config_to_dict(config))
     return study
 
 
-@dataclass
+# Workers ------------------------------------------------------------------------------------------
+
+# What --max_trials counts: every trial that ran or runs. Queued (WAITING) trials do not count.
+COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials whose results a run keeps
+DEFAULT_N_TRIALS = 10
+WORKER_STOP_SECONDS = 30  # after a Ctrl-C: how long a worker may take to fail and queue its trial
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLimits:
+    """When a run stops adding trials: at the first limit reached. None: no such limit."""
+
+    n_trials: int | None = None  # trials to add in this run
+    max_trials: int | None = None  # trials in the study (COUNTED_STATES), this run's and earlier ones
+    timeout: float | None = None  # seconds from the run's start after which no trial starts
+
+    def trials_to_add(self, counted: int) -> int | None:
+        """How many trials this run adds to a study with `counted` trials; None: until the timeout or the cap.
+
+        Without any limit a run adds DEFAULT_N_TRIALS."""
+        n_trials = self.n_trials
+        if n_trials is None and self.max_trials is None and self.timeout is None:
+            n_trials = DEFAULT_N_TRIALS
+        if self.max_trials is None:
+            return n_trials
+        room = max(0, self.max_trials - counted)
+        return room if n_trials is None else min(n_trials, room)
+
+    def describe(self, n_trials: int | None) -> str:
+        parts = [f"adding {n_trials if n_trials is not None else 'trials'}"]
+        if self.max_trials is not None:
+            parts.append(f"up to {self.max_trials} in the study")
+        if self.timeout is not None:
+            parts.append(f"starting none after {self.timeout:g} s")
+        return ", ".join(parts)
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """A Ctrl-C ended the run after its running trials were failed and queued again."""
+
+    def __init__(self, finished: int):
+        super().__init__(f"{finished} finished trials are saved; run the same command to resume")
+
+
+@dataclasses.dataclass
 class WorkerPlan:
     """What one worker process does."""
 
@@ -107,10 +270,13 @@ class WorkerPlan:
     storage_url: str
     config: Config
     data_dir: Path
-    n_trials: int
-    worker_index: int
-    threads: int
     seed: int
+    parent_pid: int
+    n_trials: int | None = None  # None: until the deadline or max_trials
+    deadline: float | None = None  # time.time() after which no trial starts
+    max_trials: int | None = None
+    worker_index: int = 0
+    threads: int = 1
     gpu: int | None = None
 
 
@@ -134,8 +300,11 @@ def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def run_worker(plan: WorkerPlan) -> None:
-    """One worker: load shared resources once, then optimise its share of the trials."""
+def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
+    """One worker: load shared resources once, then optimise its share of the trials.
+
+    Raises KeyboardInterrupt when `interruption` stopped it, after its running trial was failed and queued again.
+    """
     from hpo.objective import Objective, Resources  # keeps torch-heavy imports out of the parent
 
     if plan.gpu is not None:
@@ -153,19 +322,93 @@ def run_worker(plan: WorkerPlan) -> None:
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         print(_format_trial(trial, plan.worker_index), flush=True)
 
-    study.optimize(Objective(plan.config, resources), n_trials=plan.n_trials, callbacks=[progress], catch=(Exception,))
+    callbacks = [progress, interruption.stop_study]
+    if plan.max_trials is not None:  # the parent's share of the cap is exact; this covers other machines' workers
+        callbacks.append(MaxTrialsCallback(plan.max_trials, states=COUNTED_STATES))
+    timeout = None if plan.deadline is None else max(0.0, plan.deadline - time.time())
+    with sigint_handled_by(interruption):
+        study.optimize(
+            InterruptibleObjective(Objective(plan.config, resources), interruption),
+            n_trials=plan.n_trials,
+            timeout=timeout,
+            callbacks=callbacks,
+            catch=(Exception,),
+        )
+    if interruption.reason is not None:
+        raise KeyboardInterrupt
 
 
 def _worker_entry(plan: WorkerPlan) -> None:
+    """A spawned worker: it stops when its parent dies, and exits with 130 (no traceback) when interrupted."""
+    interruption = Interruption()
+    interruption.watch_parent(plan.parent_pid)
     try:
-        run_worker(plan)
+        run_worker(plan, interruption)
     except KeyboardInterrupt:
-        pass
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
-def split_trials(n_trials: int, n_jobs: int) -> list[int]:
-    """n_trials spread over n_jobs workers, the first ones taking the remainder."""
+def split_trials(n_trials: int | None, n_jobs: int) -> list[int | None]:
+    """n_trials spread over n_jobs workers, the first ones taking the remainder; None (no count) for each."""
+    if n_trials is None:
+        return [None] * n_jobs
     return [n_trials // n_jobs + (index < n_trials % n_jobs) for index in range(n_jobs)]
+
+
+def worker_plans(common: WorkerPlan, n_trials: int | None, n_jobs: int, existing: int) -> list[WorkerPlan]:
+    """`common` spread over n_jobs workers: each its share of the trials, its seed, its threads and its GPU."""
+    gpus = torch.cuda.device_count()
+    # Each worker of each run gets its own sampler seed, so a resumed study never replays samples.
+    seeds = np.random.SeedSequence([common.seed, existing]).generate_state(n_jobs)
+    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    return [
+        dataclasses.replace(
+            common,
+            n_trials=share,
+            worker_index=index,
+            threads=threads,
+            seed=int(seeds[index]),
+            gpu=index % gpus if gpus else None,
+        )
+        for index, share in enumerate(split_trials(n_trials, n_jobs))
+        if share != 0
+    ]
+
+
+def stop_processes(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    """Pass a Ctrl-C on to the workers (a SIGINT sent to the parent alone reaches none), give each time to
+    fail and queue its running trial, then terminate any still running (the heartbeat fails its trial)."""
+    started = [process for process in processes if process.pid is not None]
+    for process in started:
+        if process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + WORKER_STOP_SECONDS
+    for process in started:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.terminate()
+            process.join()
+
+
+def run_processes(plans: list[WorkerPlan]) -> None:
+    """Run each plan in a spawned process; raises KeyboardInterrupt after a Ctrl-C, once the workers stopped."""
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_entry, args=(plan,)) for plan in plans]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        stop_processes(processes)
+        raise
+    codes = [process.exitcode for process in processes]
+    if INTERRUPTED_EXIT_CODE in codes:  # a worker was interrupted on its own
+        raise KeyboardInterrupt
+    failed = [code for code in codes if code]
+    if failed:
+        print(f"warning: {len(failed)} worker(s) exited with codes {failed}", file=sys.stderr)
 
 
 def run_study(
@@ -173,55 +416,49 @@ def run_study(
     storage_url: str,
     config: Config,
     data_dir: Path,
-    n_trials: int,
+    limits: RunLimits,
     n_jobs: int,
     seed: int,
+    force: bool = False,
 ) -> optuna.Study:
-    """Add n_trials trials to the study with n_jobs worker processes; returns the study."""
+    """Add trials to the study with n_jobs worker processes until a limit is reached; returns the study.
+
+    Raises StudyInterrupted after a Ctrl-C, once the running trials were failed and queued again.
+    """
     from data.corpus import load_corpus
     from data.tokenizer import Tokenizer
 
-    study = open_study(study_name, storage_url, config, seed)
-    existing = len(study.trials)
-    print(f"study {study_name!r} in {storage_url}: {existing} trials so far, adding {n_trials} with {n_jobs} worker(s)")
-    started = time.perf_counter()
-    # Tokenise (or find the cache) once here, so the workers never race to build it.
-    load_corpus(data_dir, config.data, Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken"))
-    print(f"corpus ready in {time.perf_counter() - started:.0f} s", flush=True)
-    gpus = torch.cuda.device_count()
-    # Each worker of each run gets its own sampler seed, so a resumed study never replays samples.
-    seeds = np.random.SeedSequence([seed, existing]).generate_state(n_jobs)
-    threads = max(1, (os.cpu_count() or 1) // n_jobs)
-    plans = [
-        WorkerPlan(
+    started = time.time()
+    study = open_study(study_name, storage_url, config, seed, force)
+    counted = len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
+    n_trials = limits.trials_to_add(counted)
+    if n_trials == 0:
+        print(f"study {study_name!r} already has {counted} trials (--max_trials {limits.max_trials}): nothing to add")
+        return study
+    where = displayed_url(storage_url)
+    print(
+        f"study {study_name!r} in {where}: {len(study.trials)} trials so far, {limits.describe(n_trials)}, "
+        f"{n_jobs} worker(s)"
+    )
+    try:
+        # Tokenise (or find the cache) once here, so the workers never race to build it.
+        load_corpus(data_dir, config.data, Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken"))
+        print(f"corpus ready in {time.time() - started:.0f} s", flush=True)
+        common = WorkerPlan(
             study_name,
             storage_url,
             config,
             data_dir,
-            share,
-            index,
-            threads,
-            int(seeds[index]),
-            gpu=index % gpus if gpus else None,
+            seed,
+            parent_pid=os.getpid(),
+            deadline=None if limits.timeout is None else started + limits.timeout,
+            max_trials=limits.max_trials,
         )
-        for index, share in enumerate(split_trials(n_trials, n_jobs))
-        if share > 0
-    ]
-    if len(plans) == 1:
-        run_worker(plans[0])
-    else:
-        context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker_entry, args=(plan,)) for plan in plans]
-        for process in processes:
-            process.start()
-        try:
-            for process in processes:
-                process.join()
-        except KeyboardInterrupt:
-            for process in processes:
-                process.join()
-            raise
-        failed = [p.exitcode for p in processes if p.exitcode]
-        if failed:
-            print(f"warning: {len(failed)} worker(s) exited with codes {failed}", file=sys.stderr)
+        plans = worker_plans(common, n_trials, n_jobs, existing=len(study.trials))
+        if len(plans) == 1:
+            run_worker(plans[0], Interruption())
+        else:
+            run_processes(plans)
+    except KeyboardInterrupt:
+        raise StudyInterrupted(len(study.get_trials(deepcopy=False, states=FINISHED_STATES))) from None
     return optuna.load_study(study_name=study_name, storage=make_storage(storage_url, config.study))

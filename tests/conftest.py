@@ -1,9 +1,30 @@
-"""Test-wide setup: without a GPU, Triton kernels run in the interpreter on CPU tensors."""
+"""Test-wide setup: without a GPU, Triton kernels run in the interpreter on CPU tensors. Shared fixtures:
+the bundled data, fake studies in the real search space, and the flags of a tiny but real study."""
 
+import dataclasses
 import os
+from collections.abc import Callable
+from pathlib import Path
 
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
+
+CONFIG_PATH = Path(__file__).resolve().parents[1] / "config.yaml"
+# A real study, shrunk so that a trial takes seconds on a CPU.
+TINY_OVERRIDES = [
+    "data.sources=[wikipedia]",
+    "data.seq_len=32",
+    "train.batch_size=8",
+    "train.budget_tokens=1024",
+    "train.validation_sequences=16",
+    "probe.max_length=32",
+    "probe.quick_rows=200",
+    "probe.quick_folds=2",
+    "probe.folds=2",
+    "probe.max_iter=100",
+]
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -30,3 +51,46 @@ def tokenizer(data_dir):
     from data.tokenizer import Tokenizer
 
     return Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken")
+
+
+def _make_study(path: Path, trials: list[tuple[dict, float | None]], overrides: list[str] = ()) -> str:
+    """A study named "fake" whose trials sample the real space (with some params fixed) and are told
+    a value (None: pruned) directly; returns its storage URL."""
+    from hpo.config import load_config
+    from hpo.space import suggest
+
+    config = load_config(CONFIG_PATH, overrides)
+    storage = f"sqlite:///{path}"
+    study = optuna.create_study(
+        study_name="fake", storage=storage, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    study.set_user_attr("base_config", dataclasses.asdict(config))
+    for index, (fixed, value) in enumerate(trials):
+        if fixed:
+            study.enqueue_trial(fixed)
+        trial = study.ask()
+        suggest(trial, config)
+        trial.report(0.4 + 0.01 * index, step=5)
+        for name, attr in {"tokens_per_second": 1000.0 + index, "wall_seconds": 30.0, "parameters": 12345}.items():
+            trial.set_user_attr(name, attr)
+        if value is None:
+            trial.set_user_attr("pruned_reason", "quick probe 0.4000 at step 5")
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            trial.set_user_attr("probe_standard_error", 0.012)
+            study.tell(trial, value)
+    return storage
+
+
+@pytest.fixture
+def make_study() -> Callable[..., str]:
+    """make_study(path, trials, overrides=()) -> storage URL of a fake study (no pretraining)."""
+    return _make_study
+
+
+@pytest.fixture(scope="session")
+def tiny_study_flags(tmp_path_factory) -> list[str]:
+    """--set flags of a tiny real study; its tokenised corpus is cached once for the whole session."""
+    cache_dir = tmp_path_factory.mktemp("tiny-cache")
+    overrides = [*TINY_OVERRIDES, f"data.cache_dir={cache_dir}"]
+    return [flag for override in overrides for flag in ("--set", override)]

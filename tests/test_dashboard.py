@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_report import make_study
 
 from hpo.config import ConfigError
 from hpo.dashboard import make_dashboard_server
@@ -23,7 +22,7 @@ def get_json(url: str) -> dict:
         return json.load(response)
 
 
-def test_dashboard_command_serves_trial_values_and_user_attrs(tmp_path):
+def test_dashboard_command_serves_trial_values_and_user_attrs(tmp_path, make_study):
     storage = make_study(tmp_path / "fake.db", [({}, 0.61), ({}, None), ({}, 0.57)])
     command = [sys.executable, "main.py", "dashboard", "--study_name", "fake", "--storage", storage, "--port", "0"]
     server = subprocess.Popen(
@@ -56,7 +55,7 @@ def test_dashboard_command_serves_trial_values_and_user_attrs(tmp_path):
         assert server.wait(timeout=30) == 0
 
 
-def test_port_in_use_is_a_config_error_naming_the_flag(tmp_path):
+def test_port_in_use_is_a_config_error_naming_the_flag(tmp_path, make_study):
     storage = make_study(tmp_path / "fake.db", [({}, 0.6)])
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -4,7 +4,6 @@ import platform
 
 import optuna
 import yaml
-from test_report import make_study
 
 import main
 from hpo.config import load_config
@@ -17,7 +16,7 @@ TRIALS = [
 ]
 
 
-def test_best_config_is_the_full_run_config_of_the_best_trial(tmp_path, monkeypatch, capsys):
+def test_best_config_is_the_full_run_config_of_the_best_trial(tmp_path, monkeypatch, capsys, make_study):
     # The study's own base config (budget 12345) must win over config.yaml's default.
     storage = make_study(tmp_path / "fake.db", TRIALS, overrides=["train.budget_tokens=12345"])
     monkeypatch.chdir(tmp_path)
@@ -40,7 +39,7 @@ def test_best_config_is_the_full_run_config_of_the_best_trial(tmp_path, monkeypa
     assert {"torch", "triton", "git_commit", "exported"} <= set(provenance)
 
 
-def test_top_k_writes_ranked_configs_and_stops_at_the_completed_trials(tmp_path, monkeypatch, capsys):
+def test_top_k_writes_ranked_configs_and_stops_at_the_completed_trials(tmp_path, monkeypatch, capsys, make_study):
     storage = make_study(tmp_path / "fake.db", TRIALS)
     monkeypatch.chdir(tmp_path)
 
@@ -57,7 +56,7 @@ def test_top_k_writes_ranked_configs_and_stops_at_the_completed_trials(tmp_path,
     assert {**best, "provenance": None} == {**rank_one, "provenance": None}
 
 
-def test_study_without_completed_trials_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+def test_study_without_completed_trials_is_a_one_line_error(tmp_path, monkeypatch, capsys, make_study):
     storage = make_study(tmp_path / "fake.db", [({}, None)])
     monkeypatch.chdir(tmp_path)
     assert main.main(["export", "--study_name", "fake", "--storage", storage]) == 2

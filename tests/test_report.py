@@ -1,55 +1,23 @@
 """The HTML report and its statistics, on fake studies in the real search space (no pretraining)."""
 
-import dataclasses
 import re
 from pathlib import Path
 
 import numpy as np
-import optuna
 import plotly.offline
 import pytest
-from optuna.trial import TrialState
 
 import main
-from hpo.config import ConfigError, load_config
+from hpo.config import ConfigError
 from hpo.report import (
     MIN_TRIALS_PER_CHOICE,
     ChoiceSummary,
     bootstrap_mean_interval,
     compare_choices,
     holm_adjust,
-    load_existing_study,
     render_report,
 )
-from hpo.space import suggest
-
-CONFIG_PATH = Path(__file__).resolve().parents[1] / "config.yaml"
-
-
-def make_study(path: Path, trials: list[tuple[dict, float | None]], overrides: list[str] = ()) -> str:
-    """A study named "fake" whose trials sample the real space (with some params fixed) and are told
-    a value (None: pruned) directly; returns its storage URL."""
-    config = load_config(CONFIG_PATH, overrides)
-    storage = f"sqlite:///{path}"
-    study = optuna.create_study(
-        study_name="fake", storage=storage, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
-    )
-    study.set_user_attr("base_config", dataclasses.asdict(config))
-    for index, (fixed, value) in enumerate(trials):
-        if fixed:
-            study.enqueue_trial(fixed)
-        trial = study.ask()
-        suggest(trial, config)
-        trial.report(0.4 + 0.01 * index, step=5)
-        for name, attr in {"tokens_per_second": 1000.0 + index, "wall_seconds": 30.0, "parameters": 12345}.items():
-            trial.set_user_attr(name, attr)
-        if value is None:
-            trial.set_user_attr("pruned_reason", "quick probe 0.4000 at step 5")
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            trial.set_user_attr("probe_standard_error", 0.012)
-            study.tell(trial, value)
-    return storage
+from hpo.study import load_existing_study
 
 
 def test_holm_adjust_matches_hand_computation():
@@ -103,7 +71,7 @@ def choice_rows(page: str, choice: str) -> list[str]:
 
 
 @pytest.mark.parametrize("completed", [0, 1, 2])
-def test_report_of_a_nearly_empty_study_skips_sections_with_a_note(tmp_path, completed):
+def test_report_of_a_nearly_empty_study_skips_sections_with_a_note(tmp_path, completed, make_study):
     storage = make_study(tmp_path / "fake.db", [({}, 0.5 + 0.01 * i) for i in range(completed)] + [({}, None)])
     page = render_report(load_existing_study("fake", storage), storage)
 
@@ -115,15 +83,15 @@ def test_report_of_a_nearly_empty_study_skips_sections_with_a_note(tmp_path, com
     assert page.count("Plotly.newPlot") == (0 if completed == 0 else 3 + 2 * (completed >= 2)) + 1
 
 
-def test_importance_of_trials_that_share_every_parameter_is_a_note_not_a_crash(tmp_path):
+def test_importance_of_trials_that_share_every_parameter_is_a_note_not_a_crash(tmp_path, make_study):
     same = {"model.attention_kind": "rope", "model.size": "tiny", "model.dropout": 0.1, "masking.strategy": "span"}
-    same |= {"train.learning_rate": 1e-3, "train.layer_lr_decay": 0.9}
+    same |= {"train.objective": "mlm", "train.learning_rate": 1e-3, "train.layer_lr_decay": 0.9}
     storage = make_study(tmp_path / "fake.db", [(same, 0.50), (same, 0.52), (same, 0.60)])
     page = render_report(load_existing_study("fake", storage), storage)
     assert "FanovaImportanceEvaluator could not be computed from these trials" in page
 
 
-def test_report_names_the_better_attention_kind_and_lists_the_top_trials(tmp_path):
+def test_report_names_the_better_attention_kind_and_lists_the_top_trials(tmp_path, make_study):
     rng = np.random.default_rng(0)
     trials = [({"model.attention_kind": "rope"}, 0.60 + rng.normal(0, 0.004)) for _ in range(6)]
     trials += [({"model.attention_kind": "standard"}, 0.55 + rng.normal(0, 0.004)) for _ in range(6)]
@@ -145,7 +113,7 @@ def test_report_names_the_better_attention_kind_and_lists_the_top_trials(tmp_pat
         assert f"<h2>{heading}" in page or f": {heading}</h2>" in page
 
 
-def test_report_command_writes_the_file_and_prints_its_path(tmp_path, monkeypatch, capsys):
+def test_report_command_writes_the_file_and_prints_its_path(tmp_path, monkeypatch, capsys, make_study):
     storage = make_study(tmp_path / "fake.db", [({}, 0.5), ({}, 0.52), ({}, 0.51)])
     monkeypatch.chdir(tmp_path)
     assert main.main(["report", "--study_name", "fake", "--storage", storage]) == 0
@@ -153,14 +121,14 @@ def test_report_command_writes_the_file_and_prints_its_path(tmp_path, monkeypatc
     assert path == Path("studies/fake/report.html") and (tmp_path / path).stat().st_size > 1_000_000
 
 
-def test_missing_study_is_a_one_line_error_listing_the_studies_there(tmp_path, capsys):
+def test_missing_study_is_a_one_line_error_listing_the_studies_there(tmp_path, capsys, make_study):
     storage = make_study(tmp_path / "fake.db", [])
     assert main.main(["report", "--study_name", "nope", "--storage", storage]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "'nope'" in error and storage in error and "studies there: fake" in error
 
 
-def test_missing_storage_file_is_not_created(tmp_path):
+def test_missing_storage_file_is_not_created(tmp_path, make_study):
     make_study(tmp_path / "fake.db", [])
     missing = tmp_path / "other.db"
     with pytest.raises(ConfigError, match=r"does not exist; study files in .*: fake\.db"):

@@ -1,29 +1,20 @@
-"""End to end: a tiny study through the CLI into a temporary SQLite file, then resumed."""
+"""The study command: a tiny real study resumed, its limits (--n_trials, --max_trials, --timeout), and the
+check that a resumed study still measures the same thing."""
 
 import optuna
 import pytest
 
 import main
+from hpo.config import ConfigError, config_to_dict, load_config
+from hpo.study import RunLimits, differing_keys, open_study
 
-TINY = [
-    "data.sources=[wikipedia]",
-    "data.seq_len=32",
-    "train.batch_size=8",
-    "train.budget_tokens=1024",
-    "train.validation_sequences=16",
-    "probe.max_length=32",
-    "probe.quick_rows=200",
-    "probe.quick_folds=2",
-    "probe.folds=2",
-    "probe.max_iter=100",
-]
+CONFIG_PATH = main.PROJECT_DIR / "config.yaml"
 
 
 @pytest.mark.slow
-def test_study_runs_two_trials_then_resumes_to_four(tmp_path, capsys):
+def test_study_runs_two_trials_then_resumes_to_four(tmp_path, capsys, tiny_study_flags):
     storage = f"sqlite:///{tmp_path / 'tiny.db'}"
-    overrides = [*TINY, f"data.cache_dir={tmp_path / 'cache'}"]
-    arguments = ["--study_name", "tiny", "--storage", storage, *sum((["--set", o] for o in overrides), [])]
+    arguments = ["--study_name", "tiny", "--storage", storage, *tiny_study_flags]
 
     assert main.main([*arguments, "--n_trials", "2", "--n_jobs", "2"]) == 0
     first = optuna.load_study(study_name="tiny", storage=storage).trials
@@ -35,17 +26,11 @@ def test_study_runs_two_trials_then_resumes_to_four(tmp_path, capsys):
     assert [(t.number, t.params, t.value) for t in study.trials[:2]] == [(t.number, t.params, t.value) for t in first]
     # Resuming with the same seed must not replay the first run's samples.
     assert study.trials[2].params not in [t.params for t in first]
-    dimensions = {
-        "model.attention_kind",
-        "model.size",
-        "model.dropout",
-        "masking.strategy",
-        "train.learning_rate",
-        "train.layer_lr_decay",
-    }
+    space = load_config(CONFIG_PATH).search_space
+    dimensions = {f"{section}.{name}" for section, specs in space.items() for name in specs}
     for trial in study.trials:
         assert trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED), trial.system_attrs
-        assert set(trial.params) == dimensions
+        assert {"model.attention_kind", "model.size", "train.learning_rate"} <= set(trial.params) <= dimensions
         assert trial.intermediate_values, "the quick probe reported nothing"
         assert {"tokens_per_second", "parameters", "peak_memory_mb", "wall_seconds"} <= set(trial.user_attrs)
         if trial.state == optuna.trial.TrialState.COMPLETE:
@@ -61,3 +46,89 @@ def test_bad_flag_value_gives_one_line_error(capsys, tmp_path):
     error = capsys.readouterr().err
     assert code == 2
     assert error.count("\n") == 1 and "train.schedule = 'sine'" in error
+
+
+@pytest.mark.parametrize(
+    ("limits", "counted", "expected"),
+    [
+        (RunLimits(), 7, 10),  # no limit given: the default count
+        (RunLimits(n_trials=3), 7, 3),
+        (RunLimits(timeout=60), 7, None),  # until the timeout
+        (RunLimits(max_trials=9), 7, 2),
+        (RunLimits(n_trials=1, max_trials=9), 7, 1),  # whichever comes first
+        (RunLimits(n_trials=5, max_trials=9), 7, 2),
+        (RunLimits(n_trials=5, max_trials=6), 7, 0),
+    ],
+)
+def test_run_limits_add_trials_until_the_first_limit(limits, counted, expected):
+    assert limits.trials_to_add(counted) == expected
+
+
+def test_max_trials_reached_starts_no_worker(tmp_path, capsys, make_study):
+    storage = make_study(tmp_path / "fake.db", [({}, 0.5), ({}, None), ({}, 0.52)])
+    assert main.main(["--study_name", "fake", "--storage", storage, "--max_trials", "3", "--n_jobs", "2"]) == 0
+    output = capsys.readouterr().out
+    assert "study 'fake' already has 3 trials (--max_trials 3): nothing to add" in output
+    assert "corpus ready" not in output and "best trial" in output
+    assert len(optuna.load_study(study_name="fake", storage=storage).trials) == 3
+
+
+@pytest.mark.slow
+def test_timeout_passed_before_the_first_trial_starts_none(tmp_path, capsys, tiny_study_flags):
+    storage = f"sqlite:///{tmp_path / 'late.db'}"
+    arguments = ["--study_name", "late", "--storage", storage, *tiny_study_flags, "--timeout", "0.001"]
+    assert main.main(arguments) == 0
+    assert optuna.load_study(study_name="late", storage=storage).trials == []
+    assert "no completed trial yet" in capsys.readouterr().out
+
+
+def test_differing_keys_are_dotted_paths_including_one_sided_keys():
+    stored = {"train": {"budget_tokens": 1, "seed": 0}, "space": {"size": {"choices": ["a", "b"]}}}
+    current = {"train": {"budget_tokens": 2, "seed": 0, "new": 1}, "space": {"size": {"choices": ["a"]}}}
+    assert differing_keys(stored, current) == ["train.budget_tokens", "train.new", "space.size.choices"]
+    assert differing_keys(stored, stored) == []
+
+
+def reopen(storage: str, overrides: list[str], force: bool = False) -> optuna.Study:
+    return open_study("fake", storage, load_config(CONFIG_PATH, overrides), seed=0, force=force)
+
+
+def test_resume_with_a_different_search_space_or_budget_is_refused(tmp_path, make_study, capsys):
+    storage = make_study(tmp_path / "fake.db", [({}, 0.5)])
+    changed = ["search_space.model.attention_kind.choices=[rope, exposb]", "train.budget_tokens=5000"]
+    with pytest.raises(ConfigError) as refusal:
+        reopen(storage, changed)
+    message = str(refusal.value)
+    assert message.startswith("study 'fake' was created with a different configuration: ")
+    assert ": train.budget_tokens, search_space.model.attention_kind.choices differ;" in message
+    assert "use a new --study_name, or pass --force to continue anyway" in message
+    code = main.main(["--study_name", "fake", "--storage", storage, *sum((["--set", o] for o in changed), [])])
+    assert code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_force_continues_and_records_the_change(tmp_path, make_study, capsys):
+    storage = make_study(tmp_path / "fake.db", [({}, 0.5), ({}, 0.6)])
+    study = reopen(storage, ["train.budget_tokens=5000"], force=True)
+    assert study.user_attrs["config_changes"] == [{"keys": ["train.budget_tokens"], "after_trials": 2}]
+    assert "--force" in capsys.readouterr().err
+    # The base config stays the one the first trials were measured with.
+    assert study.user_attrs["base_config"]["train"]["budget_tokens"] == load_config(CONFIG_PATH).train.budget_tokens
+
+
+def test_study_settings_may_change_on_resume_with_a_note(tmp_path, make_study, capsys):
+    storage = make_study(tmp_path / "fake.db", [({}, 0.5)])
+    study = reopen(storage, ["study.pruner=none", "study.heartbeat_seconds=10"])
+    assert "config_changes" not in study.user_attrs
+    output = capsys.readouterr().out
+    assert "note: study 'fake' continues with changed settings" in output
+    assert "study.pruner, study.heartbeat_seconds" in output
+
+
+def test_fields_added_to_the_code_since_the_study_began_are_no_change(tmp_path, make_study, capsys):
+    storage = make_study(tmp_path / "fake.db", [({}, 0.5)])
+    study = optuna.load_study(study_name="fake", storage=storage)
+    stored = config_to_dict(load_config(CONFIG_PATH))
+    del stored["train"]["grad_clip"]  # as if train.grad_clip (default 1.0, as in config.yaml) were new
+    study.set_user_attr("base_config", stored)
+    reopen(storage, [])
+    assert capsys.readouterr().out == ""

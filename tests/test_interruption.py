@@ -1,0 +1,139 @@
+"""Ctrl-C and a killed parent, on a real study command in its own process group: every process stops, the
+running trials end FAIL marked "interrupted", and each is queued again with its parameters."""
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.interruption import InterruptibleObjective, Interruption
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+LONG_TRIAL = ["--set", "train.budget_tokens=200000"]  # minutes of training: a trial is surely running when we stop it
+STARTUP_SECONDS = 300  # to import torch, load the data and start the trials on a loaded 2-core machine
+STOP_SECONDS = 30  # measured 1-6 s on a loaded 2-core machine (a worker polls for its parent every second)
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through /proc")
+
+
+@contextlib.contextmanager
+def study_command(storage: str, n_jobs: int, tiny_study_flags: list[str]) -> Iterator[subprocess.Popen]:
+    """`main.py` with a long trial budget in a new process group; whatever is left of the group is killed after."""
+    command = [sys.executable, "main.py", "--study_name", "stop", "--storage", storage, "--n_trials", "4"]
+    command += ["--n_jobs", str(n_jobs), *tiny_study_flags, *LONG_TRIAL]
+    process = subprocess.Popen(
+        command, cwd=PROJECT_DIR, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # nothing left of the group: the test passed
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_for_running_trials(process: subprocess.Popen, storage: str, count: int) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        with contextlib.suppress(KeyError):  # the study is not created yet
+            study = optuna.load_study(study_name="stop", storage=storage)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if len([trial for trial in running if trial.params]) >= count:  # sampled: training, not just created
+                return
+        time.sleep(0.5)
+    pytest.fail(f"{count} trial(s) not running after {STARTUP_SECONDS} s")
+
+
+def assert_interrupted_trials_are_queued_again(storage: str, count: int) -> None:
+    trials = optuna.load_study(study_name="stop", storage=storage).trials
+    assert not [trial.number for trial in trials if trial.state == TrialState.RUNNING]
+    interrupted = [trial for trial in trials if "interrupted" in trial.user_attrs]
+    assert len(interrupted) == count and all(trial.state == TrialState.FAIL for trial in interrupted)
+    queued = {t.user_attrs["requeued_from_trial"]: t for t in trials if t.state == TrialState.WAITING}
+    assert sorted(queued) == [trial.number for trial in interrupted]
+    for trial in interrupted:
+        assert trial.params and queued[trial.number].system_attrs["fixed_params"] == trial.params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_ctrl_c_stops_every_process_and_queues_the_running_trials(tmp_path, tiny_study_flags, n_jobs):
+    storage = f"sqlite:///{tmp_path / 'stop.db'}"
+    with study_command(storage, n_jobs, tiny_study_flags) as process:
+        wait_for_running_trials(process, storage, n_jobs)
+        os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+        stopped = time.monotonic()
+        _, error = process.communicate(timeout=STOP_SECONDS)
+        print(f"stopped {time.monotonic() - stopped:.1f} s after SIGINT")
+
+    assert process.returncode == 130, error
+    assert "Traceback" not in error
+    lines = [line for line in error.splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and re.fullmatch(
+        r"interrupted: \d+ finished trials are saved; run the same command to resume", lines[0]
+    )
+    assert_interrupted_trials_are_queued_again(storage, n_jobs)
+
+
+def child_pids(parent: int) -> list[int]:
+    """Processes whose parent is `parent`, from /proc/<pid>/stat (its 4th field)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                children.append(int(entry.name))
+    return children
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status may wait long for its new parent to collect it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@needs_proc
+def test_workers_stop_when_the_parent_is_killed(tmp_path, tiny_study_flags):
+    storage = f"sqlite:///{tmp_path / 'stop.db'}"
+    with study_command(storage, 2, tiny_study_flags) as process:
+        wait_for_running_trials(process, storage, 2)
+        workers = child_pids(process.pid)
+        assert len(workers) >= 2
+        process.kill()
+        process.wait()
+        killed = time.monotonic()
+        while any(map(is_running, workers)) and time.monotonic() < killed + STOP_SECONDS:
+            time.sleep(0.2)
+        print(f"workers gone {time.monotonic() - killed:.1f} s after SIGKILL of the parent")
+        assert not [pid for pid in workers if is_running(pid)]
+
+    assert_interrupted_trials_are_queued_again(storage, 2)
+
+
+def test_a_queued_trial_stopped_before_it_sampled_is_queued_again_with_its_parameters():
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.25})
+    interruption = Interruption()
+    interruption.reason = "interrupted by SIGINT (Ctrl-C)"  # the stop came while the trial was being created
+    objective = InterruptibleObjective(lambda trial: trial.suggest_float("x", 0, 1), interruption)
+    verbosity = optuna.logging.get_verbosity()
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    optuna.logging.set_verbosity(verbosity)  # quietened for the failing trial
+    failed, queued = study.trials
+    assert failed.state == TrialState.FAIL and failed.params == {}
+    assert failed.user_attrs == {"interrupted": "interrupted by SIGINT (Ctrl-C)"}
+    assert queued.state == TrialState.WAITING and queued.system_attrs["fixed_params"] == {"x": 0.25}
+    assert not interruption.in_objective
