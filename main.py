@@ -1,4 +1,4 @@
-"""Command line: run a study of pretraining recipes (the default command), then report, export or browse it."""
+"""Command line: run a study of pretraining recipes (the default command); report, export, browse, retrain its best."""
 
 import argparse
 import sys
@@ -9,10 +9,7 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent
 
 
-def add_study_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n_trials", type=int, default=10, help="trials to add in this run (default 10)")
-    parser.add_argument("--n_jobs", type=int, default=1, help="worker processes sharing the study (default 1)")
-    parser.add_argument("--config", default=str(PROJECT_DIR / "config.yaml"), help="config file (default config.yaml)")
+def add_override_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -24,6 +21,36 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", dest="data_dir", help="data folder (default: $HPO_DATA_DIR, else the bundled data)"
     )
+
+
+def add_study_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--n_trials",
+        type=int,
+        help="trials to add in this run (default 10; no count limit when --timeout or --max_trials is given)",
+    )
+    parser.add_argument(
+        "--max_trials",
+        type=int,
+        metavar="N",
+        help="stop once the study holds N trials: complete, pruned, failed and running ones count, queued ones "
+        "do not (with --n_trials, whichever comes first)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="start no new trial SECONDS after the run started (running trials finish)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="resume a study created with different data/model/masking/train/probe settings or search space "
+        "(the change is recorded in the study)",
+    )
+    parser.add_argument("--n_jobs", type=int, default=1, help="worker processes sharing the study (default 1)")
+    parser.add_argument("--config", default=str(PROJECT_DIR / "config.yaml"), help="config file (default config.yaml)")
+    add_override_flags(parser)
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
 
 
@@ -38,14 +65,30 @@ def add_dashboard_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 picks a free one)")
 
 
+def add_retrain_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="an exported config, e.g. studies/NAME/best_config.yaml")
+    add_override_flags(parser)
+    parser.add_argument(
+        "--budget_tokens", type=int, help="pretraining tokens (default: the config's retrain.budget_tokens)"
+    )
+    parser.add_argument("--output", help="output folder (default: retrain/ beside the config file)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in the output folder"
+    )
+    parser.add_argument(
+        "--checkpoint_every", type=int, help="steps between checkpoints (default: retrain.checkpoint_every_steps)"
+    )
+
+
 def run_study_command(args: argparse.Namespace, storage: str) -> int:
     from data.files_location import resolve_data_dir
     from hpo.config import load_config
-    from hpo.study import run_study
+    from hpo.study import RunLimits, run_study
 
     config = load_config(args.config, args.overrides)
     data_dir = resolve_data_dir(args.data_dir)
-    study = run_study(args.study_name, storage, config, data_dir, args.n_trials, args.n_jobs, args.seed)
+    limits = RunLimits(args.n_trials, args.max_trials, args.timeout)
+    study = run_study(args.study_name, storage, config, data_dir, limits, args.n_jobs, args.seed, args.force)
     completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
     if not completed:
         print("no completed trial yet")
@@ -79,13 +122,32 @@ def run_dashboard_command(args: argparse.Namespace, storage: str) -> int:
     return 0
 
 
+def run_retrain_command(args: argparse.Namespace, storage: str | None) -> int:
+    from data.files_location import resolve_data_dir
+    from hpo.config import load_config
+    from hpo.retrain import retrain
+
+    overrides = list(args.overrides)
+    if args.budget_tokens is not None:
+        overrides.append(f"retrain.budget_tokens={args.budget_tokens}")
+    if args.checkpoint_every is not None:
+        overrides.append(f"retrain.checkpoint_every_steps={args.checkpoint_every}")
+    config = load_config(args.config, overrides)
+    output_dir = Path(args.output) if args.output else Path(args.config).parent / "retrain"
+    retrain(config, resolve_data_dir(args.data_dir), output_dir, args.resume)
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its help line, what it does with (flags, storage URL), and its own flags."""
+    """A subcommand: its help line, what it does with (flags, storage URL), its own flags, whether it
+    works on a study (--study_name, --storage), and what to tell a user who interrupts it."""
 
     help: str
-    run: Callable[[argparse.Namespace, str], int]
+    run: Callable[[argparse.Namespace, str | None], int]
     add_flags: Callable[[argparse.ArgumentParser], None] | None = None
+    on_study: bool = True
+    interrupted: str = "finished trials are saved; run the same command to resume"
 
 
 COMMANDS = {
@@ -93,6 +155,13 @@ COMMANDS = {
     "report": Command("write studies/<name>/report.html: plots, importances, statistics", run_report_command),
     "export": Command("write studies/<name>/best_config.yaml for a retrain", run_export_command, add_export_flags),
     "dashboard": Command("browse the study in optuna-dashboard", run_dashboard_command, add_dashboard_flags),
+    "retrain": Command(
+        "full pretraining run of an exported config (torchrun for several GPUs), then the AG News probes",
+        run_retrain_command,
+        add_retrain_flags,
+        on_study=False,
+        interrupted="add --resume to the same command to continue from the newest checkpoint",
+    ),
 }
 
 
@@ -105,14 +174,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     shared.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/<study_name>.db)")
     commands = parser.add_subparsers(dest="command", metavar="command", help="what to do (default: study)")
     for name, command in COMMANDS.items():
-        subparser = commands.add_parser(name, parents=[shared], help=command.help, description=command.help)
+        parents = [shared] if command.on_study else []
+        subparser = commands.add_parser(name, parents=parents, help=command.help, description=command.help)
         if command.add_flags:
             command.add_flags(subparser)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv = ["study", *argv]
     args = parser.parse_args(argv)
-    if args.command == "study" and (args.n_trials < 1 or args.n_jobs < 1):
-        parser.error(f"--n_trials ({args.n_trials}) and --n_jobs ({args.n_jobs}) must be at least 1")
+    if args.command == "study":
+        for flag, value in (("n_trials", args.n_trials), ("max_trials", args.max_trials), ("n_jobs", args.n_jobs)):
+            if value is not None and value < 1:
+                parser.error(f"--{flag} ({value}) must be at least 1")
+        if args.timeout is not None and args.timeout <= 0:
+            parser.error(f"--timeout ({args.timeout}) must be a positive number of seconds")
     if args.command == "export" and args.top_k < 0:
         parser.error(f"--top_k ({args.top_k}) must be 0 (best trial only) or more")
     return args
@@ -123,14 +197,15 @@ def main(argv: list[str]) -> int:
     from hpo.config import ConfigError
     from hpo.study import default_storage_url
 
+    command = COMMANDS[args.command]
     try:
-        storage = args.storage or default_storage_url(args.study_name)
-        return COMMANDS[args.command].run(args, storage)
+        storage = (args.storage or default_storage_url(args.study_name)) if command.on_study else None
+        return command.run(args, storage)
     except (ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are saved; run the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as interruption:  # a study's says how many trials it keeps
+        print(f"interrupted: {str(interruption) or command.interrupted}", file=sys.stderr)
         return 130
 
 

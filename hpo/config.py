@@ -27,6 +27,7 @@ class TrainConfig:
     """One pretraining run: objective, optimiser, schedule and budget."""
 
     objective: str = "mlm"
+    nsp: bool = False  # BERT's next-sentence prediction beside MLM (sentence pairs from the corpus); clm ignores it
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -34,11 +35,17 @@ class TrainConfig:
     schedule: str = "linear"
     warmup_fraction: float = 0.05
     budget_tokens: int = 300_000
+    budget_seconds: float | None = None
     grad_clip: float = 1.0
     report_points: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     validation_sequences: int = 256
     device: str = "auto"
     seed: int = 0
+
+    @property
+    def next_sentence(self) -> bool:
+        """Next-sentence prediction is part of the run: asked for, and the objective is masked LM."""
+        return self.nsp and self.objective == "mlm"
 
     def validate(self) -> None:
         if self.objective not in ("mlm", "clm"):
@@ -47,12 +54,50 @@ class TrainConfig:
             raise ConfigError(f"train.schedule = {self.schedule!r}; expected linear, cosine or constant")
         if self.learning_rate <= 0 or self.batch_size <= 0 or self.budget_tokens <= 0:
             raise ConfigError("train.learning_rate, train.batch_size and train.budget_tokens must be positive")
+        if self.budget_seconds is not None and self.budget_seconds <= 0:
+            raise ConfigError(
+                f"train.budget_seconds = {self.budget_seconds}; expected a positive number of seconds, "
+                "or null to use train.budget_tokens"
+            )
         if not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"train.layer_lr_decay = {self.layer_lr_decay}; expected 0 < decay <= 1")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"train.warmup_fraction = {self.warmup_fraction}; expected 0 <= fraction < 1")
         if any(not 0 < point < 1 for point in self.report_points):
             raise ConfigError(f"train.report_points = {self.report_points}; each must lie strictly between 0 and 1")
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class RetrainConfig:
+    """The full-length run of an exported config (`main.py retrain`); not part of the search space."""
+
+    budget_tokens: int = 20_000_000
+    schedule: str = "cosine"
+    warmup_fraction: float = 0.02
+    grad_accumulation_steps: int = 1
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    checkpoint_every_steps: int = 500
+    log_every_steps: int = 50
+    keep_checkpoints: int = 3
+
+    def validate(self) -> None:
+        for name in ("budget_tokens", "grad_accumulation_steps", "checkpoint_every_steps", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"retrain.{name} = {getattr(self, name)}; expected a positive integer")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(
+                f"retrain.keep_checkpoints = {self.keep_checkpoints}; expected at least 1 (a resume needs the newest)"
+            )
+        if self.schedule not in ("cosine", "linear"):
+            raise ConfigError(f"retrain.schedule = {self.schedule!r}; expected cosine or linear")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"retrain.warmup_fraction = {self.warmup_fraction}; expected 0 <= fraction < 1")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"retrain.precision = {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
 
 
 @dataclass
@@ -93,7 +138,7 @@ class StudyConfig:
 
 @dataclass
 class ParamSpec:
-    """One search dimension. `choices` may map names to presets (dicts of fields to set)."""
+    """One search dimension (see config.yaml). `choices` may map names to presets (dicts of fields to set)."""
 
     type: str = "float"
     low: float | None = None
@@ -101,6 +146,7 @@ class ParamSpec:
     log: bool = False
     step: float | None = None
     choices: Any = None
+    value: Any = None  # type fixed: the constant
     condition: dict[str, list] | None = None
 
 
@@ -114,11 +160,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     search_space: dict[str, dict[str, ParamSpec]] = field(default_factory=dict)
     provenance: dict[str, Any] | None = None
 
     def validate(self) -> None:
-        for section in (self.data, self.model, self.masking, self.train, self.probe):
+        for section in (self.data, self.model, self.masking, self.train, self.probe, self.retrain):
             try:
                 section.validate()
             except ConfigError:
@@ -175,6 +222,11 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
         raise ConfigError(f"{where} = {value!r}; expected {annotation.__name__}")
     return value
+
+
+def convert_field(cls: type, name: str, value: Any, where: str) -> Any:
+    """`value` checked (and gently coerced) against the type of field `name` of dataclass `cls`."""
+    return _convert(value, typing.get_type_hints(cls)[name], where)
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:

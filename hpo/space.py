@@ -12,10 +12,11 @@ from typing import Any
 
 import optuna
 
-from hpo.config import Config, ConfigError, ParamSpec
+from hpo.config import Config, ConfigError, ParamSpec, convert_field
 
 SEARCHABLE_SECTIONS = ("data", "model", "masking", "train", "probe")
-PARAM_TYPES = ("float", "int", "categorical")
+PARAM_TYPES = ("float", "int", "categorical", "fixed")
+FIXED_VALUE_TYPES = (bool, int, float, str)  # what Optuna can record as a one-choice categorical
 
 
 def dimensions(config: Config) -> list[tuple[str, str, str, ParamSpec]]:
@@ -47,6 +48,12 @@ def validate_space(config: Config) -> None:
                 raise ConfigError(f"{where}.choices must be a non-empty list or a mapping of presets")
             elif field_name not in fields:
                 raise ConfigError(f"{where}: {section} has no field {field_name!r}")
+        elif spec.type == "fixed":
+            if field_name not in fields:
+                raise ConfigError(f"{where}: {section} has no field {field_name!r}")
+            if not isinstance(spec.value, FIXED_VALUE_TYPES):
+                raise ConfigError(f"{where}.value = {spec.value!r}; a fixed value must be a number, string or bool")
+            spec.value = convert_field(type(getattr(config, section)), field_name, spec.value, f"{where}.value")
         else:
             if field_name not in fields:
                 raise ConfigError(f"{where}: {section} has no field {field_name!r}")
@@ -62,11 +69,11 @@ def validate_space(config: Config) -> None:
 
 
 def _check_all_presets(config: Config) -> None:
-    """Every combination the space can produce must be a valid configuration (e.g. heads | hidden)."""
+    """Every choice and fixed value the space can produce must give a valid configuration (e.g. heads | hidden)."""
     for name, section, field_name, spec in dimensions(config):
-        if spec.type != "categorical":
+        if spec.type not in ("categorical", "fixed"):
             continue
-        for choice in spec.choices:
+        for choice in spec.choices if spec.type == "categorical" else [spec.value]:
             trial_config = copy.deepcopy(config)
             _set(trial_config, section, field_name, spec, choice)
             try:
@@ -77,7 +84,7 @@ def _check_all_presets(config: Config) -> None:
 
 def _set(config: Config, section: str, field_name: str, spec: ParamSpec, value: Any) -> None:
     target = getattr(config, section)
-    if isinstance(spec.choices, dict):
+    if spec.type == "categorical" and isinstance(spec.choices, dict):
         for key, preset_value in spec.choices[value].items():
             setattr(target, key, preset_value)
     else:
@@ -97,6 +104,8 @@ def _resolve(config: Config, pick: Callable[[str, ParamSpec], Any]) -> Config:
 
 
 def _suggest_one(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
+    if spec.type == "fixed":  # one choice: recorded with the trial, ignored by samplers and importances
+        return trial.suggest_categorical(name, [spec.value])
     if spec.type == "categorical":
         return trial.suggest_categorical(name, list(spec.choices))
     if spec.type == "int":

@@ -15,8 +15,7 @@ class LearnedPositions(nn.Module):
 
     def __init__(self, max_seq_len: int, hidden_size: int):
         super().__init__()
-        self.table = nn.Embedding(max_seq_len, hidden_size)
-        nn.init.normal_(self.table.weight, std=0.02)
+        self.table = nn.Embedding(max_seq_len, hidden_size)  # initialised with the token table's scale
 
     def forward(self, seq_len: int) -> torch.Tensor:
         return self.table.weight[:seq_len]  # (S, H)

@@ -18,6 +18,7 @@ def test_default_config_loads_and_searches_six_dimensions():
         "model.dropout",
         "train.layer_lr_decay",
         "model.size",
+        "train.objective",
     } <= names
 
 
@@ -42,6 +43,9 @@ def test_override_is_typed_and_applied():
         ("search_space.train.learning_rate.low=0", "log scale needs low > 0"),
         ("search_space.train.nothing={type: float, low: 0, high: 1}", "train has no field 'nothing'"),
         ("train.budget_tokens", "expected KEY=VALUE"),
+        ("search_space.train.batch_size={type: fixed, value: lots}", "search_space.train.batch_size.value = 'lots'"),
+        ("search_space.model.dropout={type: fixed, value: 2.0}", "model.dropout = 2.0"),
+        ("search_space.model.pooling={type: fixed, value: [mean]}", "a fixed value must be a number"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(override, message):
@@ -62,6 +66,7 @@ def test_conditional_dimension_is_skipped_when_inactive():
         ],
     )
     base = {
+        "train.objective": "mlm",
         "model.attention_kind": "rope",
         "model.size": "mini",
         "model.dropout": 0.1,
@@ -73,3 +78,32 @@ def test_conditional_dimension_is_skipped_when_inactive():
     span = apply_params(config, {**base, "masking.strategy": "span", "masking.span_max_length": 4})
     assert span.masking.span_max_length == 4
     assert (span.model.hidden_size, span.model.num_heads) == (192, 3)
+
+
+def test_masking_strategy_is_only_sampled_for_the_masked_objective():
+    import optuna
+
+    from hpo.space import suggest
+
+    config = load_config(CONFIG)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {}
+    for _ in range(40):
+        trial = study.ask()
+        run_config = suggest(trial, config)
+        seen.setdefault(run_config.train.objective, []).append("masking.strategy" in trial.params)
+        study.tell(trial, 0.0)
+    assert set(seen) == {"mlm", "clm"}
+    assert all(seen["mlm"]) and not any(seen["clm"])
+
+
+def test_fixed_value_is_set_and_recorded_with_the_trial():
+    import optuna
+
+    from hpo.space import suggest
+
+    config = load_config(CONFIG, ["search_space.train.batch_size={type: fixed, value: 16}"])
+    trial = optuna.create_study().ask()
+    assert suggest(trial, config).train.batch_size == 16
+    assert trial.params["train.batch_size"] == 16
+    assert apply_params(config, trial.params).train.batch_size == 16
