@@ -90,10 +90,17 @@ class PackedCorpus:
         self.validation = validation  # (M, S) uint16
         self.seed = seed
         self._orders: dict[int, np.ndarray] = {}  # the current epoch's row order
+        self._counts: np.ndarray | None = None
 
     @property
     def seq_len(self) -> int:
         return self.train.shape[1]
+
+    def token_counts(self, vocab_size: int) -> np.ndarray:
+        """(V,) int64 occurrences of each id in the training rows (computed once, ~0.1 s)."""
+        if self._counts is None or len(self._counts) != vocab_size:
+            self._counts = np.bincount(np.asarray(self.train).ravel(), minlength=vocab_size).astype(np.int64)
+        return self._counts
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:

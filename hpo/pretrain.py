@@ -155,6 +155,9 @@ class Pretrainer:
             )
         torch.manual_seed(train.seed)
         self.model = Encoder(config.model, tokenizer.vocab_size, next_sentence=train.next_sentence).to(device)
+        counts = torch.from_numpy(corpus.token_counts(tokenizer.vocab_size)).clone()
+        counts[[tokenizer.cls_id, tokenizer.mask_id, tokenizer.pad_id, tokenizer.sep_id]] = 0  # never targets
+        self.model.set_output_prior(counts)
         self.training_loss: Callable[..., torch.Tensor] = self.model.prediction_loss
         if execution.world_size > 1:
             # Same initial weights on every process (seeded above), its own dropout stream on each.

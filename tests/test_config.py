@@ -18,7 +18,6 @@ def test_default_config_loads_and_searches_six_dimensions():
         "model.dropout",
         "train.layer_lr_decay",
         "model.size",
-        "train.objective",
     } <= names
 
 
@@ -85,7 +84,13 @@ def test_masking_strategy_is_only_sampled_for_the_masked_objective():
 
     from hpo.space import suggest
 
-    config = load_config(CONFIG)
+    config = load_config(
+        CONFIG,
+        [
+            "search_space.train.objective={type: categorical, choices: [mlm, clm]}",
+            "search_space.masking.strategy.condition={train.objective: [mlm]}",
+        ],
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = {}
     for _ in range(40):

@@ -138,3 +138,44 @@ def test_softmax_reference_fully_padded_row_is_zero_without_nan():
     out.sum().backward()
     assert out.abs().max() == 0
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_output_prior_makes_the_first_prediction_the_unigram_law():
+    torch.manual_seed(0)
+    counts = torch.tensor([0, 5, 100, 20, 1000, 0, 3, 1])
+    model = Encoder(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab_size=len(counts))
+    model.set_output_prior(counts)
+    smoothed = (counts.double() + 1) / (counts.sum() + len(counts))
+    # Softmax is shift-invariant: the bias alone reproduces the add-one unigram law exactly.
+    torch.testing.assert_close(torch.softmax(model.head_bias.double(), 0), smoothed)
+
+
+def test_pretraining_starts_from_the_corpus_unigram_law(data_dir, tokenizer, tmp_path):
+    import math
+    from pathlib import Path
+
+    from data.corpus import load_corpus
+    from hpo.config import load_config
+    from hpo.pretrain import Pretrainer
+
+    config_path = Path(__file__).resolve().parents[1] / "config.yaml"
+    overrides = ["search_space={}", "data.sources=[austen]", f"data.cache_dir={tmp_path}", "model.dropout=0.0"]
+    config = load_config(config_path, overrides)
+    corpus = load_corpus(data_dir, config.data, tokenizer)
+    trainer = Pretrainer(config, corpus, tokenizer, torch.device("cpu"))
+    counts = corpus.token_counts(tokenizer.vocab_size).copy()
+    assert counts[tokenizer.cls_id] == len(corpus.train)  # the cached counts are left as they are
+    bias = trainer.model.head_bias
+    assert bias[tokenizer.cls_id] == bias.min()  # every row starts with [CLS], yet it is never a target
+    counts[tokenizer.cls_id] = 0
+    assert bias[int(counts.argmax())] == bias.max()
+    # The first step's masked-LM loss is near the unigram entropy (~7.5 nats), far below ln V.
+    assert trainer.train_step().loss < math.log(tokenizer.vocab_size) - 2.0
+
+
+def test_embedding_tables_have_unit_scale_and_linear_layers_bert_scale():
+    torch.manual_seed(0)
+    model = Encoder(ModelConfig(hidden_size=64, num_layers=1, num_heads=2), vocab_size=5000)
+    assert abs(model.token_embedding.weight.std().item() - 1.0) < 0.02
+    assert abs(model.positions.table.weight.std().item() - 1.0) < 0.05
+    assert abs(model.blocks[0].attention.qkv.weight.std().item() - 0.02) < 0.002
