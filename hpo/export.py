@@ -2,9 +2,6 @@
 
 import dataclasses
 import datetime
-import importlib.metadata
-import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,9 +13,7 @@ from optuna.trial import FrozenTrial
 from hpo.config import Config, ConfigError, from_dict
 from hpo.space import apply_params
 from hpo.study import displayed_url, load_existing_study, ranked_trials
-
-PROJECT_DIR = Path(__file__).resolve().parents[1]
-VERSIONED_PACKAGES = ("torch", "triton", "optuna")
+from hpo.versions import software_versions
 
 
 def study_base_config(study: optuna.Study) -> Config:
@@ -46,28 +41,6 @@ def trial_config(base: Config, trial: FrozenTrial) -> Config:
         ) from error
     config.validate()
     return config
-
-
-def _git(*arguments: str) -> str | None:
-    try:
-        result = subprocess.run(["git", *arguments], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def software_versions() -> dict[str, Any]:
-    """Python, torch, triton and optuna versions and this project's git commit (None where unknown)."""
-    versions: dict[str, Any] = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    versions["git_commit"] = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    versions["git_uncommitted_changes"] = None if status is None else bool(status)
-    return versions
 
 
 def provenance(study: optuna.Study, storage_url: str, trial: FrozenTrial, rank: int) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from hpo.pretrain import Pretrainer, resolve_device
 from hpo.probe import Probe
 from hpo.space import suggest
 
+FAIL_REASON_CHARS = 500  # of an exception's text kept with a failed trial
+
 
 @dataclass
 class Resources:
@@ -80,6 +82,11 @@ class Objective:
                 trial.set_user_attr("pruned_reason", "embeddings are not finite")
                 raise optuna.TrialPruned("embeddings are not finite")
             return final.accuracy
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:  # Optuna marks the trial failed; the progress line and dashboard say why
+            trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:FAIL_REASON_CHARS])
+            raise
         finally:
             trial.set_user_attr("budget_tokens", trainer.budget_tokens)
             trial.set_user_attr("train_loss", loss)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError
 
 from hpo.config import Config, ConfigError, StudyConfig, config_to_dict, from_dict
 from hpo.interruption import INTERRUPTED_EXIT_CODE, InterruptibleObjective, Interruption, sigint_handled_by
+from hpo.versions import software_versions
 
 # Heartbeats, grouped TPE and the retry callback are marked experimental; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -210,11 +211,30 @@ def open_study(study_name: str, storage_url: str, config: Config, seed: int, for
         direction="maximize",
         load_if_exists=True,
     )
+    software = software_versions()
     if study.trials and "base_config" in study.user_attrs:
         check_config_unchanged(study, config, force)
+        note_software_change(study, software)
     else:
         study.set_user_attr("base_config", config_to_dict(config))
+        study.set_user_attr("software", software)
     return study
+
+
+def note_software_change(study: optuna.Study, software: dict[str, Any]) -> None:
+    """Say so when the code or packages differ from those that started the study: the configuration check
+    cannot see a changed model or loop, and the user should know earlier scores may not compare."""
+    stored = study.user_attrs.get("software", {})
+    changed = [
+        f"{name} {stored[name]} -> {value}"
+        for name, value in software.items()
+        if name != "git_uncommitted_changes" and stored.get(name) and value and stored[name] != value
+    ]
+    if changed:
+        print(
+            f"note: study {study.study_name!r} was started by other software ({_some(changed)}); "
+            "earlier trials' scores may not compare with new ones"
+        )
 
 
 # Workers ------------------------------------------------------------------------------------------
@@ -288,7 +308,7 @@ def _format_trial(trial: optuna.trial.FrozenTrial, worker_index: int) -> str:
     elif trial.state == optuna.trial.TrialState.PRUNED:
         outcome = f"pruned at step {trial.last_step} ({attrs.get('pruned_reason', '')})"
     else:
-        outcome = f"{trial.state.name.lower()}: {trial.system_attrs.get('fail_reason', '')}".strip()
+        outcome = f"{trial.state.name.lower()}: {attrs.get('fail_reason', '')}".strip(" :")
     speed = attrs.get("tokens_per_second", 0.0)
     seconds = attrs.get("wall_seconds", 0.0)
     return (

@@ -132,3 +132,34 @@ def test_fields_added_to_the_code_since_the_study_began_are_no_change(tmp_path, 
     study.set_user_attr("base_config", stored)
     reopen(storage, [])
     assert capsys.readouterr().out == ""
+
+
+def test_resume_by_other_software_prints_a_note(tmp_path, make_study, capsys):
+    storage = make_study(tmp_path / "fake.db", [({}, 0.5)])
+    study = optuna.load_study(study_name="fake", storage=storage)
+    study.set_user_attr("software", {"git_commit": "0000000", "torch": "0.0.1", "python": None})
+    reopen(storage, [])
+    output = capsys.readouterr().out
+    assert "note: study 'fake' was started by other software (" in output
+    assert "git_commit 0000000 -> " in output and "torch 0.0.1 -> " in output and "python" not in output
+
+
+def test_a_failing_trial_records_why_and_the_progress_line_says_it(tmp_path, data_dir, monkeypatch):
+    from conftest import TINY_OVERRIDES
+
+    from hpo.objective import Objective, Resources
+    from hpo.pretrain import Pretrainer
+    from hpo.study import _format_trial
+
+    config = load_config(CONFIG_PATH, [*TINY_OVERRIDES, f"data.cache_dir={tmp_path}"])
+
+    def broken_step(self):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Pretrainer, "train_step", broken_step)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(Objective(config, Resources.load(config, data_dir)), n_trials=1, catch=(RuntimeError,))
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory (simulated)"
+    assert "trial 0: fail: RuntimeError: CUDA out of memory (simulated) |" in _format_trial(trial, 0)
