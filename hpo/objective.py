@@ -1,5 +1,8 @@
 """Objective(trial) -> AG News probe accuracy: sample, pretrain, report, prune, probe."""
 
+import dataclasses
+import hashlib
+import json
 import math
 import resource
 import time
@@ -16,6 +19,7 @@ from hpo.config import Config
 from hpo.pretrain import Pretrainer, resolve_device
 from hpo.probe import Probe
 from hpo.space import suggest
+from model.bert import Encoder
 
 FAIL_REASON_CHARS = 500  # of an exception's text kept with a failed trial
 
@@ -42,6 +46,37 @@ def peak_memory_megabytes(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+RANDOM_INIT_ATTR_PREFIX = "random_init_accuracy:"  # + architecture key: a study user attr per architecture
+
+
+def architecture_key(config: Config) -> str:
+    """What decides a randomly initialised encoder's probe score: shape, pooling, seed and the probe itself."""
+    model = dataclasses.asdict(config.model)
+    for irrelevant in ("dropout", "attention_backend", "gradient_checkpointing"):  # inert in evaluation
+        del model[irrelevant]
+    material = {
+        "model": model,
+        "seed": config.train.seed,
+        "next_sentence": config.train.next_sentence,
+        "probe": dataclasses.asdict(config.probe),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def random_encoder_accuracy(study: optuna.Study, config: Config, resources: Resources, device: torch.device) -> float:
+    """The probe accuracy of the trial's encoder before any pretraining (the weights its run starts
+    from): the line pretraining has to beat. Computed once per architecture and kept in the study's
+    user attrs, so workers, resumed runs and later trials reuse it."""
+    key = RANDOM_INIT_ATTR_PREFIX + architecture_key(config)
+    if key not in study.user_attrs:
+        saved_state = torch.get_rng_state()
+        torch.manual_seed(config.train.seed)  # as Pretrainer does before it builds the model
+        encoder = Encoder(config.model, resources.tokenizer.vocab_size, config.train.next_sentence).to(device)
+        torch.set_rng_state(saved_state)
+        study.set_user_attr(key, resources.probe.score(encoder, device, config.probe.folds).accuracy)
+    return study.user_attrs[key]
 
 
 class Objective:
@@ -81,6 +116,9 @@ class Objective:
             if not math.isfinite(final.accuracy):
                 trial.set_user_attr("pruned_reason", "embeddings are not finite")
                 raise optuna.TrialPruned("embeddings are not finite")
+            baseline = random_encoder_accuracy(trial.study, config, self.resources, device)
+            trial.set_user_attr("random_init_accuracy", baseline)
+            trial.set_user_attr("gain_over_random_init", final.accuracy - baseline)
             return final.accuracy
         except optuna.TrialPruned:
             raise

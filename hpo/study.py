@@ -305,6 +305,8 @@ def _format_trial(trial: optuna.trial.FrozenTrial, worker_index: int) -> str:
     attrs = trial.user_attrs
     if trial.state == optuna.trial.TrialState.COMPLETE:
         outcome = f"accuracy {trial.value:.4f} ± {attrs.get('probe_standard_error', float('nan')):.4f}"
+        if "random_init_accuracy" in attrs:
+            outcome += f" (random init {attrs['random_init_accuracy']:.4f})"
     elif trial.state == optuna.trial.TrialState.PRUNED:
         outcome = f"pruned at step {trial.last_step} ({attrs.get('pruned_reason', '')})"
     else:

@@ -163,3 +163,36 @@ def test_a_failing_trial_records_why_and_the_progress_line_says_it(tmp_path, dat
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory (simulated)"
     assert "trial 0: fail: RuntimeError: CUDA out of memory (simulated) |" in _format_trial(trial, 0)
+
+
+def test_completed_trials_carry_the_random_encoder_line_computed_once_per_architecture(tmp_path, data_dir, monkeypatch):
+    import torch
+    from conftest import TINY_OVERRIDES
+
+    import hpo.objective
+    from hpo.objective import RANDOM_INIT_ATTR_PREFIX, Objective, Resources
+    from model.bert import Encoder
+
+    overrides = [*TINY_OVERRIDES, f"data.cache_dir={tmp_path}", "search_space={}", "model.hidden_size=32"]
+    config = load_config(CONFIG_PATH, overrides)
+    resources = Resources.load(config, data_dir)
+    built = []
+
+    class CountingEncoder(Encoder):
+        def __init__(self, *args, **kwargs):
+            built.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(hpo.objective, "Encoder", CountingEncoder)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    study.optimize(Objective(config, resources), n_trials=2)
+
+    assert len(built) == 1  # the second trial of the same architecture reuses the study's value
+    (key,) = [key for key in study.user_attrs if key.startswith(RANDOM_INIT_ATTR_PREFIX)]
+    torch.manual_seed(config.train.seed)
+    untrained = Encoder(config.model, resources.tokenizer.vocab_size)
+    expected = resources.probe.score(untrained, torch.device("cpu"), config.probe.folds).accuracy
+    assert study.user_attrs[key] == expected
+    for trial in study.trials:
+        assert trial.user_attrs["random_init_accuracy"] == expected
+        assert trial.user_attrs["gain_over_random_init"] == pytest.approx(trial.value - expected)
