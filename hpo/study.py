@@ -322,6 +322,15 @@ def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def visible_gpu(index: int) -> str:
+    """CUDA_VISIBLE_DEVICES for a worker on the index-th GPU this process sees: a cluster's scheduler may
+    already have narrowed the visible GPUs (e.g. "4,6"), and index 1 then means GPU 6, not GPU 1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not visible:
+        return str(index)
+    return visible.split(",")[index].strip()
+
+
 def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     """One worker: load shared resources once, then optimise its share of the trials.
 
@@ -330,7 +339,7 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     from hpo.objective import Objective, Resources  # keeps torch-heavy imports out of the parent
 
     if plan.gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(plan.gpu)
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpu(plan.gpu)
     torch.set_num_threads(plan.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     resources = Resources.load(plan.config, plan.data_dir)

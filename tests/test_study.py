@@ -196,3 +196,22 @@ def test_completed_trials_carry_the_random_encoder_line_computed_once_per_archit
     for trial in study.trials:
         assert trial.user_attrs["random_init_accuracy"] == expected
         assert trial.user_attrs["gain_over_random_init"] == pytest.approx(trial.value - expected)
+
+
+def test_workers_are_spread_over_the_visible_gpus_several_per_gpu(monkeypatch, tmp_path):
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from hpo.study import WorkerPlan, visible_gpu, worker_plans
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    common = WorkerPlan("s", "sqlite://", load_config(CONFIG_PATH), Path(tmp_path), seed=0, parent_pid=os.getpid())
+    plans = worker_plans(common, n_trials=10, n_jobs=5, existing=0)
+    assert [plan.gpu for plan in plans] == [0, 1, 0, 1, 0]
+    assert len({plan.seed for plan in plans}) == 5 and sum(plan.n_trials for plan in plans) == 10
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6")  # as a cluster scheduler may set it
+    assert [visible_gpu(plan.gpu) for plan in plans] == ["4", "6", "4", "6", "4"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpu(1) == "1"
