@@ -225,8 +225,12 @@ def note_software_change(study: optuna.Study, software: dict[str, Any]) -> None:
     """Say so when the code or packages differ from those that started the study: the configuration check
     cannot see a changed model or loop, and the user should know earlier scores may not compare."""
     stored = study.user_attrs.get("software", {})
+
+    def shown(name: str, value: Any) -> str:
+        return str(value)[:12] if name == "git_commit" else str(value)
+
     changed = [
-        f"{name} {stored[name]} -> {value}"
+        f"{name} {shown(name, stored[name])} -> {shown(name, value)}"
         for name, value in software.items()
         if name != "git_uncommitted_changes" and stored.get(name) and value and stored[name] != value
     ]
