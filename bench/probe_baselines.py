@@ -17,11 +17,10 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from data.agnews import load_agnews
 from data.files_location import resolve_data_dir
 from data.tokenizer import Tokenizer
-from hpo.config import Config, from_dict
+from hpo.export import study_base_config, trial_config
+from hpo.pretrain import initial_encoder
 from hpo.probe import Probe
-from hpo.space import apply_params
 from hpo.study import default_storage_url, load_existing_study
-from model.bert import Encoder
 
 
 def tfidf_accuracy(texts: list[str], labels: np.ndarray, folds: int, seed: int) -> float:
@@ -42,7 +41,7 @@ def main() -> None:
     storage = args.storage or default_storage_url(args.study_name)
     study = load_existing_study(args.study_name, storage)
     best = study.best_trial
-    config = apply_params(from_dict(Config, study.user_attrs["base_config"]), best.params)
+    config = trial_config(study_base_config(study), best)
     data_dir = resolve_data_dir(args.data_dir)
     tokenizer = Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken")
     selection, _ = load_agnews(data_dir)
@@ -50,8 +49,7 @@ def main() -> None:
     torch.set_num_threads(2)
     random_scores = []
     for seed in range(args.seeds):
-        torch.manual_seed(seed)
-        model = Encoder(config.model, tokenizer.vocab_size)
+        model = initial_encoder(config, tokenizer.vocab_size, seed)
         random_scores.append(probe.score(model, torch.device("cpu"), config.probe.folds).accuracy)
     started = time.perf_counter()
     tfidf = tfidf_accuracy(selection.texts, selection.labels, config.probe.folds, config.probe.seed)

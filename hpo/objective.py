@@ -16,10 +16,9 @@ from data.agnews import load_agnews, stratified_subset
 from data.corpus import PackedCorpus, load_corpus
 from data.tokenizer import Tokenizer
 from hpo.config import Config
-from hpo.pretrain import Pretrainer, resolve_device
+from hpo.pretrain import Pretrainer, initial_encoder, resolve_device
 from hpo.probe import Probe
 from hpo.space import suggest
-from model.bert import Encoder
 
 FAIL_REASON_CHARS = 500  # of an exception's text kept with a failed trial
 
@@ -71,9 +70,8 @@ def random_encoder_accuracy(study: optuna.Study, config: Config, resources: Reso
     user attrs, so workers, resumed runs and later trials reuse it."""
     key = RANDOM_INIT_ATTR_PREFIX + architecture_key(config)
     if key not in study.user_attrs:
-        saved_state = torch.get_rng_state()
-        torch.manual_seed(config.train.seed)  # as Pretrainer does before it builds the model
-        encoder = Encoder(config.model, resources.tokenizer.vocab_size, config.train.next_sentence).to(device)
+        saved_state = torch.get_rng_state()  # the trial's own random stream stays as it was
+        encoder = initial_encoder(config, resources.tokenizer.vocab_size).to(device)
         torch.set_rng_state(saved_state)
         study.set_user_attr(key, resources.probe.score(encoder, device, config.probe.folds).accuracy)
     return study.user_attrs[key]

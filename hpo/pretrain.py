@@ -59,6 +59,13 @@ OBJECTIVES: dict[str, Callable[["Pretrainer", torch.Tensor], Batch]] = {
 }
 
 
+def initial_encoder(config: Config, vocab_size: int, seed: int | None = None) -> Encoder:
+    """The encoder a run starts from, built after seeding torch with train.seed (or `seed`): a run and
+    the random-init baseline of its architecture get the same weights."""
+    torch.manual_seed(config.train.seed if seed is None else seed)
+    return Encoder(config.model, vocab_size, next_sentence=config.train.next_sentence)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,8 +160,7 @@ class Pretrainer:
                 f"train.nsp needs at least 2 rows per micro-batch (a 'not next' segment comes from another row); "
                 f"train.batch_size = {train.batch_size} over {execution.micro_batches} micro-batch(es) is too small"
             )
-        torch.manual_seed(train.seed)
-        self.model = Encoder(config.model, tokenizer.vocab_size, next_sentence=train.next_sentence).to(device)
+        self.model = initial_encoder(config, tokenizer.vocab_size).to(device)
         counts = torch.from_numpy(corpus.token_counts(tokenizer.vocab_size)).clone()
         counts[[tokenizer.cls_id, tokenizer.mask_id, tokenizer.pad_id, tokenizer.sep_id]] = 0  # never targets
         self.model.set_output_prior(counts)

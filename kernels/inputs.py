@@ -10,14 +10,17 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def check_attention_inputs(op_name: str, q, k, v, key_padding_mask) -> None:
-    """Raise a ValueError that says which input is wrong and what was expected."""
+def check_attention_inputs(op_name: str, q, k, v, key_padding_mask) -> torch.Tensor:
+    """The key padding mask to use (all keys real when None); a ValueError that says which input is
+    wrong and what was expected."""
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
             f"{op_name} expects q, k, v of one shape (batch, heads, seq, head_dim); "
             f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     batch, _, seq_len, head_dim = q.shape
+    if key_padding_mask is None:
+        key_padding_mask = torch.ones(batch, seq_len, dtype=torch.bool, device=q.device)
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"{op_name} supports head_dim in {SUPPORTED_HEAD_DIMS}, got {head_dim}")
     if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
@@ -37,3 +40,4 @@ def check_attention_inputs(op_name: str, q, k, v, key_padding_mask) -> None:
             f"{op_name} runs Triton kernels: it needs CUDA tensors (got {q.device}), "
             "or TRITON_INTERPRET=1 set before triton is imported to run them on the CPU"
         )
+    return key_padding_mask

@@ -523,8 +523,6 @@ def flash_attention(
     A query with no allowed key gets zeros. With `rotary`, q and k are first rotated as
     kernels.reference.rotary_embedding does. Differentiable in q, k, v.
     """
-    if key_padding_mask is None:
-        key_padding_mask = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device)
-    check_attention_inputs("flash_attention", q, k, v, key_padding_mask)
+    key_padding_mask = check_attention_inputs("flash_attention", q, k, v, key_padding_mask)
     out, _ = _flash_attention_forward(q, k, v, key_padding_mask, causal, rotary)
     return out

@@ -472,8 +472,6 @@ def stickbreaking_attention(
     Bidirectional as DESIGN.md defines it; `causal` keeps the left stick only. Matches
     kernels.reference.stickbreaking_attention; differentiable in q, k, v.
     """
-    if key_padding_mask is None:
-        key_padding_mask = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device)
-    check_attention_inputs("stickbreaking_attention", q, k, v, key_padding_mask)
+    key_padding_mask = check_attention_inputs("stickbreaking_attention", q, k, v, key_padding_mask)
     out, _, _ = _stickbreaking_forward(q, k, v, key_padding_mask, causal)
     return out
