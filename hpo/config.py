@@ -17,6 +17,9 @@ from data.corpus import CorpusConfig
 from data.masking import MaskingConfig
 from model.bert import ModelConfig
 
+# Settings that say where things are kept, not what a run computes: changing them changes no result.
+LOCATION_KEYS = ("data.cache_dir",)
+
 
 class ConfigError(ValueError):
     """A user's configuration mistake; main.py prints it as one line."""

@@ -28,7 +28,7 @@ import yaml
 from data.agnews import load_agnews
 from data.corpus import load_corpus
 from data.tokenizer import Tokenizer
-from hpo.config import Config, ConfigError, config_to_dict
+from hpo.config import LOCATION_KEYS, Config, ConfigError, config_to_dict
 from hpo.pretrain import Execution, Pretrainer, StepResult, resolve_device
 from hpo.probe import Probe, cross_validated_accuracy, held_out_accuracy
 
@@ -59,7 +59,9 @@ def run_hash(config: Config) -> str:
     identity = config_to_dict(config)
     for section in UNHASHED_SECTIONS:
         identity.pop(section)
-    identity["data"].pop("cache_dir")
+    for key in LOCATION_KEYS:
+        section, name = key.split(".")
+        identity[section].pop(name)
     for name in CADENCE_FIELDS:
         identity["retrain"].pop(name)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from hpo.config import Config, ConfigError, StudyConfig, config_to_dict, from_dict
+from hpo.config import LOCATION_KEYS, Config, ConfigError, StudyConfig, config_to_dict, from_dict
 from hpo.interruption import INTERRUPTED_EXIT_CODE, InterruptibleObjective, Interruption, sigint_handled_by
 from hpo.versions import software_versions
 
@@ -138,8 +138,8 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 # Resuming: would a score mean something else now? -------------------------------------------------
 
-# A change in these sections changes what a trial's score means; the others (study: sampler, pruner,
-# heartbeat; retrain; provenance) do not.
+# A change in these sections changes what a trial's score means (except LOCATION_KEYS); the others
+# (study: sampler, pruner, heartbeat; retrain; provenance) do not.
 SCORE_SECTIONS = ("data", "model", "masking", "train", "probe", "search_space")
 SHOWN_KEYS = 5
 _ABSENT = object()
@@ -177,7 +177,7 @@ def check_config_unchanged(study: optuna.Study, config: Config, force: bool) -> 
     """Refuse to add trials whose scores would mean something else than the study's earlier ones, unless
     forced; a forced change is recorded in the study's user attr "config_changes"."""
     changed = differing_keys(normalised_base_config(study.user_attrs["base_config"]), config_to_dict(config))
-    scoring = [key for key in changed if key.split(".")[0] in SCORE_SECTIONS]
+    scoring = [key for key in changed if key.split(".")[0] in SCORE_SECTIONS and key not in LOCATION_KEYS]
     harmless = [key for key in changed if key not in scoring]
     if scoring and not force:
         raise ConfigError(

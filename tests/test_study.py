@@ -215,3 +215,12 @@ def test_workers_are_spread_over_the_visible_gpus_several_per_gpu(monkeypatch, t
     assert [visible_gpu(plan.gpu) for plan in plans] == ["4", "6", "4", "6", "4"]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert visible_gpu(1) == "1"
+
+
+def test_moving_the_token_cache_is_no_configuration_change(tmp_path, make_study, capsys):
+    storage = make_study(tmp_path / "fake.db", [({}, 0.5)])
+    study = reopen(storage, [f"data.cache_dir={tmp_path / 'elsewhere'}"])
+    assert "config_changes" not in study.user_attrs
+    assert "note: study 'fake' continues with changed settings that keep scores comparable: data.cache_dir" in (
+        capsys.readouterr().out
+    )
