@@ -9,6 +9,10 @@ With `rotary`, q and k are rotated as kernels.reference.rotary_embedding does (t
 D, base 10000) while they are loaded, and dq, dk are rotated back before they are stored; the
 rotated q and k are never written to memory.
 
+q, k, v are read through their strides and outputs are written sequence-major, autotuning is keyed
+on the length rounded up to a block multiple, and deterministic runs use fixed configs: see
+kernels/launch.py. No kernel uses atomics, so a fixed config gives the same bits run after run.
+
 Layout: Triton kernels -> launchers -> torch custom ops (forward, backward, autograd, fake) ->
 `flash_attention`.
 """
@@ -21,6 +25,7 @@ import triton
 import triton.language as tl
 
 from kernels.inputs import INTERPRETED, check_attention_inputs
+from kernels.launch import launch, sequence_major_empty, shared_layout, tuning_length
 
 ROTARY_BASE = 10000.0
 LOG2_E = 1.4426950408889634  # scores are kept in base-2 units so the kernels can use exp2
@@ -60,7 +65,7 @@ QUERY_GRAD_CONFIGS = _configs(
     ("BLOCK_Q", "BLOCK_K"),
     [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 32, 4, 5), (128, 64, 8, 3)],
 )
-AUTOTUNE_KEY = ["SEQ_LEN", "HEAD_DIM", "CAUSAL", "ROTARY"]
+AUTOTUNE_KEY = ["TUNING_LENGTH", "HEAD_DIM", "CAUSAL", "ROTARY"]
 PREPROCESS_BLOCK = 32 if INTERPRETED else 64
 
 
@@ -81,15 +86,15 @@ def _load_cos_sin(COS, SIN, rows, dims, SEQ_LEN, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(X, rows, dims, SEQ_LEN, COS, SIN, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr):
+def _load_rows(X, rows, dims, row_stride, SEQ_LEN, COS, SIN, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr):
     """A (rows, D) tile of one head, zeros past the sequence end; rotated when ROTARY."""
     in_range = rows[:, None] < SEQ_LEN
-    x = tl.load(X + rows[:, None] * HEAD_DIM + dims[None, :], mask=in_range, other=0.0)
+    x = tl.load(X + rows[:, None] * row_stride + dims[None, :], mask=in_range, other=0.0)
     if ROTARY:
         # rotate_half(x) reads the other half of D: load the tile again with its halves swapped
         # (same cache lines) instead of shuffling registers inside the hot loop.
         swapped_dims = (dims + HEAD_DIM // 2) % HEAD_DIM
-        x_swapped = tl.load(X + rows[:, None] * HEAD_DIM + swapped_dims[None, :], mask=in_range, other=0.0)
+        x_swapped = tl.load(X + rows[:, None] * row_stride + swapped_dims[None, :], mask=in_range, other=0.0)
         cos, sin = _load_cos_sin(COS, SIN, rows, dims, SEQ_LEN, HEAD_DIM)
         sign = tl.where(dims < HEAD_DIM // 2, -1.0, 1.0)
         rotated = x.to(tl.float32) * cos + sign[None, :] * x_swapped.to(tl.float32) * sin
@@ -125,12 +130,10 @@ def _allowed(queries, keys, key_is_real, SEQ_LEN, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _head_pointers(SEQ_LEN, NUM_HEADS, HEAD_DIM: tl.constexpr):
-    """Which batch row this program works on, and the int64 offset of its (S, D) head."""
-    batch_head = tl.program_id(1)
-    batch = batch_head // NUM_HEADS
-    head_offset = batch_head.to(tl.int64) * SEQ_LEN * HEAD_DIM
-    return batch, batch_head, head_offset
+def _batch_and_head(NUM_HEADS):
+    """This program's batch row, head and (batch, head) index, as int64 for the pointer arithmetic."""
+    batch_head = tl.program_id(1).to(tl.int64)
+    return batch_head // NUM_HEADS, batch_head % NUM_HEADS, batch_head
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +156,13 @@ def _forward_kernel(
     qk_scale,
     SEQ_LEN,
     NUM_HEADS,
+    TUNING_LENGTH,  # only a key of the autotuner
+    stride_batch,
+    stride_head,
+    stride_seq,
+    out_stride_batch,
+    out_stride_head,
+    out_stride_seq,
     HEAD_DIM: tl.constexpr,
     CAUSAL: tl.constexpr,
     ROTARY: tl.constexpr,
@@ -160,13 +170,15 @@ def _forward_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    batch, batch_head, head_offset = _head_pointers(SEQ_LEN, NUM_HEADS, HEAD_DIM)
-    Q, K, V, OUT = Q + head_offset, K + head_offset, V + head_offset, OUT + head_offset
+    batch, head, batch_head = _batch_and_head(NUM_HEADS)
+    head_offset = batch * stride_batch + head * stride_head
+    Q, K, V = Q + head_offset, K + head_offset, V + head_offset
+    OUT += batch * out_stride_batch + head * out_stride_head
     KEY_MASK += batch * SEQ_LEN
     queries = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, HEAD_DIM)
 
-    q = _load_rows(Q, queries, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+    q = _load_rows(Q, queries, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
     row_max = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
     row_sum = tl.zeros((BLOCK_Q,), tl.float32)
     acc = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
@@ -178,8 +190,8 @@ def _forward_kernel(
         key_end = tl.minimum(key_end, (tl.program_id(0) + 1) * BLOCK_Q)
     for key_start in range(0, key_end, BLOCK_K):
         keys = key_start + tl.arange(0, BLOCK_K)
-        k = _load_rows(K, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
-        v = _load_rows(V, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, False)
+        k = _load_rows(K, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+        v = _load_rows(V, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, False)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         key_is_real = _key_is_real(KEY_MASK, keys, SEQ_LEN)
         allowed = _allowed(queries[:, None], keys[None, :], key_is_real[None, :], SEQ_LEN, CAUSAL)
@@ -200,23 +212,40 @@ def _forward_kernel(
     lse = tl.where(has_key, row_max + tl.log2(safe_sum), 0.0)
     in_range = queries < SEQ_LEN
     tl.store(
-        OUT + queries[:, None] * HEAD_DIM + dims[None, :],
+        OUT + queries[:, None] * out_stride_seq + dims[None, :],
         out.to(OUT.dtype.element_ty),
         mask=in_range[:, None],
     )
-    tl.store(LSE + batch_head.to(tl.int64) * SEQ_LEN + queries, lse, mask=in_range)
+    tl.store(LSE + batch_head * SEQ_LEN + queries, lse, mask=in_range)
 
 
 @triton.jit
-def _delta_kernel(OUT, GRAD_OUT, DELTA, SEQ_LEN, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+def _delta_kernel(
+    OUT,
+    GRAD_OUT,
+    DELTA,
+    SEQ_LEN,
+    NUM_HEADS,
+    out_stride_batch,
+    out_stride_head,
+    out_stride_seq,
+    grad_out_stride_batch,
+    grad_out_stride_head,
+    grad_out_stride_seq,
+    HEAD_DIM: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """delta = rowsum(out * grad_out), the softmax-backward term shared by dq and dk."""
-    batch_head = tl.program_id(1).to(tl.int64)
+    batch, head, batch_head = _batch_and_head(NUM_HEADS)
+    OUT += batch * out_stride_batch + head * out_stride_head
+    GRAD_OUT += batch * grad_out_stride_batch + head * grad_out_stride_head
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     dims = tl.arange(0, HEAD_DIM)
-    offsets = batch_head * SEQ_LEN * HEAD_DIM + rows[:, None] * HEAD_DIM + dims[None, :]
     in_range = rows < SEQ_LEN
-    out = tl.load(OUT + offsets, mask=in_range[:, None], other=0.0).to(tl.float32)
-    grad_out = tl.load(GRAD_OUT + offsets, mask=in_range[:, None], other=0.0).to(tl.float32)
+    out = tl.load(OUT + rows[:, None] * out_stride_seq + dims[None, :], mask=in_range[:, None], other=0.0)
+    grad_out_offsets = rows[:, None] * grad_out_stride_seq + dims[None, :]
+    grad_out = tl.load(GRAD_OUT + grad_out_offsets, mask=in_range[:, None], other=0.0)
+    out, grad_out = out.to(tl.float32), grad_out.to(tl.float32)
     tl.store(DELTA + batch_head * SEQ_LEN + rows, tl.sum(out * grad_out, 1), mask=in_range)
 
 
@@ -239,6 +268,16 @@ def _key_value_grad_kernel(
     qk_scale,
     SEQ_LEN,
     NUM_HEADS,
+    TUNING_LENGTH,  # only a key of the autotuner
+    stride_batch,
+    stride_head,
+    stride_seq,
+    grad_out_stride_batch,
+    grad_out_stride_head,
+    grad_out_stride_seq,
+    grad_stride_batch,
+    grad_stride_head,
+    grad_stride_seq,
     HEAD_DIM: tl.constexpr,
     CAUSAL: tl.constexpr,
     ROTARY: tl.constexpr,
@@ -247,18 +286,21 @@ def _key_value_grad_kernel(
     BLOCK_K: tl.constexpr,
 ):
     """dk, dv for one block of keys, looping over the queries that may see them."""
-    batch, batch_head, head_offset = _head_pointers(SEQ_LEN, NUM_HEADS, HEAD_DIM)
-    Q, K, V, GRAD_OUT = Q + head_offset, K + head_offset, V + head_offset, GRAD_OUT + head_offset
-    GRAD_K, GRAD_V = GRAD_K + head_offset, GRAD_V + head_offset
-    LSE += batch_head.to(tl.int64) * SEQ_LEN
-    DELTA += batch_head.to(tl.int64) * SEQ_LEN
+    batch, head, batch_head = _batch_and_head(NUM_HEADS)
+    head_offset = batch * stride_batch + head * stride_head
+    Q, K, V = Q + head_offset, K + head_offset, V + head_offset
+    GRAD_OUT += batch * grad_out_stride_batch + head * grad_out_stride_head
+    grad_offset = batch * grad_stride_batch + head * grad_stride_head
+    GRAD_K, GRAD_V = GRAD_K + grad_offset, GRAD_V + grad_offset
+    LSE += batch_head * SEQ_LEN
+    DELTA += batch_head * SEQ_LEN
     KEY_MASK += batch * SEQ_LEN
     key_start = tl.program_id(0) * BLOCK_K
     keys = key_start + tl.arange(0, BLOCK_K)
     dims = tl.arange(0, HEAD_DIM)
 
-    k = _load_rows(K, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
-    v = _load_rows(V, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, False)
+    k = _load_rows(K, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+    v = _load_rows(V, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, False)
     key_is_real = _key_is_real(KEY_MASK, keys, SEQ_LEN)
     grad_k = tl.zeros((BLOCK_K, HEAD_DIM), tl.float32)
     grad_v = tl.zeros((BLOCK_K, HEAD_DIM), tl.float32)
@@ -270,8 +312,8 @@ def _key_value_grad_kernel(
     query_end = tl.where(key_start < tl.load(KEY_END + batch), SEQ_LEN, query_start)
     for block_start in range(query_start, query_end, BLOCK_Q):
         queries = block_start + tl.arange(0, BLOCK_Q)
-        q = _load_rows(Q, queries, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
-        grad_out = _load_rows(GRAD_OUT, queries, dims, SEQ_LEN, COS, SIN, HEAD_DIM, False)
+        q = _load_rows(Q, queries, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+        grad_out = _load_rows(GRAD_OUT, queries, dims, grad_out_stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, False)
         lse = tl.load(LSE + queries, mask=queries < SEQ_LEN, other=0.0)
         delta = tl.load(DELTA + queries, mask=queries < SEQ_LEN, other=0.0)
         # Transposed tiles (keys, queries), so the sums over queries are plain dots.
@@ -286,7 +328,7 @@ def _key_value_grad_kernel(
     grad_k *= scale
     if ROTARY:
         grad_k = _rotate_gradient_back(grad_k, keys, dims, SEQ_LEN, COS, SIN, BLOCK_K, HEAD_DIM)
-    offsets = keys[:, None] * HEAD_DIM + dims[None, :]
+    offsets = keys[:, None] * grad_stride_seq + dims[None, :]
     in_range = keys[:, None] < SEQ_LEN
     tl.store(GRAD_K + offsets, grad_k.to(GRAD_K.dtype.element_ty), mask=in_range)
     tl.store(GRAD_V + offsets, grad_v.to(GRAD_V.dtype.element_ty), mask=in_range)
@@ -310,6 +352,16 @@ def _query_grad_kernel(
     qk_scale,
     SEQ_LEN,
     NUM_HEADS,
+    TUNING_LENGTH,  # only a key of the autotuner
+    stride_batch,
+    stride_head,
+    stride_seq,
+    grad_out_stride_batch,
+    grad_out_stride_head,
+    grad_out_stride_seq,
+    grad_stride_batch,
+    grad_stride_head,
+    grad_stride_seq,
     HEAD_DIM: tl.constexpr,
     CAUSAL: tl.constexpr,
     ROTARY: tl.constexpr,
@@ -318,16 +370,18 @@ def _query_grad_kernel(
     BLOCK_K: tl.constexpr,
 ):
     """dq for one block of queries, looping over the keys they may see."""
-    batch, batch_head, head_offset = _head_pointers(SEQ_LEN, NUM_HEADS, HEAD_DIM)
-    Q, K, V, GRAD_OUT = Q + head_offset, K + head_offset, V + head_offset, GRAD_OUT + head_offset
-    GRAD_Q += head_offset
+    batch, head, batch_head = _batch_and_head(NUM_HEADS)
+    head_offset = batch * stride_batch + head * stride_head
+    Q, K, V = Q + head_offset, K + head_offset, V + head_offset
+    GRAD_OUT += batch * grad_out_stride_batch + head * grad_out_stride_head
+    GRAD_Q += batch * grad_stride_batch + head * grad_stride_head
     KEY_MASK += batch * SEQ_LEN
     queries = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, HEAD_DIM)
 
-    q = _load_rows(Q, queries, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
-    grad_out = _load_rows(GRAD_OUT, queries, dims, SEQ_LEN, COS, SIN, HEAD_DIM, False)
-    row_offsets = batch_head.to(tl.int64) * SEQ_LEN + queries
+    q = _load_rows(Q, queries, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+    grad_out = _load_rows(GRAD_OUT, queries, dims, grad_out_stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, False)
+    row_offsets = batch_head * SEQ_LEN + queries
     lse = tl.load(LSE + row_offsets, mask=queries < SEQ_LEN, other=0.0)
     delta = tl.load(DELTA + row_offsets, mask=queries < SEQ_LEN, other=0.0)
     grad_q = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
@@ -337,8 +391,8 @@ def _query_grad_kernel(
         key_end = tl.minimum(key_end, (tl.program_id(0) + 1) * BLOCK_Q)
     for key_start in range(0, key_end, BLOCK_K):
         keys = key_start + tl.arange(0, BLOCK_K)
-        k = _load_rows(K, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
-        v = _load_rows(V, keys, dims, SEQ_LEN, COS, SIN, HEAD_DIM, False)
+        k = _load_rows(K, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+        v = _load_rows(V, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, False)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         key_is_real = _key_is_real(KEY_MASK, keys, SEQ_LEN)
         allowed = _allowed(queries[:, None], keys[None, :], key_is_real[None, :], SEQ_LEN, CAUSAL)
@@ -351,7 +405,7 @@ def _query_grad_kernel(
     if ROTARY:
         grad_q = _rotate_gradient_back(grad_q, queries, dims, SEQ_LEN, COS, SIN, BLOCK_Q, HEAD_DIM)
     tl.store(
-        GRAD_Q + queries[:, None] * HEAD_DIM + dims[None, :],
+        GRAD_Q + queries[:, None] * grad_stride_seq + dims[None, :],
         grad_q.to(GRAD_Q.dtype.element_ty),
         mask=queries[:, None] < SEQ_LEN,
     )
@@ -371,8 +425,9 @@ def _rotary_tables(seq_len: int, head_dim: int, device: torch.device) -> tuple[t
     return angles.cos().float().contiguous(), angles.sin().float().contiguous()
 
 
-def _kernel_inputs(q: torch.Tensor, key_padding_mask: torch.Tensor, rotary: bool) -> dict:
-    """Arguments shared by every kernel: the key mask as bytes, where real keys end, rotary tables."""
+def _kernel_inputs(q: torch.Tensor, key_padding_mask: torch.Tensor, rotary: bool, strides: tuple) -> dict:
+    """Arguments shared by the attention kernels: the key mask as bytes, where real keys end, rotary
+    tables, sizes and the strides of q, k, v."""
     num_heads, seq_len, head_dim = q.shape[1:]
     key_mask = key_padding_mask.contiguous().view(torch.uint8)  # (B, S)
     positions = torch.arange(1, seq_len + 1, device=q.device)
@@ -381,6 +436,7 @@ def _kernel_inputs(q: torch.Tensor, key_padding_mask: torch.Tensor, rotary: bool
         cos, sin = _rotary_tables(seq_len, head_dim, q.device)
     else:
         cos = sin = key_end  # never read: ROTARY is a compile-time False
+    stride_batch, stride_head, stride_seq = strides
     return {
         "KEY_MASK": key_mask,
         "KEY_END": key_end,
@@ -388,6 +444,10 @@ def _kernel_inputs(q: torch.Tensor, key_padding_mask: torch.Tensor, rotary: bool
         "SIN": sin,
         "SEQ_LEN": seq_len,
         "NUM_HEADS": num_heads,
+        "TUNING_LENGTH": tuning_length(seq_len),
+        "stride_batch": stride_batch,
+        "stride_head": stride_head,
+        "stride_seq": stride_seq,
         "HEAD_DIM": head_dim,
         "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
     }
@@ -399,32 +459,42 @@ def _grid(block_name: str, q: torch.Tensor):
 
 
 def _forward(q, k, v, key_padding_mask, causal, rotary):
-    """Launch the forward kernel on contiguous inputs: out (B, H, S, D), lse (B, H, S) base 2."""
-    out = torch.empty_like(q)
+    """Launch the forward kernel: out (B, H, S, D) sequence-major, lse (B, H, S) base 2."""
+    (q, k, v), strides = shared_layout(q, k, v)
+    out = sequence_major_empty(q.shape, q.dtype, q.device)
     lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)  # (B, H, S)
-    qk_scale = LOG2_E / math.sqrt(q.shape[-1])
-    _forward_kernel[_grid("BLOCK_Q", q)](
-        q,
-        k,
-        v,
+    out_stride_batch, out_stride_head, out_stride_seq, _ = out.stride()
+    launch(
+        _forward_kernel,
+        _grid("BLOCK_Q", q),
+        Q=q,
+        K=k,
+        V=v,
         OUT=out,
         LSE=lse,
-        qk_scale=qk_scale,
+        qk_scale=LOG2_E / math.sqrt(q.shape[-1]),
+        out_stride_batch=out_stride_batch,
+        out_stride_head=out_stride_head,
+        out_stride_seq=out_stride_seq,
         CAUSAL=causal,
         ROTARY=rotary,
-        **_kernel_inputs(q, key_padding_mask, rotary),
+        **_kernel_inputs(q, key_padding_mask, rotary, strides),
     )
     return out, lse
 
 
 def _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
-    """Launch delta, dk/dv and dq kernels on contiguous inputs."""
+    """Launch delta, dk/dv and dq kernels; the gradients come out sequence-major."""
     batch, num_heads, seq_len, head_dim = q.shape
+    (q, k, v), strides = shared_layout(q, k, v)
+    (grad_out,), grad_out_strides = shared_layout(grad_out)
     delta = torch.empty_like(lse)  # (B, H, S)
     _delta_kernel[(triton.cdiv(seq_len, PREPROCESS_BLOCK), batch * num_heads)](
-        out, grad_out, delta, seq_len, HEAD_DIM=head_dim, BLOCK=PREPROCESS_BLOCK
-    )
-    grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        out, grad_out, delta, seq_len, num_heads, *out.stride()[:3], *grad_out_strides,
+        HEAD_DIM=head_dim, BLOCK=PREPROCESS_BLOCK,
+    )  # fmt: skip
+    grad_q, grad_k, grad_v = (sequence_major_empty(q.shape, q.dtype, q.device) for _ in "qkv")
+    grad_stride_batch, grad_stride_head, grad_stride_seq, _ = grad_q.stride()
     shared = dict(
         Q=q,
         K=k,
@@ -434,12 +504,18 @@ def _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
         DELTA=delta,
         scale=1.0 / math.sqrt(head_dim),
         qk_scale=LOG2_E / math.sqrt(head_dim),
+        grad_out_stride_batch=grad_out_strides[0],
+        grad_out_stride_head=grad_out_strides[1],
+        grad_out_stride_seq=grad_out_strides[2],
+        grad_stride_batch=grad_stride_batch,
+        grad_stride_head=grad_stride_head,
+        grad_stride_seq=grad_stride_seq,
         CAUSAL=causal,
         ROTARY=rotary,
-        **_kernel_inputs(q, key_padding_mask, rotary),
+        **_kernel_inputs(q, key_padding_mask, rotary, strides),
     )
-    _key_value_grad_kernel[_grid("BLOCK_K", k)](GRAD_K=grad_k, GRAD_V=grad_v, **shared)
-    _query_grad_kernel[_grid("BLOCK_Q", q)](GRAD_Q=grad_q, **shared)
+    launch(_key_value_grad_kernel, _grid("BLOCK_K", k), GRAD_K=grad_k, GRAD_V=grad_v, **shared)
+    launch(_query_grad_kernel, _grid("BLOCK_Q", q), GRAD_Q=grad_q, **shared)
     return grad_q, grad_k, grad_v
 
 
@@ -457,12 +533,12 @@ def _flash_attention_forward(
     causal: bool,
     rotary: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(q.contiguous(), k.contiguous(), v.contiguous(), key_padding_mask, causal, rotary)
+    return _forward(q, k, v, key_padding_mask, causal, rotary)
 
 
 @_flash_attention_forward.register_fake
 def _(q, k, v, key_padding_mask, causal, rotary):
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    out = sequence_major_empty(q.shape, q.dtype, q.device)
     return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
@@ -478,13 +554,12 @@ def _flash_attention_backward(
     causal: bool,
     rotary: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    contiguous = [t.contiguous() for t in (grad_out, q, k, v)]
-    return _backward(*contiguous, key_padding_mask, out, lse, causal, rotary)
+    return _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary)
 
 
 @_flash_attention_backward.register_fake
 def _(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
-    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    return tuple(sequence_major_empty(t.shape, t.dtype, t.device) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):

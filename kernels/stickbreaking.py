@@ -9,7 +9,10 @@ beta = 0. For query i a stick is broken outward on each side, nearest key first:
 Forward. The (S, S) weights never reach memory: a program owns a block of queries and walks the
 key blocks of each stick from the diagonal outward, carrying log2 of the stick still unbroken
 (the running sum of log2(1 - beta) over the keys passed). Inside a key block, the sum over the
-keys between a key and the query is a matmul of the log2(1 - beta) tile with a 0/1 triangle. The
+keys strictly between a key and the query is a matmul of the log2(1 - beta) tile with a strict
+0/1 triangle, and log2 A = log2 beta + that sum + the carried value, as DESIGN.md writes it. (The
+form x + a sum that includes log2(1 - beta_ij) ~ -x cancels for a large logit x; with 16-bit inputs
+the in-tile dot rounds its operands to tf32, and the cancelled error grew with x: 0.4% at x = 20.) The
 right stick is the left stick with the index order reversed, which here is index arithmetic
 (`LEFT`), never a copy. For the backward, the forward saves the carried value at every key block
 (a checkpoint: (S / BLOCK_K) floats per query and head) and the leftovers r_L, r_R.
@@ -26,7 +29,10 @@ forward from the saved checkpoints. (Walking nearest first would need F_l as a t
 nearer terms, an absolute error that the tiny weights of far keys do not scale down.) Then
 dq_i = sum_l dz_il k_l / sqrt(D), dk_l = sum_i dz_il q_i / sqrt(D), and
 dv_j = alpha sum_i A_ij g_i + alpha (r_L + r_R) g_j (causal: r_L g_j) for the leftover on v_j
-itself. A program owns queries, so it adds its parts of dk and dv atomically to float32 buffers.
+itself, added by PyTorch after the kernel. A program owns queries, so it adds its parts of dk and dv
+atomically to float32 buffers; atomics add in no fixed order, so under
+torch.use_deterministic_algorithms(True) each program and stick stores its parts in a buffer slot of
+its own instead, and the slots are summed in a fixed order (memory: 2 S / BLOCK_Q slots of dk and dv).
 
 Nothing becomes NaN: entries that are not allowed get log2(1 - beta) = 0 and weight 0 through
 `where` (no -inf arithmetic), padded query rows are computed like any other, and a query whose
@@ -43,6 +49,7 @@ import triton
 import triton.language as tl
 
 from kernels.inputs import INTERPRETED, check_attention_inputs
+from kernels.launch import deterministic, launch, sequence_major_empty, shared_layout, tuning_length
 
 LOG2_E = 1.4426950408889634  # logits are kept in base-2 units so the kernels can use exp2/log2
 
@@ -65,10 +72,11 @@ def _configs(tuned: list[tuple[int, int, int]]) -> list[triton.Config]:
     return [triton.Config({"BLOCK_Q": block_q}, num_warps=warps, num_stages=stages) for block_q, warps, stages in tuned]
 
 
-# (query block, num_warps, num_stages); the query block must be a multiple of the key block.
+# (query block, num_warps, num_stages); the query block must be a multiple of the key block. The
+# first config is the one deterministic runs use.
 FORWARD_CONFIGS = _configs([(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 2), (128, 8, 3)])
 BACKWARD_CONFIGS = _configs([(64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (128, 8, 3)])
-AUTOTUNE_KEY = ["SEQ_LEN", "HEAD_DIM", "CAUSAL", "BLOCK_K"]
+AUTOTUNE_KEY = ["TUNING_LENGTH", "HEAD_DIM", "CAUSAL", "BLOCK_K"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,16 +85,10 @@ AUTOTUNE_KEY = ["SEQ_LEN", "HEAD_DIM", "CAUSAL", "BLOCK_K"]
 
 
 @triton.jit
-def _softplus2(x):
-    """log2(1 + 2^x) for any x, without overflow."""
-    return tl.maximum(x, 0.0) + tl.log2(1.0 + tl.exp2(-tl.abs(x)))
-
-
-@triton.jit
-def _load_rows(X, rows, dims, SEQ_LEN, HEAD_DIM: tl.constexpr):
+def _load_rows(X, rows, dims, row_stride, SEQ_LEN):
     """A (rows, D) tile of one head, zeros past the sequence end."""
     in_range = rows[:, None] < SEQ_LEN
-    return tl.load(X + rows[:, None] * HEAD_DIM + dims[None, :], mask=in_range, other=0.0)
+    return tl.load(X + rows[:, None] * row_stride + dims[None, :], mask=in_range, other=0.0)
 
 
 @triton.jit
@@ -108,17 +110,22 @@ def _key_blocks(query_start, key_end, LEFT: tl.constexpr, BLOCK_Q: tl.constexpr,
 
 
 @triton.jit
-def _inclusive_sum_matrix(FROM_ABOVE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """0/1 (BLOCK_K, BLOCK_K) matrix M: (x @ M)[:, j] sums x[:, l] over l >= j (FROM_ABOVE) or l <= j.
+def _triangle(NEARER: tl.constexpr, LEFT: tl.constexpr, BLOCK_K: tl.constexpr):
+    """0/1 (BLOCK_K, BLOCK_K) matrix M: (x @ M)[:, j] sums x[:, l] over the keys l of the tile nearer
+    to the query than key j (NEARER), or over the others, j included (not NEARER).
 
-    For the left stick l >= j are the keys from j toward the query, l <= j those from j outward;
-    the right stick is the mirror image.
+    Nearer is a higher index on the left stick, a lower one on the right stick. Keys on the far side
+    of the query carry zeros in x, so "nearer than j" within the tile means "between j and the query".
     """
     index = tl.arange(0, BLOCK_K)
-    if FROM_ABOVE:
-        summed = index[:, None] >= index[None, :]
+    if LEFT:
+        nearer = index[:, None] > index[None, :]
     else:
-        summed = index[:, None] <= index[None, :]
+        nearer = index[:, None] < index[None, :]
+    if NEARER:
+        summed = nearer
+    else:
+        summed = ~nearer
     return tl.where(summed, 1.0, 0.0)
 
 
@@ -141,13 +148,14 @@ def _checkpoints(CHECKPOINTS, key_start, queries, SEQ_LEN, LEFT: tl.constexpr, B
 
 
 @triton.jit
-def _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, toward_query, qk_scale, SEQ_LEN,
+def _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, between, qk_scale, SEQ_LEN,
                 LEFT: tl.constexpr, DOT_PRECISION: tl.constexpr):  # fmt: skip
-    """Weights A (queries, keys) of one key tile, and log2(1 - beta), 0 where not allowed.
+    """Weights A (queries, keys) of one key tile, beta, and log2(1 - beta); all 0 where not allowed.
 
-    log2 A_ij = x_ij + sum of log2(1 - beta_il) over the keys l from j (included) to i, where
-    x is the logit in base 2 (log2 beta = x + log2(1 - beta)); the sum over the keys of earlier
-    tiles arrives as log_unbroken.
+    log2 A_ij = log2 beta_ij + the sum of log2(1 - beta_il) over the keys l strictly between j and
+    i; the keys of earlier tiles arrive summed in log_unbroken, those of this tile through the
+    `between` triangle. Both logs come straight from the logit x (base 2): log2 beta = -softplus(-x)
+    and log2(1 - beta) = -softplus(x), which share the term log2(1 + 2^-|x|).
     """
     key_is_real = tl.load(KEY_MASK + keys, mask=keys < SEQ_LEN, other=0) != 0
     if LEFT:
@@ -156,21 +164,24 @@ def _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, toward_query, qk_sc
         on_stick = keys[None, :] > queries[:, None]
     allowed = on_stick & key_is_real[None, :] & (queries[:, None] < SEQ_LEN)
     logits = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-    log_kept = tl.where(allowed, -_softplus2(logits), 0.0)
-    log_weight = logits + log_unbroken[:, None] + tl.dot(log_kept, toward_query, input_precision=DOT_PRECISION)
+    tail = tl.log2(1.0 + tl.exp2(-tl.abs(logits)))
+    log_beta = -(tl.maximum(-logits, 0.0) + tail)
+    log_kept = tl.where(allowed, -(tl.maximum(logits, 0.0) + tail), 0.0)
+    log_weight = log_beta + log_unbroken[:, None] + tl.dot(log_kept, between, input_precision=DOT_PRECISION)
     # Where not allowed log_weight may be large; `where` drops exp2's inf before any arithmetic.
     weight = tl.where(allowed, tl.exp2(log_weight), 0.0)
-    return weight, log_kept
+    beta = tl.where(allowed, tl.exp2(log_beta), 0.0)
+    return weight, beta, log_kept
 
 
 @triton.jit
-def _forward_stick(q, queries, query_start, key_end, K, V, KEY_MASK, CHECKPOINTS, qk_scale, SEQ_LEN,
+def _forward_stick(q, queries, query_start, key_end, K, V, stride_seq, KEY_MASK, CHECKPOINTS, qk_scale, SEQ_LEN,
                    LEFT: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr,
                    BLOCK_K: tl.constexpr):  # fmt: skip
     """sum_j A_ij v_j over one stick (float32) and log2 of its leftover; saves the checkpoints."""
     dims = tl.arange(0, HEAD_DIM)
     first_key, step, num_blocks = _key_blocks(query_start, key_end, LEFT, BLOCK_Q, BLOCK_K)
-    toward_query = _inclusive_sum_matrix(LEFT, BLOCK_K)
+    between = _triangle(True, LEFT, BLOCK_K)
     acc = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
     log_unbroken = tl.zeros((BLOCK_Q,), tl.float32)
     for block in range(num_blocks):
@@ -178,67 +189,76 @@ def _forward_stick(q, queries, query_start, key_end, K, V, KEY_MASK, CHECKPOINTS
         keys = key_start + tl.arange(0, BLOCK_K)
         checkpoints, owned = _checkpoints(CHECKPOINTS, key_start, queries, SEQ_LEN, LEFT, BLOCK_K)
         tl.store(checkpoints, log_unbroken, mask=owned)
-        k = _load_rows(K, keys, dims, SEQ_LEN, HEAD_DIM)
-        v = _load_rows(V, keys, dims, SEQ_LEN, HEAD_DIM)
-        weight, log_kept = _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, toward_query, qk_scale, SEQ_LEN,
-                                       LEFT, DOT_PRECISION)  # fmt: skip
+        k = _load_rows(K, keys, dims, stride_seq, SEQ_LEN)
+        v = _load_rows(V, keys, dims, stride_seq, SEQ_LEN)
+        weight, _, log_kept = _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, between, qk_scale, SEQ_LEN,
+                                          LEFT, DOT_PRECISION)  # fmt: skip
         acc += tl.dot(weight.to(v.dtype), v, input_precision=DOT_PRECISION)
         log_unbroken += tl.sum(log_kept, 1)
     return acc, log_unbroken
 
 
 @triton.jit
-def _backward_stick(q, grad_out, leftover_grad, alpha, grad_q, queries, query_start, key_end, K, V, KEY_MASK,
-                    CHECKPOINTS, GRAD_K, GRAD_V, scale, qk_scale, SEQ_LEN, LEFT: tl.constexpr,
-                    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr,
-                    BLOCK_K: tl.constexpr):  # fmt: skip
-    """Add one stick's dq to grad_q and atomically its dk, dv; key blocks farthest first.
+def _add_to(X, offsets, values, mask, DETERMINISTIC: tl.constexpr):
+    """X[offsets] += values: a plain store into a slot of its own when deterministic, else atomically."""
+    if DETERMINISTIC:
+        tl.store(X + offsets, values, mask=mask)
+    else:
+        tl.atomic_add(X + offsets, values, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _backward_stick(q, grad_out, leftover_grad, alpha, grad_q, queries, query_start, key_end, K, V, stride_seq,
+                    KEY_MASK, CHECKPOINTS, GRAD_K, GRAD_V, grad_stride_seq, scale, qk_scale, SEQ_LEN,
+                    LEFT: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    DETERMINISTIC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """Add one stick's dq to grad_q and its dk, dv to GRAD_K, GRAD_V; key blocks farthest first.
 
     dz_il = alpha (A_il g_i.v_l - beta_il F_il), F_il = r_i g_i.v_i (leftover_grad) plus
     sum_{j not nearer than l} A_ij g_i.v_j: see the module docstring.
     """
     dims = tl.arange(0, HEAD_DIM)
     first_key, step, num_blocks = _key_blocks(query_start, key_end, LEFT, BLOCK_Q, BLOCK_K)
-    toward_query = _inclusive_sum_matrix(LEFT, BLOCK_K)
-    away_from_query = _inclusive_sum_matrix(not LEFT, BLOCK_K)
+    between = _triangle(True, LEFT, BLOCK_K)
+    not_nearer = _triangle(False, LEFT, BLOCK_K)
     beyond = leftover_grad  # F up to the farther blocks: r g.v_i + their sum of A g.v
     for block in range(num_blocks):
         key_start = first_key + (num_blocks - 1 - block) * step
         keys = key_start + tl.arange(0, BLOCK_K)
         checkpoints, owned = _checkpoints(CHECKPOINTS, key_start, queries, SEQ_LEN, LEFT, BLOCK_K)
         log_unbroken = tl.load(checkpoints, mask=owned, other=0.0)
-        k = _load_rows(K, keys, dims, SEQ_LEN, HEAD_DIM)
-        v = _load_rows(V, keys, dims, SEQ_LEN, HEAD_DIM)
-        weight, log_kept = _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, toward_query, qk_scale, SEQ_LEN,
-                                       LEFT, DOT_PRECISION)  # fmt: skip
+        k = _load_rows(K, keys, dims, stride_seq, SEQ_LEN)
+        v = _load_rows(V, keys, dims, stride_seq, SEQ_LEN)
+        weight, beta, _ = _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, between, qk_scale, SEQ_LEN,
+                                      LEFT, DOT_PRECISION)  # fmt: skip
         grad_weight = tl.dot(grad_out, tl.trans(v), input_precision=DOT_PRECISION)
         weighted_grad = weight * grad_weight  # A g.v, 0 where not allowed
-        outward = beyond[:, None] + tl.dot(weighted_grad, away_from_query, input_precision=DOT_PRECISION)
-        beta = 1.0 - tl.exp2(log_kept)
+        outward = beyond[:, None] + tl.dot(weighted_grad, not_nearer, input_precision=DOT_PRECISION)
         grad_logits = alpha * (weighted_grad - beta * outward)
         beyond += tl.sum(weighted_grad, 1)
 
         grad_q += tl.dot(grad_logits.to(k.dtype), k, input_precision=DOT_PRECISION)
         grad_k = tl.dot(tl.trans(grad_logits).to(q.dtype), q, input_precision=DOT_PRECISION)
         grad_v = tl.dot(tl.trans(alpha * weight).to(grad_out.dtype), grad_out, input_precision=DOT_PRECISION)
-        offsets = keys[:, None] * HEAD_DIM + dims[None, :]
+        offsets = keys[:, None] * grad_stride_seq + dims[None, :]
         in_range = keys[:, None] < SEQ_LEN
-        tl.atomic_add(GRAD_K + offsets, grad_k * scale, mask=in_range, sem="relaxed")
-        tl.atomic_add(GRAD_V + offsets, grad_v, mask=in_range, sem="relaxed")
+        _add_to(GRAD_K, offsets, grad_k * scale, in_range, DETERMINISTIC)
+        _add_to(GRAD_V, offsets, grad_v, in_range, DETERMINISTIC)
     return grad_q
 
 
 @triton.jit
 def _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):
-    """This program's batch row and (batch, head) index, and its block of queries.
+    """This program's batch row, head and (batch, head) index, its query block's index and queries.
 
     Blocks are taken last first: when causal the last block walks the most keys.
     """
     tl.static_assert(BLOCK_Q % BLOCK_K == 0)
     batch_head = tl.program_id(1).to(tl.int64)
-    batch = batch_head // NUM_HEADS
-    query_start = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_Q
-    return batch, batch_head, query_start, query_start + tl.arange(0, BLOCK_Q)
+    block_index = tl.num_programs(0) - 1 - tl.program_id(0)
+    query_start = block_index * BLOCK_Q
+    queries = query_start + tl.arange(0, BLOCK_Q)
+    return batch_head // NUM_HEADS, batch_head % NUM_HEADS, batch_head, block_index, query_start, queries
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,21 +270,24 @@ def _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexp
 @triton.jit
 def _forward_kernel(
     Q, K, V, KEY_MASK, KEY_END, OUT, CHECKPOINTS, LEFTOVER, qk_scale, SEQ_LEN, NUM_HEADS,
+    TUNING_LENGTH,  # only a key of the autotuner
+    stride_batch, stride_head, stride_seq, out_stride_batch, out_stride_head, out_stride_seq,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
     """o for one block of queries: the left stick and, unless causal, the right one."""
-    batch, batch_head, query_start, queries = _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q, BLOCK_K)
-    head_offset = batch_head * SEQ_LEN * HEAD_DIM
-    Q, K, V, OUT = Q + head_offset, K + head_offset, V + head_offset, OUT + head_offset
+    batch, head, batch_head, _, query_start, queries = _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q, BLOCK_K)
+    head_offset = batch * stride_batch + head * stride_head
+    Q, K, V = Q + head_offset, K + head_offset, V + head_offset
+    OUT += batch * out_stride_batch + head * out_stride_head
     CHECKPOINTS += batch_head * tl.cdiv(SEQ_LEN, BLOCK_K) * SEQ_LEN
     KEY_MASK += batch * SEQ_LEN
     key_end = tl.load(KEY_END + batch)
     dims = tl.arange(0, HEAD_DIM)
 
-    q = _load_rows(Q, queries, dims, SEQ_LEN, HEAD_DIM)
-    acc, log_left = _forward_stick(q, queries, query_start, key_end, K, V, KEY_MASK, CHECKPOINTS, qk_scale, SEQ_LEN,
-                                   True, HEAD_DIM, DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
+    q = _load_rows(Q, queries, dims, stride_seq, SEQ_LEN)
+    acc, log_left = _forward_stick(q, queries, query_start, key_end, K, V, stride_seq, KEY_MASK, CHECKPOINTS,
+                                   qk_scale, SEQ_LEN, True, HEAD_DIM, DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
     in_range = queries < SEQ_LEN
     LEFTOVER += batch_head * (1 if CAUSAL else 2) * SEQ_LEN
     leftover = tl.exp2(log_left)
@@ -273,15 +296,17 @@ def _forward_kernel(
         alpha = 1.0
     else:
         alpha = 0.5
-        right, log_right = _forward_stick(q, queries, query_start, key_end, K, V, KEY_MASK, CHECKPOINTS, qk_scale,
-                                          SEQ_LEN, False, HEAD_DIM, DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
+        right, log_right = _forward_stick(q, queries, query_start, key_end, K, V, stride_seq, KEY_MASK, CHECKPOINTS,
+                                          qk_scale, SEQ_LEN, False, HEAD_DIM, DOT_PRECISION, BLOCK_Q,
+                                          BLOCK_K)  # fmt: skip
         acc += right
         right_leftover = tl.exp2(log_right)
         tl.store(LEFTOVER + SEQ_LEN + queries, right_leftover, mask=in_range)
         leftover += right_leftover
-    v_self = _load_rows(V, queries, dims, SEQ_LEN, HEAD_DIM).to(tl.float32)
+    v_self = _load_rows(V, queries, dims, stride_seq, SEQ_LEN).to(tl.float32)
     out = alpha * (acc + leftover[:, None] * v_self)
-    tl.store(OUT + queries[:, None] * HEAD_DIM + dims[None, :], out.to(OUT.dtype.element_ty), mask=in_range[:, None])
+    out_offsets = queries[:, None] * out_stride_seq + dims[None, :]
+    tl.store(OUT + out_offsets, out.to(OUT.dtype.element_ty), mask=in_range[:, None])
 
 
 @triton.autotune(configs=BACKWARD_CONFIGS, key=AUTOTUNE_KEY, reset_to_zero=["GRAD_K", "GRAD_V"])
@@ -289,42 +314,53 @@ def _forward_kernel(
 def _backward_kernel(
     Q, K, V, GRAD_OUT, KEY_MASK, KEY_END, CHECKPOINTS, LEFTOVER, GRAD_Q, GRAD_K, GRAD_V,
     scale, qk_scale, SEQ_LEN, NUM_HEADS,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
+    TUNING_LENGTH,  # only a key of the autotuner
+    stride_batch, stride_head, stride_seq, grad_out_stride_batch, grad_out_stride_head, grad_out_stride_seq,
+    grad_stride_batch, grad_stride_head, grad_stride_seq, grad_slot_stride,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
-    """dq for one block of queries; its parts of dk, dv (float32) are added atomically."""
-    batch, batch_head, query_start, queries = _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q, BLOCK_K)
-    head_offset = batch_head * SEQ_LEN * HEAD_DIM
-    Q, K, V, GRAD_OUT = Q + head_offset, K + head_offset, V + head_offset, GRAD_OUT + head_offset
-    GRAD_Q, GRAD_K, GRAD_V = GRAD_Q + head_offset, GRAD_K + head_offset, GRAD_V + head_offset
+    """dq for one block of queries; its parts of dk, dv (float32) are added to GRAD_K, GRAD_V, in
+    slot (query block, stick) of them when DETERMINISTIC."""
+    batch, head, batch_head, block_index, query_start, queries = _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q, BLOCK_K)
+    head_offset = batch * stride_batch + head * stride_head
+    Q, K, V = Q + head_offset, K + head_offset, V + head_offset
+    GRAD_OUT += batch * grad_out_stride_batch + head * grad_out_stride_head
+    grad_offset = batch * grad_stride_batch + head * grad_stride_head
+    GRAD_Q += grad_offset
+    num_sticks = 1 if CAUSAL else 2
+    if DETERMINISTIC:
+        grad_offset += block_index.to(tl.int64) * num_sticks * grad_slot_stride
+    GRAD_K, GRAD_V = GRAD_K + grad_offset, GRAD_V + grad_offset
     CHECKPOINTS += batch_head * tl.cdiv(SEQ_LEN, BLOCK_K) * SEQ_LEN
     KEY_MASK += batch * SEQ_LEN
     key_end = tl.load(KEY_END + batch)
     dims = tl.arange(0, HEAD_DIM)
 
-    q = _load_rows(Q, queries, dims, SEQ_LEN, HEAD_DIM)
-    grad_out = _load_rows(GRAD_OUT, queries, dims, SEQ_LEN, HEAD_DIM)
-    g = grad_out.to(tl.float32)
-    grad_dot_self = tl.sum(g * _load_rows(V, queries, dims, SEQ_LEN, HEAD_DIM).to(tl.float32), 1)
+    q = _load_rows(Q, queries, dims, stride_seq, SEQ_LEN)
+    grad_out = _load_rows(GRAD_OUT, queries, dims, grad_out_stride_seq, SEQ_LEN)
+    v_self = _load_rows(V, queries, dims, stride_seq, SEQ_LEN).to(tl.float32)
+    grad_dot_self = tl.sum(grad_out.to(tl.float32) * v_self, 1)
     in_range = queries < SEQ_LEN
-    LEFTOVER += batch_head * (1 if CAUSAL else 2) * SEQ_LEN
+    LEFTOVER += batch_head * num_sticks * SEQ_LEN
     alpha = 1.0 if CAUSAL else 0.5
     leftover = tl.load(LEFTOVER + queries, mask=in_range, other=0.0)
     grad_q = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
     grad_q = _backward_stick(q, grad_out, leftover * grad_dot_self, alpha, grad_q, queries, query_start, key_end,
-                             K, V, KEY_MASK, CHECKPOINTS, GRAD_K, GRAD_V, scale, qk_scale, SEQ_LEN, True, HEAD_DIM,
-                             DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
+                             K, V, stride_seq, KEY_MASK, CHECKPOINTS, GRAD_K, GRAD_V, grad_stride_seq, scale,
+                             qk_scale, SEQ_LEN, True, HEAD_DIM, DOT_PRECISION, DETERMINISTIC, BLOCK_Q,
+                             BLOCK_K)  # fmt: skip
     if not CAUSAL:
         right_leftover = tl.load(LEFTOVER + SEQ_LEN + queries, mask=in_range, other=0.0)
+        if DETERMINISTIC:
+            GRAD_K, GRAD_V = GRAD_K + grad_slot_stride, GRAD_V + grad_slot_stride
         grad_q = _backward_stick(q, grad_out, right_leftover * grad_dot_self, alpha, grad_q, queries, query_start,
-                                 key_end, K, V, KEY_MASK, CHECKPOINTS, GRAD_K, GRAD_V, scale, qk_scale, SEQ_LEN,
-                                 False, HEAD_DIM, DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
-        leftover += right_leftover
+                                 key_end, K, V, stride_seq, KEY_MASK, CHECKPOINTS, GRAD_K, GRAD_V, grad_stride_seq,
+                                 scale, qk_scale, SEQ_LEN, False, HEAD_DIM, DOT_PRECISION, DETERMINISTIC, BLOCK_Q,
+                                 BLOCK_K)  # fmt: skip
 
-    offsets = queries[:, None] * HEAD_DIM + dims[None, :]
-    # The leftover of the sticks lands on v_i itself.
-    tl.atomic_add(GRAD_V + offsets, alpha * leftover[:, None] * g, mask=in_range[:, None], sem="relaxed")
-    tl.store(GRAD_Q + offsets, (grad_q * scale).to(GRAD_Q.dtype.element_ty), mask=in_range[:, None])
+    grad_q_offsets = queries[:, None] * grad_stride_seq + dims[None, :]
+    tl.store(GRAD_Q + grad_q_offsets, (grad_q * scale).to(GRAD_Q.dtype.element_ty), mask=in_range[:, None])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,21 +368,29 @@ def _backward_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _kernel_inputs(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool) -> dict:
-    """Arguments shared by both kernels: key mask as bytes, where real keys end, sizes, precision."""
+def _kernel_inputs(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, strides: tuple) -> dict:
+    """Arguments shared by both kernels: key mask as bytes, where real keys end, sizes, strides of
+    q, k, v, precision."""
     batch, num_heads, seq_len, head_dim = q.shape
     positions = torch.arange(1, seq_len + 1, device=q.device)
     key_end = (key_padding_mask * positions).amax(dim=-1).to(torch.int32)  # (B,)
+    stride_batch, stride_head, stride_seq = strides
     return dict(
         KEY_MASK=key_padding_mask.contiguous().view(torch.uint8),  # (B, S)
         KEY_END=key_end,
         qk_scale=LOG2_E / math.sqrt(head_dim),
         SEQ_LEN=seq_len,
         NUM_HEADS=num_heads,
+        TUNING_LENGTH=tuning_length(seq_len),
+        stride_batch=stride_batch,
+        stride_head=stride_head,
+        stride_seq=stride_seq,
         HEAD_DIM=head_dim,
         CAUSAL=causal,
         # The in-tile running sums are dots with float32 operands: exact for float32 inputs, tf32
-        # for 16-bit inputs (relative error about 1e-3 over a tile, below their own rounding).
+        # for 16-bit inputs. tf32 rounds each summed log2(1 - beta) by 2^-11 of itself, so a weight
+        # 2^-s behind keys summing to -s is off by at most s 2^-s 2^-11 ln 2 < 2^-12: below 16-bit
+        # rounding (tests/test_stickbreaking_kernel.py checks the output against that bound).
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         BLOCK_K=_key_block(head_dim),
     )
@@ -366,29 +410,54 @@ def _grid(q: torch.Tensor):
 
 
 def _forward(q, k, v, key_padding_mask, causal):
-    """Launch the forward on contiguous inputs: out, checkpoints, leftovers r_L (and r_R)."""
-    out = torch.empty_like(q)  # (B, H, S, D)
+    """Launch the forward: out (sequence-major), checkpoints, leftovers r_L (and r_R)."""
+    (q, k, v), strides = shared_layout(q, k, v)
+    out = sequence_major_empty(q.shape, q.dtype, q.device)  # (B, H, S, D)
     checkpoints_shape, leftover_shape = _saved_state_shapes(q, causal)
     # Zeros where a stick stores nothing, so the op's outputs are fully defined.
     checkpoints = q.new_zeros(checkpoints_shape, dtype=torch.float32)  # (B, H, S / BLOCK_K, S)
     leftover = q.new_empty(leftover_shape, dtype=torch.float32)  # (B, H, sticks, S)
-    _forward_kernel[_grid(q)](
-        q, k, v, OUT=out, CHECKPOINTS=checkpoints, LEFTOVER=leftover,
-        **_kernel_inputs(q, key_padding_mask, causal),
+    out_stride_batch, out_stride_head, out_stride_seq, _ = out.stride()
+    launch(
+        _forward_kernel, _grid(q), Q=q, K=k, V=v, OUT=out, CHECKPOINTS=checkpoints, LEFTOVER=leftover,
+        out_stride_batch=out_stride_batch, out_stride_head=out_stride_head, out_stride_seq=out_stride_seq,
+        **_kernel_inputs(q, key_padding_mask, causal, strides),
     )  # fmt: skip
     return out, checkpoints, leftover
 
 
+def _sum_slots(slots: torch.Tensor) -> torch.Tensor:
+    """(B, H, S, D) sequence-major sum of (slots, B, H, S, D) sequence-major partials, in a fixed order."""
+    if slots.shape[0] == 1:
+        return slots[0]
+    return slots.transpose(-3, -2).sum(0).transpose(1, 2)
+
+
 def _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal):
-    """Launch the backward on contiguous inputs; dk, dv gather in float32 buffers."""
-    grad_q = torch.empty_like(q)
-    grad_k = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
-    grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-    _backward_kernel[_grid(q)](
-        q, k, v, grad_out, GRAD_Q=grad_q, GRAD_K=grad_k, GRAD_V=grad_v,
+    """Launch the backward; dk, dv gather in float32 buffers (one slot per query block and stick
+    when deterministic), and the leftover's share of dv is added here."""
+    (q, k, v), strides = shared_layout(q, k, v)
+    (grad_out,), grad_out_strides = shared_layout(grad_out)
+    is_deterministic = deterministic()
+    slots = 1
+    if is_deterministic:
+        block_q = BACKWARD_CONFIGS[0].kwargs["BLOCK_Q"]
+        slots = triton.cdiv(q.shape[2], block_q) * leftover.shape[2]
+    grad_q = sequence_major_empty(q.shape, q.dtype, q.device)
+    grad_k, grad_v = (sequence_major_empty(q.shape, torch.float32, q.device, (slots,)).zero_() for _ in "kv")
+    grad_stride_slot, grad_stride_batch, grad_stride_head, grad_stride_seq, _ = grad_k.stride()
+    launch(
+        _backward_kernel, _grid(q), Q=q, K=k, V=v, GRAD_OUT=grad_out, GRAD_Q=grad_q, GRAD_K=grad_k, GRAD_V=grad_v,
         CHECKPOINTS=checkpoints, LEFTOVER=leftover, scale=1.0 / math.sqrt(q.shape[-1]),
-        **_kernel_inputs(q, key_padding_mask, causal),
+        grad_out_stride_batch=grad_out_strides[0], grad_out_stride_head=grad_out_strides[1],
+        grad_out_stride_seq=grad_out_strides[2], grad_stride_batch=grad_stride_batch,
+        grad_stride_head=grad_stride_head, grad_stride_seq=grad_stride_seq, grad_slot_stride=grad_stride_slot,
+        DETERMINISTIC=is_deterministic, **_kernel_inputs(q, key_padding_mask, causal, strides),
     )  # fmt: skip
+    grad_k, grad_v = _sum_slots(grad_k), _sum_slots(grad_v)
+    alpha = 1.0 if causal else 0.5
+    # The sticks' leftover r lands on v_i itself: dv_i += alpha (r_L + r_R) g_i.
+    grad_v += alpha * leftover.sum(2)[..., None] * grad_out
     return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype)
 
 
@@ -406,13 +475,13 @@ def _stickbreaking_forward(
     causal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """out (B, H, S, D); float32 checkpoints (B, H, S / BLOCK_K, S), leftovers (B, H, sticks, S)."""
-    return _forward(q.contiguous(), k.contiguous(), v.contiguous(), key_padding_mask, causal)
+    return _forward(q, k, v, key_padding_mask, causal)
 
 
 @_stickbreaking_forward.register_fake
 def _(q, k, v, key_padding_mask, causal):
     checkpoints_shape, leftover_shape = _saved_state_shapes(q, causal)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    out = sequence_major_empty(q.shape, q.dtype, q.device)
     return out, q.new_empty(checkpoints_shape, dtype=torch.float32), q.new_empty(leftover_shape, dtype=torch.float32)
 
 
@@ -427,13 +496,12 @@ def _stickbreaking_backward(
     leftover: torch.Tensor,
     causal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    contiguous = [t.contiguous() for t in (grad_out, q, k, v)]
-    return _backward(*contiguous, key_padding_mask, checkpoints, leftover, causal)
+    return _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal)
 
 
 @_stickbreaking_backward.register_fake
 def _(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal):
-    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    return tuple(sequence_major_empty(t.shape, t.dtype, t.device) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
@@ -470,7 +538,8 @@ def stickbreaking_attention(
     """Stick-breaking attention (exposb) on (B, H, S, D); key_padding_mask (B, S) True = real key.
 
     Bidirectional as DESIGN.md defines it; `causal` keeps the left stick only. Matches
-    kernels.reference.stickbreaking_attention; differentiable in q, k, v.
+    kernels.reference.stickbreaking_attention; differentiable in q, k, v. Bit-reproducible on one
+    GPU and software stack under torch.use_deterministic_algorithms(True) (see kernels/launch.py).
     """
     key_padding_mask = check_attention_inputs("stickbreaking_attention", q, k, v, key_padding_mask)
     out, _, _ = _stickbreaking_forward(q, k, v, key_padding_mask, causal)

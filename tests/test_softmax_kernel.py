@@ -3,8 +3,9 @@
 Tolerance rule of flash-attention's tests: the kernel's error against the float64 oracle must be
 within 2x the error of plain PyTorch in the same dtype, plus twice the rounding error of the dtype
 at the size of the values (and a few ulps in float32, see ABSOLUTE_SLACK). On the CPU the kernels
-run in Triton's interpreter (float32 only), which TRITON_INTERPRET=1 must select before triton is
-first imported (tests/conftest.py does it when no GPU is visible).
+run in Triton's interpreter, which TRITON_INTERPRET=1 must select before triton is first imported
+(tests/conftest.py does it when no GPU is visible); tests in 16-bit dtypes make it round as a GPU
+does (tests/oracle.py).
 """
 
 import os
@@ -12,8 +13,10 @@ import os
 import pytest
 import torch
 
-from kernels import reference
+from kernels import reference, softmax, stickbreaking
+from kernels.launch import TUNING_LENGTH_MULTIPLE, tuning_length
 from kernels.softmax import _flash_attention_forward, flash_attention
+from tests.oracle import assert_only_rounding_error, gpu_arithmetic, large_logit_qkv
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRETED else "cuda"
@@ -28,6 +31,8 @@ ORACLES = {False: reference.softmax_attention, True: reference.rope_attention}
 # summed in another order than dp = grad_out . v, leaves a few ulps of dp in dp - delta where
 # PyTorch's softmax backward subtracts sum(p * dp) from the same dp: about 8 ulps at 1.0 cover it.
 ABSOLUTE_SLACK = {torch.float32: 1e-6, torch.bfloat16: 0.0, torch.float16: 0.0}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MAX_LOGIT = 30.0
 
 
 def padding_mask(batch: int, seq_len: int) -> torch.Tensor:
@@ -65,10 +70,15 @@ def assert_close_to_oracle(ours, pytorch, oracle, names=("out", "dq", "dk", "dv"
         )
 
 
-def check_against_oracle(shape, causal, rotary, dtype, seed=0) -> list[torch.Tensor]:
-    """Compare flash_attention with the oracle in float64 and in dtype; return our [out, dq, dk, dv]."""
+def check_against_oracle(shape, causal, rotary, dtype, seed=0, max_logit=None) -> list[torch.Tensor]:
+    """Compare flash_attention with the oracle in float64 and in dtype; return our [out, dq, dk, dv].
+    With max_logit, q is scaled so that the largest |logit| is max_logit."""
     generator = torch.Generator().manual_seed(seed)
-    q, k, v, grad_out = (torch.randn(shape, generator=generator, dtype=torch.float64) for _ in "qkvg")
+    if max_logit is None:
+        q, k, v = (torch.randn(shape, generator=generator, dtype=torch.float64) for _ in "qkv")
+    else:
+        q, k, v = large_logit_qkv(shape, max_logit, generator)
+    grad_out = torch.randn(shape, generator=generator, dtype=torch.float64)
     inputs = [x.to(DEVICE) for x in (q, k, v)]
     grad_out = grad_out.to(DEVICE)
     mask = padding_mask(shape[0], shape[2])
@@ -100,6 +110,25 @@ def test_smallest_and_largest_head_dim(rotary, head_dim):
     check_against_oracle((1, 1, 45, head_dim), causal=True, rotary=rotary, dtype=torch.float32)
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("rotary", [False, True], ids=["standard", "rope"])
+def test_large_logits_match_oracle(rotary, dtype):
+    """Logits up to +-30, forward and backward, in every dtype (the interpreter rounding as a GPU)."""
+    with gpu_arithmetic():
+        check_against_oracle((3, 2, 40, 32), False, rotary, dtype, seed=1, max_logit=MAX_LOGIT)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_16bit_output_has_only_rounding_error_at_large_logits(causal, dtype):
+    generator = torch.Generator().manual_seed(2)
+    q, k, v = (t.to(DEVICE) for t in large_logit_qkv((3, 2, 40, 32), MAX_LOGIT, generator))
+    mask = padding_mask(3, 40)
+    with gpu_arithmetic():
+        out = flash_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask, causal=causal)
+    assert_only_rounding_error(out, lambda *qkv: reference.softmax_attention(*qkv, mask, causal), q, k, v)
+
+
 def test_rows_without_any_allowed_key_are_zero_with_finite_gradients():
     # Leading padding with causal masking: the first queries of row 1 see no key at all.
     mask = torch.ones(3, 20, dtype=torch.bool, device=DEVICE)
@@ -117,15 +146,53 @@ def test_rows_without_any_allowed_key_are_zero_with_finite_gradients():
     assert (k.grad[1, :, :5] == 0).all() and (v.grad[1, :, :5] == 0).all()
 
 
-def test_non_contiguous_inputs_as_the_model_makes_them():
-    # The model projects to (B, S, H, D) and transposes: strided views must give the same result.
-    q, k, v = (torch.randn(2, 21, 2, 32, dtype=torch.float64, device=DEVICE) for _ in "qkv")
+@pytest.mark.parametrize("layout", ["one projection", "mixed strides"])
+def test_strided_inputs_give_the_contiguous_result(layout):
+    """The model's q, k, v are views of one (B, S, 3, H, D) projection, read through their strides;
+    tensors of different strides (here k sequence-major, v with head_dim strided) are copied first."""
+    generator = torch.Generator().manual_seed(0)
+    qkv = torch.randn(2, 21, 3, 2, 32, generator=generator).to(DEVICE)
+    strided = list(qkv.permute(2, 0, 3, 1, 4).unbind(0))  # each (B, H, S, D)
+    if layout == "mixed strides":
+        strided[0] = strided[0].contiguous()
+        strided[2] = strided[2].transpose(-1, -2).contiguous().transpose(-1, -2)
+    contiguous = [x.detach().contiguous().requires_grad_() for x in strided]
+    strided = [x.detach().requires_grad_() for x in strided]
     mask = padding_mask(2, 21)
-    strided = [x.float().transpose(1, 2) for x in (q, k, v)]
-    contiguous = [x.contiguous() for x in strided]
-    torch.testing.assert_close(
-        flash_attention(*strided, mask, rotary=True), flash_attention(*contiguous, mask, rotary=True)
-    )
+    grad_out = torch.randn(2, 2, 21, 32, generator=generator).to(DEVICE)
+    results = []
+    for inputs in (strided, contiguous):
+        out = flash_attention(*inputs, mask, rotary=True)
+        results.append([out, *torch.autograd.grad(out, inputs, grad_out)])
+    for name, got, expected in zip(("out", "dq", "dk", "dv"), *results, strict=True):
+        torch.testing.assert_close(got, expected, msg=name)
+    assert results[0][0].transpose(1, 2).is_contiguous(), "out is not sequence-major"
+
+
+def test_deterministic_mode_repeats_bit_for_bit():
+    """Under torch.use_deterministic_algorithms(True) every kernel runs its first config."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = (check_against_oracle((3, 1, 40, 32), True, True, torch.float32) for _ in "12")
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for name, one, other in zip(("out", "dq", "dk", "dv"), first, second, strict=True):
+        assert torch.equal(one, other), f"{name} differs between two deterministic runs"
+
+
+def test_autotuning_is_keyed_on_the_rounded_length():
+    """Probe batches of ~40 widths share one tuning sweep per multiple of TUNING_LENGTH_MULTIPLE."""
+    assert [tuning_length(n) for n in (1, 37, TUNING_LENGTH_MULTIPLE, TUNING_LENGTH_MULTIPLE + 1)] == [
+        TUNING_LENGTH_MULTIPLE,
+        TUNING_LENGTH_MULTIPLE,
+        TUNING_LENGTH_MULTIPLE,
+        2 * TUNING_LENGTH_MULTIPLE,
+    ]
+    autotuned = [softmax._forward_kernel, softmax._key_value_grad_kernel, softmax._query_grad_kernel]
+    autotuned += [stickbreaking._forward_kernel, stickbreaking._backward_kernel]
+    for kernel in autotuned:
+        assert "TUNING_LENGTH" in kernel.keys and "SEQ_LEN" not in kernel.keys, kernel.fn.__name__
 
 
 def test_custom_op_registration():

@@ -2,7 +2,8 @@
 
 Tolerance rule of flash-attention's tests: the kernel's error against the oracle run in float64
 must be within 2x the error of the plain PyTorch reference run in the kernel's dtype, plus a
-couple of ulps of the result's scale. On the CPU the kernels run in Triton's interpreter.
+couple of ulps of the result's scale. On the CPU the kernels run in Triton's interpreter, made to
+round 16-bit and tf32 arithmetic as a GPU does where a test needs it (tests/oracle.py).
 """
 
 import os
@@ -12,6 +13,7 @@ import torch
 
 from kernels import reference
 from kernels.stickbreaking import stickbreaking_attention
+from tests.oracle import assert_only_rounding_error, gpu_arithmetic, large_logit_qkv
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 if not (torch.cuda.is_available() or INTERPRETED):
@@ -21,6 +23,8 @@ if not (torch.cuda.is_available() or INTERPRETED):
     )
 DEVICE = "cpu" if INTERPRETED else "cuda"
 RESULT_NAMES = ("out", "dq", "dk", "dv")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MAX_LOGIT = 30.0  # beta within 1e-13 of 0 or 1 at the extremes
 
 
 def padding_mask(batch: int, seq_len: int, pattern: str) -> torch.Tensor:
@@ -95,6 +99,56 @@ def test_float16_matches_oracle():
     assert_matches_oracle(q, k, v, padding_mask(3, 40, "tail"), False, torch.float16, torch.randn_like(q))
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_large_logits_match_float64_oracle(causal, dtype):
+    """Logits up to +-30, forward and backward, in every dtype, by the tolerance rule."""
+    generator = torch.Generator().manual_seed(1)
+    q, k, v = (t.to(DEVICE) for t in large_logit_qkv((3, 2, 40, 32), MAX_LOGIT, generator))
+    grad_out = torch.randn(q.shape, generator=generator, dtype=torch.float64).to(DEVICE)
+    with gpu_arithmetic():
+        assert_matches_oracle(q, k, v, padding_mask(3, 40, "tail"), causal, dtype, grad_out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_16bit_output_has_only_rounding_error_at_large_logits(causal, dtype):
+    """The in-tile sums run as tf32 dots for 16-bit inputs. Written as x + log2(1 - beta) + ..., the
+    weight's logarithm cancelled x against -softplus(x) and carried the dots' rounding of the large
+    term: in fp16 the error reached 3-5x this bound at logits of 30."""
+    generator = torch.Generator().manual_seed(2)
+    q, k, v = (t.to(DEVICE) for t in large_logit_qkv((2, 2, 40, 32), MAX_LOGIT, generator))
+    mask = padding_mask(2, 40, "scattered")
+    with gpu_arithmetic():
+        out = stickbreaking_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask, causal)
+    assert_only_rounding_error(out, lambda *qkv: reference.stickbreaking_attention(*qkv, mask, causal), q, k, v)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_deterministic_mode_matches_oracle_and_repeats_bit_for_bit(causal):
+    """Under torch.use_deterministic_algorithms(True) the backward sums per-block slots, no atomics."""
+    torch.manual_seed(3)
+    q, k, v = random_qkv(3, 1, 40, 32)  # two query blocks in the interpreter
+    mask = padding_mask(3, 40, "scattered")
+    grad_out = torch.randn_like(q)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = assert_matches_oracle(q, k, v, mask, causal, torch.float32, grad_out)
+        second = forward_backward(stickbreaking_attention, q, k, v, mask, causal, grad_out, torch.float32)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for name, one, other in zip(RESULT_NAMES, first, second, strict=True):
+        assert torch.equal(one, other), f"{name} differs between two deterministic runs"
+
+
+def test_output_is_sequence_major():
+    """out is a (B, H, S, D) view of (B, S, H, D) memory: the model's merge of the heads is free."""
+    q, k, v = random_qkv(2, 2, 20, 16)
+    out = stickbreaking_attention(q, k, v, padding_mask(2, 20, "tail"))
+    assert out.transpose(1, 2).is_contiguous()
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 def test_custom_op_registration(causal):
     """Schema, fake (meta) implementation, autograd registration and AOT tracing all agree."""
@@ -140,3 +194,21 @@ def test_bfloat16_on_gpu(shape, causal):
     q, k, v = random_qkv(batch, heads, seq_len, head_dim)
     mask = padding_mask(batch, seq_len, "tail")
     assert_matches_oracle(q, k, v, mask, causal, torch.bfloat16, torch.randn_like(q))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA GPU, no interpreter")
+def test_deterministic_backward_on_gpu():
+    """At a size where many query blocks add to each key block, two deterministic runs agree bit for bit."""
+    torch.manual_seed(0)
+    q, k, v = random_qkv(4, 12, 512, 64)
+    mask = padding_mask(4, 512, "scattered")
+    grad_out = torch.randn_like(q)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [forward_backward(stickbreaking_attention, q, k, v, mask, False, grad_out, torch.bfloat16) for _ in "12"]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for name, one, other in zip(RESULT_NAMES, *runs, strict=True):
+        assert torch.equal(one, other), f"{name} differs between two deterministic runs"
