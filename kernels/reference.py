@@ -38,6 +38,13 @@ def softmax_attention(
     return torch.matmul(weights, v)
 
 
+def scale_to_max_logit(q: torch.Tensor, k: torch.Tensor, max_logit: float) -> torch.Tensor:
+    """q scaled so that the largest |q_i . k_j| / sqrt(d) is exactly max_logit: inputs that test
+    attention at large logits (softmax near one-hot, stick-breaking beta near 0 and 1)."""
+    logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return q * (max_logit / logits.abs().amax())
+
+
 def rotary_embedding(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotary position embedding (Su et al.) on (B, H, S, D), rotating the two halves of D."""
     seq_len, head_dim = x.shape[-2], x.shape[-1]
