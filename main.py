@@ -83,7 +83,7 @@ def add_retrain_flags(parser: argparse.ArgumentParser) -> None:
 def run_study_command(args: argparse.Namespace, storage: str) -> int:
     from data.files_location import resolve_data_dir
     from hpo.config import load_config
-    from hpo.study import RunLimits, run_study
+    from hpo.study import RunLimits, format_value, run_study, value_label
 
     config = load_config(args.config, args.overrides)
     data_dir = resolve_data_dir(args.data_dir)
@@ -94,7 +94,8 @@ def run_study_command(args: argparse.Namespace, storage: str) -> int:
         print("no completed trial yet")
         return 0
     best = study.best_trial
-    print(f"best trial {best.number}: accuracy {best.value:.4f} ± {best.user_attrs.get('probe_standard_error', 0):.4f}")
+    error = best.user_attrs.get("probe_standard_error", 0)
+    print(f"best trial {best.number}: {value_label(study)} {format_value(study, best.value)} ± {error:.4f}")
     for name, value in best.params.items():
         print(f"  {name} = {value}")
     return 0

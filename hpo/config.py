@@ -33,6 +33,8 @@ class TrainConfig:
     nsp: bool = False  # BERT's next-sentence prediction beside MLM (sentence pairs from the corpus); clm ignores it
     batch_size: int = 32
     learning_rate: float = 1e-3
+    embedding_lr_multiplier: float = 1.0
+    sampled_softmax: int | None = None
     weight_decay: float = 0.01
     layer_lr_decay: float = 1.0
     schedule: str = "linear"
@@ -61,6 +63,13 @@ class TrainConfig:
             raise ConfigError(
                 f"train.budget_seconds = {self.budget_seconds}; expected a positive number of seconds, "
                 "or null to use train.budget_tokens"
+            )
+        if self.embedding_lr_multiplier <= 0:
+            raise ConfigError(f"train.embedding_lr_multiplier = {self.embedding_lr_multiplier}; expected > 0")
+        if self.sampled_softmax is not None and self.sampled_softmax < 1:
+            raise ConfigError(
+                f"train.sampled_softmax = {self.sampled_softmax}; expected a number of sampled ids >= 1, "
+                "or null for the exact softmax"
             )
         if not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"train.layer_lr_decay = {self.layer_lr_decay}; expected 0 < decay <= 1")
@@ -103,6 +112,10 @@ class RetrainConfig:
             raise ConfigError(f"retrain.precision = {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
 
 
+# probe.target -> the name of the value a study maximises
+PROBE_TARGETS = {"accuracy": "probe_accuracy", "gain": "probe_gain_over_random_init"}
+
+
 @dataclass
 class ProbeConfig:
     """Linear probe on AG News: stratified k-fold cross-validation over train.csv."""
@@ -115,8 +128,16 @@ class ProbeConfig:
     regularization: float = 1.0
     max_iter: int = 300
     seed: int = 0
+    target: str = "accuracy"
+
+    @property
+    def metric_name(self) -> str:
+        """The study's objective as Optuna records it (dashboard, report): what probe.target maximises."""
+        return PROBE_TARGETS[self.target]
 
     def validate(self) -> None:
+        if self.target not in PROBE_TARGETS:
+            raise ConfigError(f"probe.target = {self.target!r}; expected one of {', '.join(PROBE_TARGETS)}")
         if self.folds < 2 or self.quick_folds < 2:
             raise ConfigError("probe.folds and probe.quick_folds must be at least 2")
         if self.quick_rows < 40 * self.quick_folds:
@@ -134,6 +155,7 @@ class StudyConfig:
     pruner: str = "median"
     pruner_startup_trials: int = 2
     pruner_warmup_steps: int = 0
+    baseline_trial: bool = False  # a new study's first trial runs the base config's own recipe
     heartbeat_seconds: int = 30
     grace_seconds: int = 90
     max_retries: int = 2

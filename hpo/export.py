@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial
 
 from hpo.config import Config, ConfigError, from_dict
 from hpo.space import apply_params
-from hpo.study import displayed_url, load_existing_study, ranked_trials
+from hpo.study import displayed_url, load_existing_study, objective_name, ranked_trials
 from hpo.versions import software_versions
 
 
@@ -50,6 +50,7 @@ def provenance(study: optuna.Study, storage_url: str, trial: FrozenTrial, rank: 
         "storage": displayed_url(storage_url),
         "trial": trial.number,
         "rank": rank,
+        "objective": objective_name(study),
         "value": trial.value,
         "standard_error": trial.user_attrs.get("probe_standard_error"),
         "params": dict(trial.params),

@@ -1,4 +1,5 @@
-"""Objective(trial) -> AG News probe accuracy: sample, pretrain, report, prune, probe."""
+"""Objective(trial) -> AG News probe score (accuracy, or its gain over random init): sample, pretrain,
+report, prune, probe."""
 
 import dataclasses
 import hashlib
@@ -48,6 +49,7 @@ def peak_memory_megabytes(device: torch.device) -> float:
 
 
 RANDOM_INIT_ATTR_PREFIX = "random_init_accuracy:"  # + architecture key: a study user attr per architecture
+RANDOM_INIT_QUICK_ATTR_PREFIX = "random_init_quick_accuracy:"  # the same for the quick probe
 
 
 def architecture_key(config: Config) -> str:
@@ -59,26 +61,44 @@ def architecture_key(config: Config) -> str:
         "model": model,
         "seed": config.train.seed,
         "next_sentence": config.train.next_sentence,
-        "probe": dataclasses.asdict(config.probe),
+        "probe": {key: value for key, value in dataclasses.asdict(config.probe).items() if key != "target"},
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def random_encoder_accuracy(study: optuna.Study, config: Config, resources: Resources, device: torch.device) -> float:
-    """The probe accuracy of the trial's encoder before any pretraining (the weights its run starts
-    from): the line pretraining has to beat. Computed once per architecture and kept in the study's
-    user attrs, so workers, resumed runs and later trials reuse it."""
-    key = RANDOM_INIT_ATTR_PREFIX + architecture_key(config)
-    if key not in study.user_attrs:
+@dataclass(frozen=True)
+class RandomInit:
+    """Probe accuracies of the trial's encoder before any pretraining (the weights its run starts from):
+    the line pretraining has to beat, for the final probe and for the quick probe of the report points."""
+
+    accuracy: float
+    quick_accuracy: float
+
+
+def random_init_scores(study: optuna.Study, config: Config, resources: Resources, device: torch.device) -> RandomInit:
+    """Computed once per architecture and kept in the study's user attrs, so workers, resumed runs and
+    later trials reuse them."""
+    key = architecture_key(config)
+    final_key, quick_key = RANDOM_INIT_ATTR_PREFIX + key, RANDOM_INIT_QUICK_ATTR_PREFIX + key
+    if final_key not in study.user_attrs or quick_key not in study.user_attrs:
         saved_state = torch.get_rng_state()  # the trial's own random stream stays as it was
         encoder = initial_encoder(config, resources.tokenizer.vocab_size).to(device)
         torch.set_rng_state(saved_state)
-        study.set_user_attr(key, resources.probe.score(encoder, device, config.probe.folds).accuracy)
-    return study.user_attrs[key]
+        if final_key not in study.user_attrs:
+            study.set_user_attr(final_key, resources.probe.score(encoder, device, config.probe.folds).accuracy)
+        if quick_key not in study.user_attrs:
+            quick = resources.quick_probe.score(encoder, device, config.probe.quick_folds).accuracy
+            study.set_user_attr(quick_key, quick)
+    return RandomInit(study.user_attrs[final_key], study.user_attrs[quick_key])
+
+
+def target_value(config: Config, accuracy: float, random_init_accuracy: float) -> float:
+    """What the study maximises (probe.target): the accuracy, or its gain over the random-init line."""
+    return accuracy - random_init_accuracy if config.probe.target == "gain" else accuracy
 
 
 class Objective:
-    """A plain callable for study.optimize."""
+    """A plain callable for study.optimize: sample, pretrain with pruning, probe."""
 
     def __init__(self, config: Config, resources: Resources):
         self.config = config
@@ -90,44 +110,66 @@ class Objective:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
+        random_init = random_init_scores(trial.study, config, self.resources, device)
+        trial.set_user_attr("random_init_accuracy", random_init.accuracy)
         trainer = Pretrainer(config, self.resources.corpus, self.resources.tokenizer, device)
-        pending_points = sorted(config.train.report_points)
         trial.set_user_attr("parameters", trainer.num_parameters)
-        loss = float("nan")
         try:
-            while not trainer.finished:
-                loss = trainer.train_step().loss
-                if not math.isfinite(loss):
-                    trial.set_user_attr("pruned_reason", f"training loss is {loss} at step {trainer.step}")
-                    raise optuna.TrialPruned(f"loss {loss} at step {trainer.step}")
-                # A report point is due at the step whose progress (of tokens or of seconds) first reaches it.
-                if pending_points and trainer.progress >= pending_points[0]:
-                    pending_points = [point for point in pending_points if point > trainer.progress]
-                    quick = self.resources.quick_probe.score(trainer.model, device, config.probe.quick_folds)
-                    trial.report(quick.accuracy, trainer.step)
-                    if trial.should_prune():
-                        trial.set_user_attr("pruned_reason", f"quick probe {quick.accuracy:.4f} at step {trainer.step}")
-                        raise optuna.TrialPruned(f"pruned at step {trainer.step}")
-            trial.set_user_attr("validation_loss", trainer.validation_loss())
-            final = self.resources.probe.score(trainer.model, device, config.probe.folds)
-            trial.set_user_attr("probe_standard_error", final.standard_error)
-            if not math.isfinite(final.accuracy):
-                trial.set_user_attr("pruned_reason", "embeddings are not finite")
-                raise optuna.TrialPruned("embeddings are not finite")
-            baseline = random_encoder_accuracy(trial.study, config, self.resources, device)
-            trial.set_user_attr("random_init_accuracy", baseline)
-            trial.set_user_attr("gain_over_random_init", final.accuracy - baseline)
-            return final.accuracy
+            self.pretrain(trial, config, trainer, random_init)
+            return self.final_score(trial, config, trainer, random_init)
         except optuna.TrialPruned:
             raise
         except Exception as error:  # Optuna marks the trial failed; the progress line and dashboard say why
             trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:FAIL_REASON_CHARS])
             raise
         finally:
-            trial.set_user_attr("budget_tokens", trainer.budget_tokens)
-            trial.set_user_attr("train_loss", loss)
-            trial.set_user_attr("steps", trainer.step)
-            tokens_per_second = trainer.step * trainer.tokens_per_step / max(trainer.train_seconds, 1e-9)
-            trial.set_user_attr("tokens_per_second", tokens_per_second)
-            trial.set_user_attr("peak_memory_mb", peak_memory_megabytes(device))
-            trial.set_user_attr("wall_seconds", time.perf_counter() - started)
+            record_run(trial, trainer, device, time.perf_counter() - started)
+
+    def pretrain(self, trial: optuna.Trial, config: Config, trainer: Pretrainer, random_init: RandomInit) -> None:
+        """Train for the budget; at each report point, report the quick score and prune if told to.
+
+        Report points are numbered 0, 1, ... (their index is the Optuna step), so trials with a time budget,
+        whose step counts differ, are compared at the same share of their budgets."""
+        pending_points = sorted(config.train.report_points)
+        report_index = 0
+        while not trainer.finished:
+            loss = trainer.train_step().loss
+            if not math.isfinite(loss):
+                trial.set_user_attr("pruned_reason", f"training loss is {loss} at step {trainer.step}")
+                raise optuna.TrialPruned(f"loss {loss} at step {trainer.step}")
+            # A report point is due at the step whose progress (of tokens or of seconds) first reaches it.
+            if pending_points and trainer.progress >= pending_points[0]:
+                pending_points = [point for point in pending_points if point > trainer.progress]
+                quick = self.resources.quick_probe.score(trainer.model, trainer.device, config.probe.quick_folds)
+                value = target_value(config, quick.accuracy, random_init.quick_accuracy)
+                trial.report(value, report_index)
+                if trial.should_prune():
+                    trial.set_user_attr(
+                        "pruned_reason",
+                        f"quick {config.probe.target} {value:+.4f} at report point {report_index} "
+                        f"(step {trainer.step})",
+                    )
+                    raise optuna.TrialPruned(f"pruned at report point {report_index}")
+                report_index += 1
+
+    def final_score(self, trial: optuna.Trial, config: Config, trainer: Pretrainer, random_init: RandomInit) -> float:
+        trial.set_user_attr("validation_loss", trainer.validation_loss())
+        final = self.resources.probe.score(trainer.model, trainer.device, config.probe.folds)
+        trial.set_user_attr("probe_accuracy", final.accuracy)
+        trial.set_user_attr("probe_standard_error", final.standard_error)
+        if not math.isfinite(final.accuracy):
+            trial.set_user_attr("pruned_reason", "embeddings are not finite")
+            raise optuna.TrialPruned("embeddings are not finite")
+        trial.set_user_attr("gain_over_random_init", final.accuracy - random_init.accuracy)
+        return target_value(config, final.accuracy, random_init.accuracy)
+
+
+def record_run(trial: optuna.Trial, trainer: Pretrainer, device: torch.device, wall_seconds: float) -> None:
+    """What a person wants to see beside any trial, finished or not, in the dashboard."""
+    trial.set_user_attr("budget_tokens", trainer.budget_tokens)
+    trial.set_user_attr("train_loss", trainer.last_loss)
+    trial.set_user_attr("steps", trainer.step)
+    tokens_per_second = trainer.step * trainer.tokens_per_step / max(trainer.train_seconds, 1e-9)
+    trial.set_user_attr("tokens_per_second", tokens_per_second)
+    trial.set_user_attr("peak_memory_mb", peak_memory_megabytes(device))
+    trial.set_user_attr("wall_seconds", wall_seconds)

@@ -26,6 +26,8 @@ from hpo.config import Config, ConfigError
 from model.bert import Encoder
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32 runs without autocast
+# A time budget's first step cannot know its share of the budget; runs take thousands of steps on any device.
+FIRST_STEP_SHARE = 1e-3
 
 
 @dataclass
@@ -79,7 +81,8 @@ def derived_seed(*keys: int) -> int:
 
 def learning_rate_multiplier(schedule: str, progress: float, warmup_fraction: float) -> float:
     """Linear warm-up from zero over the first `warmup_fraction` of the budget, then constant,
-    linear decay to zero or cosine decay to zero at progress 1."""
+    linear decay to zero or cosine decay to zero at progress 1. A step takes the multiplier of the
+    progress at its end (Pretrainer.step_end_progress), so the first step does not run at zero."""
     if progress < warmup_fraction:
         return progress / warmup_fraction
     if schedule == "constant":
@@ -102,11 +105,38 @@ class Execution:
     precision: str = "fp32"  # fp32 | bf16 | fp16 ("auto" is resolved before this)
     rank: int = 0
     world_size: int = 1
+    # With the sampled softmax, the token table's gradient is row-sparse in one process. DDP cannot
+    # all-reduce sparse gradients with NCCL, so under DDP it is dense and made row-sparse after the
+    # all-reduce (row_sparse); True asks one process for the same, to reproduce a DDP run exactly.
+    dense_embedding_gradients: bool = False
+
+    @property
+    def sparse_embedding_gradients(self) -> bool:
+        return self.world_size == 1 and not self.dense_embedding_gradients
 
     @property
     def micro_batches(self) -> int:
         """Micro-batches per step over all processes."""
         return self.accumulation_steps * self.world_size
+
+
+def clip_gradient_norm(parameters: list[nn.Parameter], max_norm: float) -> None:
+    """torch's clip_grad_norm_ over dense and sparse (row-sparse embedding) gradients alike."""
+    gradients = [p.grad.coalesce() if p.grad.is_sparse else p.grad for p in parameters if p.grad is not None]
+    if not gradients:
+        return
+    norms = [torch.linalg.vector_norm(g.values() if g.is_sparse else g) for g in gradients]
+    scale = (max_norm / (torch.linalg.vector_norm(torch.stack(norms)) + 1e-6)).clamp(max=1.0)
+    for parameter, gradient in zip((p for p in parameters if p.grad is not None), gradients, strict=True):
+        parameter.grad = gradient.mul_(scale)
+
+
+def row_sparse(gradient: torch.Tensor) -> torch.Tensor:
+    """A dense (V, H) embedding gradient as a coalesced sparse tensor of its non-zero rows (for SparseAdam,
+    where DDP had to all-reduce it densely)."""
+    rows = gradient.any(dim=1).nonzero().squeeze(1)  # sorted and distinct: coalesced by construction
+    values = gradient.index_select(0, rows)
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, gradient.shape, is_coalesced=True, check_invariants=False)
 
 
 class _PredictionLoss(nn.Module):
@@ -164,6 +194,10 @@ class Pretrainer:
         counts = torch.from_numpy(corpus.token_counts(tokenizer.vocab_size)).clone()
         counts[[tokenizer.cls_id, tokenizer.mask_id, tokenizer.pad_id, tokenizer.sep_id]] = 0  # never targets
         self.model.set_output_prior(counts)
+        self.proposal = self.model.unigram_log_probs.exp()  # (V,) what the sampled softmax draws from
+        # Row-sparse gradients for the token table when only a few rows take one (sampled softmax):
+        # a dense (V, H) gradient and Adam update over all rows cost more than the rest of a tiny step.
+        self.model.token_embedding.sparse = train.sampled_softmax is not None and execution.sparse_embedding_gradients
         self.training_loss: Callable[..., torch.Tensor] = self.model.prediction_loss
         if execution.world_size > 1:
             # Same initial weights on every process (seeded above), its own dropout stream on each.
@@ -174,24 +208,40 @@ class Pretrainer:
                 find_unused_parameters=True,  # the pooler takes no part in the pretraining loss
                 forward_sync_buffers=False,  # the only buffer is a constant sinusoid table
             )
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameter_groups(train.learning_rate, train.layer_lr_decay, train.weight_decay),
-            betas=(0.9, 0.98),
-            eps=1e-6,
-        )
         self.tokens_per_step = train.batch_size * corpus.seq_len
         self.total_steps = max(1, train.budget_tokens // self.tokens_per_step)
         self.budget_seconds = train.budget_seconds
         self.step = 0
         self.train_seconds = 0.0
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda _: learning_rate_multiplier(train.schedule, self.progress, train.warmup_fraction),
-        )
+        self.last_loss = math.nan  # of the latest step
+        self.optimizers = self._build_optimizers()
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(
+                optimizer,
+                lambda _: learning_rate_multiplier(train.schedule, self.step_end_progress, train.warmup_fraction),
+            )
+            for optimizer in self.optimizers
+        ]
         self.scaler = torch.amp.GradScaler(device.type, enabled=execution.precision == "fp16")
         self.masker = Masker(config.masking, tokenizer)
         self.generator = torch.Generator(device=device)
         self.make_batch = OBJECTIVES[train.objective]
+
+    def _build_optimizers(self) -> list[torch.optim.Optimizer]:
+        """AdamW over the parameter groups; with the sampled softmax, the token table (the first group)
+        gets SparseAdam instead, lazy Adam on the rows a step touched, as AdamW with weight decay 0."""
+        train = self.config.train
+        groups = self.model.parameter_groups(
+            train.learning_rate, train.layer_lr_decay, train.weight_decay, train.embedding_lr_multiplier
+        )
+        adam = {"betas": (0.9, 0.98), "eps": 1e-6}
+        if train.sampled_softmax is None:
+            return [torch.optim.AdamW(groups, **adam)]
+        token_table = groups.pop(0)
+        return [
+            torch.optim.AdamW(groups, **adam),
+            torch.optim.SparseAdam(token_table["params"], lr=token_table["lr"], **adam),
+        ]
 
     @property
     def num_parameters(self) -> int:
@@ -203,6 +253,16 @@ class Pretrainer:
         if self.budget_seconds is None:
             return self.step / self.total_steps
         return self.train_seconds / self.budget_seconds
+
+    @property
+    def step_end_progress(self) -> float:
+        """Progress at the end of the coming step: exact for a token budget; for a time budget, estimated
+        from the mean step time so far (before any step: FIRST_STEP_SHARE of the budget)."""
+        if self.budget_seconds is None:
+            return (self.step + 1) / self.total_steps
+        if self.step == 0:
+            return FIRST_STEP_SHARE
+        return (self.train_seconds * (self.step + 1) / self.step) / self.budget_seconds
 
     @property
     def finished(self) -> bool:
@@ -221,8 +281,15 @@ class Pretrainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def loss_on(self, token_ids: torch.Tensor, loss_function: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """Objective loss of a (B, S) batch; loss_function is the model's, or its DDP wrapper's in training."""
+        """Objective loss of a (B, S) batch; loss_function is the model's, or its DDP wrapper's in training.
+        In training mode the sampled softmax (train.sampled_softmax) draws its ids here; in evaluation
+        the loss is always the exact softmax's, so validation losses compare across settings."""
         batch = self.make_batch(self, token_ids.to(self.device, non_blocking=True))
+        sampled_ids = None
+        if self.model.training and self.config.train.sampled_softmax is not None:
+            sampled_ids = torch.multinomial(
+                self.proposal, self.config.train.sampled_softmax, replacement=True, generator=self.generator
+            )  # (N,)
         with self.autocast():
             return loss_function(
                 batch.input_ids,
@@ -231,6 +298,7 @@ class Pretrainer:
                 batch.causal,
                 batch.token_types,
                 batch.next_sentence_labels,
+                sampled_ids,
             )
 
     def _gradient_sync(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
@@ -244,10 +312,11 @@ class Pretrainer:
         started = self.clock()
         self.model.train()
         execution = self.execution
-        learning_rate = self.optimizer.param_groups[-1]["lr"]
+        learning_rate = self.optimizers[0].param_groups[-1]["lr"]
         global_batch = self.corpus.batch(self.step, self.config.train.batch_size)  # (B, S)
         rows = len(global_batch) // execution.micro_batches
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(execution.accumulation_steps):
             index = execution.rank * execution.accumulation_steps + micro
@@ -256,15 +325,22 @@ class Pretrainer:
                 loss = self.loss_on(global_batch[index * rows : (index + 1) * rows], self.training_loss)
                 self.scaler.scale(loss / execution.accumulation_steps).backward()
             loss_sum += loss.detach()
+        table = self.model.token_embedding.weight
+        if len(self.optimizers) > 1 and table.grad is not None and not table.grad.is_sparse:
+            table.grad = row_sparse(table.grad)  # for SparseAdam, after DDP's dense all-reduce
+        for optimizer in self.optimizers:
+            self.scaler.unscale_(optimizer)
         if self.config.train.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.scaler.step(self.optimizer)
+            clip_gradient_norm(list(self.model.parameters()), self.config.train.grad_clip)
+        for optimizer in self.optimizers:
+            self.scaler.step(optimizer)
         self.scaler.update()
         mean_loss = loss_sum.item() / execution.accumulation_steps  # .item() also waits for the GPU
+        self.last_loss = mean_loss
         self.step += 1
         self.train_seconds += self.clock() - started
-        self.scheduler.step()  # after the clock, so a time budget's schedule sees this step's time
+        for scheduler in self.schedulers:  # after the clock, so a time budget's schedule sees this step's time
+            scheduler.step()
         return StepResult(loss=mean_loss, tokens=self.tokens_per_step, learning_rate=learning_rate)
 
     @torch.no_grad()
@@ -290,8 +366,8 @@ class Pretrainer:
         """Everything a resumed run needs to continue bit-identically."""
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "schedulers": [scheduler.state_dict() for scheduler in self.schedulers],
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "train_seconds": self.train_seconds,
@@ -300,8 +376,10 @@ class Pretrainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(optimizer_state)
+        for scheduler, scheduler_state in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(scheduler_state)
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         self.train_seconds = state["train_seconds"]

@@ -1,8 +1,8 @@
 """A study -> one self-contained HTML report: history, importances, plots, top trials, choice statistics.
 
 The statistics answer "does choice A beat choice B in this study?": per categorical dimension, each
-choice's mean accuracy with a seeded bootstrap 95% interval, and Mann-Whitney U tests between
-choices, Holm-corrected within the dimension.
+choice's mean value (accuracy, or gain over random init) with a seeded bootstrap 95% interval, and
+Mann-Whitney U tests between choices, Holm-corrected within the dimension.
 """
 
 import datetime
@@ -22,7 +22,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
-from hpo.study import displayed_url, load_existing_study, ranked_trials
+from hpo.study import displayed_url, format_value, load_existing_study, ranked_trials, value_label
 
 MIN_TRIALS_PER_CHOICE = 3  # fewer completed trials than this: no interval, no test
 SIGNIFICANCE_LEVEL = 0.05  # for the Holm-adjusted p-values
@@ -57,7 +57,7 @@ def holm_adjust(p_values: list[float]) -> list[float]:
 
 @dataclass
 class ChoiceSummary:
-    """Completed-trial accuracy of one choice of one categorical dimension."""
+    """Completed-trial values of one choice of one categorical dimension."""
 
     choice: str
     values: list[float]
@@ -187,13 +187,16 @@ def summary_section(study: optuna.Study) -> str:
     if ranked:
         best = ranked[0]
         error = best.user_attrs.get("probe_standard_error", math.nan)
-        lines.append(f"best: trial {best.number}, accuracy {best.value:.4f} ± {error:.4f} (probe standard error)")
+        value = format_value(study, best.value)
+        lines.append(f"best: trial {best.number}, {value_label(study)} {value} ± {error:.4f} (probe standard error)")
     return "".join(f"<p>{html.escape(line)}</p>" for line in lines)
 
 
 def history_section(study: optuna.Study) -> str:
     note = _needs_completed(study, 1, "The optimisation history")
-    return _note(note) if note else _figure(lambda: optuna.visualization.plot_optimization_history(study))
+    if note:
+        return _note(note)
+    return _figure(lambda: optuna.visualization.plot_optimization_history(study, target_name=value_label(study)))
 
 
 def _importance_section(study: optuna.Study, evaluator: optuna.importance.BaseImportanceEvaluator, about: str) -> str:
@@ -223,7 +226,7 @@ def ped_anova_section(study: optuna.Study) -> str:
 
 def fanova_section(study: optuna.Study) -> str:
     about = (
-        "fANOVA: share of the accuracy's variance explained by each parameter in a random-forest fit "
+        f"fANOVA: share of the variance of the {value_label(study)} explained by each parameter in a random-forest fit "
         "(seed 0); only parameters present in every completed trial."
     )
     return _importance_section(study, optuna.importance.FanovaImportanceEvaluator(seed=0), about)
@@ -236,13 +239,15 @@ def parallel_section(study: optuna.Study) -> str:
 
 def slice_section(study: optuna.Study) -> str:
     note = _needs_completed(study, 1, "The slice plot")
-    return _note(note) if note else _figure(lambda: optuna.visualization.plot_slice(study))
+    if note:
+        return _note(note)
+    return _figure(lambda: optuna.visualization.plot_slice(study, target_name=value_label(study)))
 
 
 def intermediate_section(study: optuna.Study) -> str:
     if not any(trial.intermediate_values for trial in study.get_trials(deepcopy=False)):
         return _note("No trial has reported a quick-probe score yet.")
-    about = "Quick-probe accuracy at each report step; pruned trials end early."
+    about = f"Quick-probe {value_label(study)} at each report point (0, 1, ...); pruned trials end early."
     return _note(about) + _figure(lambda: optuna.visualization.plot_intermediate_values(study))
 
 
@@ -258,13 +263,13 @@ def top_trials_section(study: optuna.Study) -> str:
             [
                 str(rank),
                 str(trial.number),
-                f"{trial.value:.4f} ± {attrs.get('probe_standard_error', math.nan):.4f}",
+                f"{format_value(study, trial.value)} ± {attrs.get('probe_standard_error', math.nan):.4f}",
                 params,
                 f"{attrs.get('tokens_per_second', math.nan):,.0f}",
                 f"{attrs.get('wall_seconds', math.nan):.0f}",
             ]
         )
-    header = ["rank", "trial", "accuracy ± s.e.", "parameters", "tokens/s", "wall time (s)"]
+    header = ["rank", "trial", f"{html.escape(value_label(study))} ± s.e.", "parameters", "tokens/s", "wall time (s)"]
     return _table(header, rows)
 
 
@@ -279,10 +284,10 @@ def _choice_row(summary: ChoiceSummary) -> list[str]:
     return [html.escape(summary.choice), str(completed), str(summary.pruned), best, mean]
 
 
-def dimension_statistics(trials: list[FrozenTrial], name: str, choices: list) -> str:
+def dimension_statistics(trials: list[FrozenTrial], name: str, choices: list, label: str = "accuracy") -> str:
     """Table of the choices of one dimension and the verdicts of their pairwise tests."""
     summaries = summarise_choices(trials, name, choices)
-    header = ["choice", "completed", "pruned", "best", "mean accuracy [bootstrap 95% CI]"]
+    header = ["choice", "completed", "pruned", "best", f"mean {html.escape(label)} [bootstrap 95% CI]"]
     table = _table(header, [_choice_row(summary) for summary in summaries])
     comparisons = compare_choices(summaries)
     if not comparisons:
@@ -307,7 +312,7 @@ def choices_section(study: optuna.Study) -> str:
     )
     parts = [_note(about)]
     for name, choices in dimensions.items():
-        parts.append(f"<h3>{html.escape(name)}</h3>" + dimension_statistics(trials, name, choices))
+        parts.append(f"<h3>{html.escape(name)}</h3>" + dimension_statistics(trials, name, choices, value_label(study)))
     return "".join(parts)
 
 

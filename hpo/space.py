@@ -118,6 +118,34 @@ def suggest(trial: optuna.Trial, config: Config) -> Config:
     return _resolve(config, lambda name, spec: _suggest_one(trial, name, spec))
 
 
+def base_params(config: Config) -> dict[str, Any]:
+    """The params under which the space reproduces the base config itself (its recipe as a trial): each
+    dimension takes the base value (a preset: the one whose fields all match). Dimensions whose base value
+    the space cannot produce are left out, for the sampler to fill in."""
+    params: dict[str, Any] = {}
+    for name, section, field_name, spec in dimensions(config):
+        if any(params.get(other) not in allowed for other, allowed in (spec.condition or {}).items()):
+            continue
+        target = getattr(config, section)
+        value = getattr(target, field_name, None)
+        if spec.type == "fixed":
+            params[name] = spec.value
+        elif spec.type == "categorical" and isinstance(spec.choices, dict):
+            matching = [
+                preset
+                for preset, fields in spec.choices.items()
+                if all(getattr(target, key) == preset_value for key, preset_value in fields.items())
+            ]
+            if matching:
+                params[name] = matching[0]
+        elif spec.type == "categorical":
+            if value in spec.choices:
+                params[name] = value
+        elif value is not None and spec.low <= value <= spec.high:
+            params[name] = int(value) if spec.type == "int" else float(value)
+    return params
+
+
 def apply_params(config: Config, params: dict[str, Any]) -> Config:
     """The run configuration of a finished trial, from its params (for export and retrain)."""
     return _resolve(config, lambda name, spec: params[name])

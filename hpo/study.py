@@ -22,8 +22,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from hpo.config import LOCATION_KEYS, Config, ConfigError, StudyConfig, config_to_dict, from_dict
+from hpo.config import LOCATION_KEYS, PROBE_TARGETS, Config, ConfigError, StudyConfig, config_to_dict, from_dict
 from hpo.interruption import INTERRUPTED_EXIT_CODE, InterruptibleObjective, Interruption, sigint_handled_by
+from hpo.space import base_params
 from hpo.versions import software_versions
 
 # Heartbeats, grouped TPE and the retry callback are marked experimental; we rely on them knowingly.
@@ -136,6 +137,24 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(completed, key=lambda trial: -trial.value if maximize else trial.value)
 
 
+def objective_name(study: optuna.Study) -> str:
+    """What the study's values are, as Optuna records it (probe.target's metric name); studies made before
+    probe.target existed maximised the accuracy."""
+    return (study.metric_names or [PROBE_TARGETS["accuracy"]])[0]
+
+
+def value_label(study: optuna.Study) -> str:
+    """The study's value in words, for progress lines, the report and the best-trial line."""
+    return {"probe_accuracy": "accuracy", "probe_gain_over_random_init": "gain over random init"}.get(
+        objective_name(study), objective_name(study)
+    )
+
+
+def format_value(study: optuna.Study, value: float) -> str:
+    """A gain carries its sign."""
+    return f"{value:+.4f}" if objective_name(study) == PROBE_TARGETS["gain"] else f"{value:.4f}"
+
+
 # Resuming: would a score mean something else now? -------------------------------------------------
 
 # A change in these sections changes what a trial's score means (except LOCATION_KEYS); the others
@@ -218,6 +237,10 @@ def open_study(study_name: str, storage_url: str, config: Config, seed: int, for
     else:
         study.set_user_attr("base_config", config_to_dict(config))
         study.set_user_attr("software", software)
+        study.set_metric_names([config.probe.metric_name])
+        if config.study.baseline_trial:
+            # The config's own recipe runs first: every study holds the reference the search must beat.
+            study.enqueue_trial(base_params(config), user_attrs={"baseline": True}, skip_if_exists=True)
     return study
 
 
@@ -308,18 +331,19 @@ def _format_trial(trial: optuna.trial.FrozenTrial, worker_index: int) -> str:
     params = " ".join(f"{name.split('.')[-1]}={_short(value)}" for name, value in trial.params.items())
     attrs = trial.user_attrs
     if trial.state == optuna.trial.TrialState.COMPLETE:
-        outcome = f"accuracy {trial.value:.4f} ± {attrs.get('probe_standard_error', float('nan')):.4f}"
+        accuracy = attrs.get("probe_accuracy", trial.value)
+        outcome = f"accuracy {accuracy:.4f} ± {attrs.get('probe_standard_error', float('nan')):.4f}"
         if "random_init_accuracy" in attrs:
-            outcome += f" (random init {attrs['random_init_accuracy']:.4f})"
+            gain = accuracy - attrs["random_init_accuracy"]
+            outcome += f", gain {gain:+.4f} over random init {attrs['random_init_accuracy']:.4f}"
     elif trial.state == optuna.trial.TrialState.PRUNED:
-        outcome = f"pruned at step {trial.last_step} ({attrs.get('pruned_reason', '')})"
+        outcome = f"pruned: {attrs.get('pruned_reason', f'at report point {trial.last_step}')}"
     else:
         outcome = f"{trial.state.name.lower()}: {attrs.get('fail_reason', '')}".strip(" :")
     speed = attrs.get("tokens_per_second", 0.0)
     seconds = attrs.get("wall_seconds", 0.0)
-    return (
-        f"[worker {worker_index}] trial {trial.number}: {outcome} | {params} | {speed:,.0f} tokens/s | {seconds:.0f} s"
-    )
+    name = f"trial {trial.number} (baseline)" if attrs.get("baseline") else f"trial {trial.number}"
+    return f"[worker {worker_index}] {name}: {outcome} | {params} | {speed:,.0f} tokens/s | {seconds:.0f} s"
 
 
 def _short(value) -> str:
@@ -471,10 +495,9 @@ def run_study(
         print(f"study {study_name!r} already has {counted} trials (--max_trials {limits.max_trials}): nothing to add")
         return study
     where = displayed_url(storage_url)
-    print(
-        f"study {study_name!r} in {where}: {len(study.trials)} trials so far, {limits.describe(n_trials)}, "
-        f"{n_jobs} worker(s)"
-    )
+    queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    so_far = f"{len(study.trials) - queued} trials so far" + (f" ({queued} queued to run first)" if queued else "")
+    print(f"study {study_name!r} in {where}: {so_far}, {limits.describe(n_trials)}, {n_jobs} worker(s)")
     try:
         # Tokenise (or find the cache) once here, so the workers never race to build it.
         load_corpus(data_dir, config.data, Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken"))

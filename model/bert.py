@@ -4,6 +4,7 @@ Attention goes through kernels.attention(kind, ...), so the attention kind decid
 kernel and (via model/positions.py) what positions the embedding layer adds.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,6 @@ import kernels
 from model.positions import POSITIONS_BY_ATTENTION_KIND
 
 POOLINGS = ("mean", "first", "pooler")
-EMBEDDING_STD = 1.0  # token, segment and learned position tables (T5's scale; see Encoder._init_weights)
 
 
 @dataclass
@@ -26,6 +26,7 @@ class ModelConfig:
     num_layers: int = 2
     num_heads: int = 2
     ffn_multiple: int = 4
+    embedding_std: float = 1.0  # initial scale of the token, segment and learned position tables
     dropout: float = 0.1
     attention_kind: str = "standard"
     attention_backend: str = "auto"
@@ -52,6 +53,8 @@ class ModelConfig:
             )
         if (self.hidden_size // self.num_heads) % 2:
             raise ValueError(f"head size {self.hidden_size // self.num_heads} must be even (rotary embedding)")
+        if not self.embedding_std > 0:
+            raise ValueError(f"model.embedding_std = {self.embedding_std}; expected > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout = {self.dropout}; expected 0 <= dropout < 1")
 
@@ -115,35 +118,40 @@ class Encoder(nn.Module):
             nn.Linear(config.hidden_size, config.hidden_size), nn.GELU(), nn.LayerNorm(config.hidden_size)
         )
         self.head_bias = nn.Parameter(torch.zeros(vocab_size))
+        # log q of the unigram law: the output prior and the sampled softmax's proposal (set_output_prior)
+        self.register_buffer("unigram_log_probs", torch.full((vocab_size,), -math.log(vocab_size)), persistent=False)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        """Linear layers N(0, 0.02) as in BERT; embedding tables N(0, 1) as in T5 (see prediction_loss).
+    def _init_weights(self, module: nn.Module) -> None:
+        """Linear layers N(0, 0.02) as in BERT; embedding tables N(0, model.embedding_std^2).
 
-        With BERT's 0.02 embeddings, a tied head and Adam, the softmax pushes every rare token's row
-        by about one learning rate per step in a shared direction: in a short trial those rows lose
-        what told them apart, and the probe scored below a random encoder (0.4975 against 0.52 at
-        LR 3e-3, 300k tokens). Unit-scale rows barely move in relative terms unless they are used.
+        With BERT's 0.02 tables, a tied head, the exact softmax and Adam, every rare token's row is
+        pushed by about one learning rate per step in a shared direction: in a short trial those
+        rows lost what told them apart, and the probe scored below a random encoder (0.4975 against
+        0.52 at LR 3e-3, 300k tokens). With the sampled softmax and lazy Adam (hpo/pretrain.py) a
+        row moves only when its token is seen, so the table's scale sets how far a few sightings
+        carry a row from its random start: config.yaml records the measured choice.
         """
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=EMBEDDING_STD)
+            nn.init.normal_(module.weight, std=self.config.embedding_std)
 
     @torch.no_grad()
     def set_output_prior(self, token_counts: torch.Tensor) -> None:
-        """Start the output bias at the corpus's add-one log unigram frequencies.
+        """Start the output bias at the corpus's add-one log unigram frequencies, which are also the
+        proposal of the sampled softmax.
 
         At step 0 the model then predicts the unigram distribution (loss ~7.5 nats, not ln V ~10.8):
         with a zero bias, a short run's Adam steps of about one learning rate each can move the bias
         only ~0.1 in a few hundred steps, so the whole budget went into a prior a count gives for free.
         """
         probabilities = (token_counts.double() + 1.0) / (token_counts.sum() + len(token_counts))
-        self.head_bias.copy_(probabilities.log().to(self.head_bias.dtype))
+        self.unigram_log_probs.copy_(probabilities.log())
+        self.head_bias.copy_(self.unigram_log_probs)
 
     def encode(
         self,
@@ -177,22 +185,55 @@ class Encoder(nn.Module):
         causal: bool = False,
         token_types: torch.Tensor | None = None,
         next_sentence_labels: torch.Tensor | None = None,
+        sampled_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy over the positions whose label is not -100 (logits only there), plus
-        the next-sentence cross-entropy when its labels are given (BERT sums the two)."""
+        the next-sentence cross-entropy when its labels are given (BERT sums the two).
+
+        With `sampled_ids` (N ids drawn from the unigram law), the softmax runs over the targets and
+        the sampled ids only: see sampled_logits.
+        """
         hidden = self.encode(input_ids, key_padding_mask, causal, token_types)
         predicted = labels != -100
         features = self.head_transform(hidden[predicted])  # (P, H)
         # Unit-scale tied rows: scale by hidden ** -0.5 (as T5 does) so the first logits have unit spread.
         scaled = features * self.config.hidden_size**-0.5
-        logits = F.linear(scaled, self.token_embedding.weight, self.head_bias)  # (P, V)
-        loss = F.cross_entropy(logits.float(), labels[predicted])
+        targets = labels[predicted]  # (P,)
+        if sampled_ids is None:
+            logits = F.linear(scaled, self.token_embedding.weight, self.head_bias)  # (P, V)
+            loss = F.cross_entropy(logits.float(), targets)
+        else:
+            logits, target_index, target_log_inclusion = self.sampled_logits(scaled, targets, sampled_ids)  # (P, C)
+            loss = F.cross_entropy(logits.float(), target_index) - target_log_inclusion
         if next_sentence_labels is not None:
             if self.next_sentence_head is None:
                 raise ValueError("next-sentence labels given to an encoder built without next_sentence=True")
             pair_logits = self.next_sentence_head(self.pool(hidden))
             loss = loss + F.cross_entropy(pair_logits.float(), next_sentence_labels)
         return loss
+
+    def sampled_logits(
+        self, scaled: torch.Tensor, targets: torch.Tensor, sampled_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sampled softmax (Jean et al. 2015): logits over the candidates, the distinct ids among the
+        P targets and the N sampled ids, and each target's index among them.
+
+        The targets are themselves (nearly) draws of the unigram law, so the candidates are the
+        distinct values of P + N draws: each logit is corrected by minus the log probability that
+        its id is among them, 1 - (1 - q)^(P + N). Then the log-sum-exp is a consistent estimate of
+        the full softmax's and so is the gradient; the correction of the target's own logit only
+        shifts the loss by a constant (the targets' mean log inclusion, returned third), which
+        prediction_loss takes back out so that the loss reads as an estimate of the exact one. Only
+        the candidates' rows of the tied table take a gradient; with a sparse token_embedding, that
+        gradient is sparse too (and so is the optimiser's work).
+        """
+        candidates, inverse = torch.unique(torch.cat([targets, sampled_ids]), return_inverse=True)  # (C,)
+        draws = len(targets) + len(sampled_ids)
+        log_inclusion = torch.log(-torch.expm1(draws * torch.log1p(-self.unigram_log_probs[candidates].exp())))
+        rows = F.embedding(candidates, self.token_embedding.weight, sparse=self.token_embedding.sparse)  # (C, H)
+        logits = F.linear(scaled, rows, self.head_bias[candidates] - log_inclusion.to(scaled.dtype))
+        target_index = inverse[: len(targets)]
+        return logits, target_index, log_inclusion[target_index].mean()
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """BERT's pooler: tanh of a linear map of the first token's state."""
@@ -208,21 +249,42 @@ class Encoder(nn.Module):
             return hidden[:, 0]
         return self.pool(hidden)
 
-    def parameter_groups(self, learning_rate: float, layer_decay: float, weight_decay: float) -> list[dict]:
-        """Optimizer groups with layer-wise LR decay: the head gets the full rate, each level below
-        it (top block, ..., first block, embeddings) a factor `layer_decay` less than the one above."""
+    def parameter_groups(
+        self, learning_rate: float, layer_decay: float, weight_decay: float, embedding_lr_multiplier: float = 1.0
+    ) -> list[dict]:
+        """Optimizer groups. Layer-wise LR decay: the head gets the full rate, each level below it (top
+        block, ..., first block, embedding norm) a factor `layer_decay` less than the one above.
+
+        The embedding tables (token, segment, learned positions) form their own groups at
+        learning_rate * embedding_lr_multiplier, outside the layer decay: the tied token table is both
+        the lowest layer and the output layer, and a short run needs its rows to move far faster than
+        the hidden matrices (DESIGN.md's measurements). The token table's group comes first, alone.
+        Weight decay applies to the matrices of linear layers only, never to tables, norms or biases.
+        """
         depth = self.config.num_layers
+        tables = {id(module.weight) for module in self.modules() if isinstance(module, nn.Embedding)}
+        token_table = self.token_embedding.weight
         groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
+        other_tables = []
         for name, parameter in self.named_parameters():
-            if name.startswith(("token_embedding", "segment_embedding", "positions", "embedding_norm")):
+            if parameter is token_table:
+                continue
+            if id(parameter) in tables:
+                other_tables.append(parameter)
+                continue
+            if name.startswith("embedding_norm"):
                 level = 0
             elif name.startswith("blocks."):
                 level = int(name.split(".")[1]) + 1
             else:
                 level = depth + 1
-            decays = parameter.ndim >= 2 and "embedding" not in name
+            decays = parameter.ndim >= 2
             groups.setdefault((level, decays), []).append(parameter)
-        return [
+        table_rate = learning_rate * embedding_lr_multiplier
+        table_groups = [{"params": [token_table], "lr": table_rate, "weight_decay": 0.0}]
+        if other_tables:
+            table_groups.append({"params": other_tables, "lr": table_rate, "weight_decay": 0.0})
+        return table_groups + [
             {
                 "params": params,
                 "lr": learning_rate * layer_decay ** (depth + 1 - level),

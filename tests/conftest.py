@@ -17,6 +17,7 @@ TINY_OVERRIDES = [
     "data.sources=[wikipedia]",
     "data.seq_len=32",
     "train.batch_size=8",
+    "train.budget_seconds=null",
     "train.budget_tokens=1024",
     "train.validation_sequences=16",
     "probe.max_length=32",

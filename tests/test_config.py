@@ -70,7 +70,9 @@ def test_conditional_dimension_is_skipped_when_inactive():
         "model.size": "mini",
         "model.dropout": 0.1,
         "train.learning_rate": 1e-3,
+        "train.embedding_lr_multiplier": 30.0,
         "train.layer_lr_decay": 0.9,
+        "masking.rate": 0.3,
     }
     whole_word = apply_params(config, {**base, "masking.strategy": "whole_word"})
     assert whole_word.masking.span_max_length == config.masking.span_max_length

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from hpo.interruption import InterruptibleObjective, Interruption
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-LONG_TRIAL = ["--set", "train.budget_tokens=200000"]  # minutes of training: a trial is surely running when we stop it
+LONG_TRIAL = ["--set", "train.budget_seconds=600"]  # 10 minutes of training: a trial is surely running when we stop it
 STARTUP_SECONDS = 300  # to import torch, load the data and start the trials on a loaded 2-core machine
 STOP_SECONDS = 30  # measured 1-6 s on a loaded 2-core machine (a worker polls for its parent every second)
 

@@ -100,15 +100,95 @@ def test_sentence_embedding_ignores_padding(pooling):
     torch.testing.assert_close(embedding, changed)
 
 
-def test_layer_wise_learning_rate_decay():
+def test_layer_wise_learning_rate_decay_and_embedding_tables_outside_it():
     model = Encoder(ModelConfig(hidden_size=32, num_layers=3, num_heads=2), 50)
-    groups = model.parameter_groups(learning_rate=1.0, layer_decay=0.5, weight_decay=0.1)
+    groups = model.parameter_groups(learning_rate=1.0, layer_decay=0.5, weight_decay=0.1, embedding_lr_multiplier=30)
     rate_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     assert rate_of[id(model.head_bias)] == 1.0
     assert rate_of[id(model.blocks[2].ffn[0].weight)] == 0.5
     assert rate_of[id(model.blocks[0].ffn[0].weight)] == 0.125
-    assert rate_of[id(model.token_embedding.weight)] == 0.0625
+    assert rate_of[id(model.embedding_norm.weight)] == 0.0625
+    # The tied table (input and output layer) and the learned position table: their own rate, no decay.
+    assert groups[0]["params"] == [model.token_embedding.weight]
+    assert rate_of[id(model.token_embedding.weight)] == rate_of[id(model.positions.table.weight)] == 30.0
+    assert decay_of[id(model.positions.table.weight)] == decay_of[id(model.token_embedding.weight)] == 0.0
+    assert decay_of[id(model.blocks[0].ffn[0].weight)] == 0.1
+    assert decay_of[id(model.blocks[0].ffn[0].bias)] == decay_of[id(model.final_norm.weight)] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def masked_batch(vocab: int):
+    input_ids, key_padding_mask = padded_batch(vocab)
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 1:3] = input_ids[:, 1:3]
+    return input_ids, labels, key_padding_mask
+
+
+def test_sampled_softmax_that_draws_every_id_is_the_exact_softmax():
+    """With every id among the candidates and each included for sure, the corrections vanish."""
+    torch.manual_seed(0)
+    vocab = 40
+    model = Encoder(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab)
+    model.set_output_prior(torch.arange(vocab) + 5)
+    input_ids, labels, key_padding_mask = masked_batch(vocab)
+    exact = model.prediction_loss(input_ids, labels, key_padding_mask)
+    every_id_often = torch.arange(vocab).repeat(2000)  # inclusion probability 1 - (1 - q)^80000 = 1.0
+    sampled = model.prediction_loss(input_ids, labels, key_padding_mask, sampled_ids=every_id_often)
+    torch.testing.assert_close(sampled, exact)
+
+
+def test_sampled_softmax_estimates_the_exact_loss_and_gradient_and_touches_only_candidate_rows():
+    torch.manual_seed(0)
+    vocab = 2000
+    model = Encoder(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab)
+    counts = (10_000 / torch.arange(1, vocab + 1)).round()  # Zipf's law, as text
+    model.set_output_prior(counts)
+    proposal = model.unigram_log_probs.exp()
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.multinomial(proposal, 3 * 12, replacement=True, generator=generator).view(3, 12)
+    key_padding_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 1:5] = input_ids[:, 1:5]
+    head = model.head_transform[0].weight
+
+    def loss_and_gradient(sampled_ids=None) -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        loss = model.prediction_loss(input_ids, labels, key_padding_mask, sampled_ids=sampled_ids)
+        loss.backward()
+        return loss.item(), head.grad.flatten().clone()
+
+    exact_loss, exact_gradient = loss_and_gradient()
+    draws = [torch.multinomial(proposal, 400, replacement=True, generator=generator) for _ in range(30)]
+    estimates = [loss_and_gradient(sampled_ids) for sampled_ids in draws]
+    mean_loss = sum(loss for loss, _ in estimates) / len(estimates)
+    mean_gradient = torch.stack([gradient for _, gradient in estimates]).mean(0)
+    # Consistent, not unbiased: with 400 of 2,000 ids drawn both lie close to the exact values.
+    assert abs(mean_loss - exact_loss) < 0.05 * exact_loss
+    assert torch.nn.functional.cosine_similarity(mean_gradient, exact_gradient, dim=0) > 0.95
+    model.token_embedding.sparse = True
+    model.zero_grad()
+    model.prediction_loss(input_ids, labels, key_padding_mask, sampled_ids=draws[0]).backward()
+    gradient = model.token_embedding.weight.grad.coalesce()
+    assert gradient.is_sparse
+    touched = set(gradient.indices()[0].tolist())
+    assert touched <= set(input_ids.flatten().tolist()) | set(draws[0].tolist())
+    assert set(labels[labels != -100].tolist()) <= touched
+
+
+def test_sparse_and_dense_token_table_gradients_agree():
+    torch.manual_seed(0)
+    vocab = 300
+    model = Encoder(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab)
+    input_ids, labels, key_padding_mask = masked_batch(vocab)
+    sampled_ids = torch.randint(0, vocab, (50,))
+    gradients = []
+    for sparse in (False, True):
+        model.token_embedding.sparse = sparse
+        model.zero_grad()
+        model.prediction_loss(input_ids, labels, key_padding_mask, sampled_ids=sampled_ids).backward()
+        gradients.append(model.token_embedding.weight.grad.to_dense())
+    torch.testing.assert_close(gradients[1], gradients[0])
 
 
 def test_exposb_reference_weights_sum_to_one_and_skip_padded_keys():

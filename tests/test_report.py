@@ -86,6 +86,7 @@ def test_report_of_a_nearly_empty_study_skips_sections_with_a_note(tmp_path, com
 def test_importance_of_trials_that_share_every_parameter_is_a_note_not_a_crash(tmp_path, make_study):
     same = {"model.attention_kind": "rope", "model.size": "tiny", "model.dropout": 0.1, "masking.strategy": "span"}
     same |= {"train.objective": "mlm", "train.learning_rate": 1e-3, "train.layer_lr_decay": 0.9}
+    same |= {"train.embedding_lr_multiplier": 100.0, "masking.rate": 0.4}
     storage = make_study(tmp_path / "fake.db", [(same, 0.50), (same, 0.52), (same, 0.60)])
     page = render_report(load_existing_study("fake", storage), storage)
     assert "FanovaImportanceEvaluator could not be computed from these trials" in page

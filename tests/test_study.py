@@ -3,6 +3,7 @@ check that a resumed study still measures the same thing."""
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 import main
 from hpo.config import ConfigError, config_to_dict, load_config
@@ -34,7 +35,8 @@ def test_study_runs_two_trials_then_resumes_to_four(tmp_path, capsys, tiny_study
         assert trial.intermediate_values, "the quick probe reported nothing"
         assert {"tokens_per_second", "parameters", "peak_memory_mb", "wall_seconds"} <= set(trial.user_attrs)
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            assert 0.2 < trial.value < 1.0
+            assert 0.2 < trial.user_attrs["probe_accuracy"] < 1.0
+            assert trial.value == trial.user_attrs["gain_over_random_init"]  # probe.target: gain
             assert 0 < trial.user_attrs["probe_standard_error"] < 0.05
     assert "base_config" in study.user_attrs
     output = capsys.readouterr().out
@@ -78,7 +80,8 @@ def test_timeout_passed_before_the_first_trial_starts_none(tmp_path, capsys, tin
     storage = f"sqlite:///{tmp_path / 'late.db'}"
     arguments = ["--study_name", "late", "--storage", storage, *tiny_study_flags, "--timeout", "0.001"]
     assert main.main(arguments) == 0
-    assert optuna.load_study(study_name="late", storage=storage).trials == []
+    trials = optuna.load_study(study_name="late", storage=storage).trials
+    assert [(trial.state, trial.user_attrs) for trial in trials] == [(TrialState.WAITING, {"baseline": True})]
     assert "no completed trial yet" in capsys.readouterr().out
 
 
@@ -193,9 +196,28 @@ def test_completed_trials_carry_the_random_encoder_line_computed_once_per_archit
     untrained = Encoder(config.model, resources.tokenizer.vocab_size)
     expected = resources.probe.score(untrained, torch.device("cpu"), config.probe.folds).accuracy
     assert study.user_attrs[key] == expected
+    assert config.probe.target == "gain"  # the default: the study ranks what pretraining bought
     for trial in study.trials:
         assert trial.user_attrs["random_init_accuracy"] == expected
-        assert trial.user_attrs["gain_over_random_init"] == pytest.approx(trial.value - expected)
+        assert trial.user_attrs["gain_over_random_init"] == pytest.approx(trial.user_attrs["probe_accuracy"] - expected)
+        assert trial.value == trial.user_attrs["gain_over_random_init"]
+    # With probe.target = accuracy the value is the accuracy; the random-init line is the same.
+    accuracy_config = load_config(CONFIG_PATH, [*overrides, "probe.target=accuracy"])
+    accuracy_study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    accuracy_study.optimize(Objective(accuracy_config, resources), n_trials=1)
+    (trial,) = accuracy_study.trials
+    assert trial.value == trial.user_attrs["probe_accuracy"]
+    assert trial.user_attrs["random_init_accuracy"] == expected
+
+
+def test_a_new_study_names_its_objective_and_lines_label_the_value(tmp_path):
+    from hpo.study import format_value, open_study, value_label
+
+    for target, label, shown in (("gain", "gain over random init", "+0.0500"), ("accuracy", "accuracy", "0.0500")):
+        config = load_config(CONFIG_PATH, [f"probe.target={target}"])
+        study = open_study(f"named_{target}", f"sqlite:///{tmp_path / target}.db", config, seed=0)
+        assert study.metric_names == [config.probe.metric_name]
+        assert value_label(study) == label and format_value(study, 0.05) == shown
 
 
 def test_workers_are_spread_over_the_visible_gpus_several_per_gpu(monkeypatch, tmp_path):
@@ -224,3 +246,20 @@ def test_moving_the_token_cache_is_no_configuration_change(tmp_path, make_study,
     assert "note: study 'fake' continues with changed settings that keep scores comparable: data.cache_dir" in (
         capsys.readouterr().out
     )
+
+
+def test_a_new_study_runs_its_base_recipe_first(tmp_path):
+    from hpo.space import apply_params, base_params, dimensions
+
+    config = load_config(CONFIG_PATH)
+    params = base_params(config)
+    assert set(params) == {name for name, *_ in dimensions(config)}  # every default lies inside the space
+    recreated = apply_params(config, params)
+    for section in ("model", "train", "masking"):
+        assert getattr(recreated, section) == getattr(config, section)
+    study = open_study("baseline", f"sqlite:///{tmp_path / 'baseline.db'}", config, seed=0)
+    open_study("baseline", f"sqlite:///{tmp_path / 'baseline.db'}", config, seed=0)  # no second copy
+    (queued,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert queued.system_attrs["fixed_params"] == params and queued.user_attrs == {"baseline": True}
+    without = load_config(CONFIG_PATH, ["study.baseline_trial=false"])
+    assert not open_study("plain", f"sqlite:///{tmp_path / 'plain.db'}", without, seed=0).trials
