@@ -7,12 +7,13 @@ an NVIDIA GPU does, so that 16-bit kernels and the tf32 rounding of float32 dots
 """
 
 import contextlib
-import math
 import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+
+from kernels import reference
 
 
 def large_logit_qkv(
@@ -20,8 +21,7 @@ def large_logit_qkv(
 ) -> list[torch.Tensor]:
     """float64 q, k, v (B, H, S, D), q scaled so that max |q.k| / sqrt(D) is exactly `max_logit`."""
     q, k, v = (torch.randn(shape, generator=generator, dtype=torch.float64) for _ in "qkv")
-    logits = q @ k.transpose(-1, -2) / math.sqrt(shape[-1])
-    return [q * (max_logit / logits.abs().max()), k, v]
+    return [reference.scale_to_max_logit(q, k, max_logit), k, v]
 
 
 def _float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
@@ -82,6 +82,18 @@ def gpu_arithmetic() -> Iterator[None]:
         yield
     finally:
         builder.create_dot, builder.cast_impl = original_dot, original_cast
+
+
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """torch.use_deterministic_algorithms(True) within the block, the previous setting after it. Our
+    kernels follow the flag; torch's own ops without a deterministic version only warn (warn_only)."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def assert_only_rounding_error(

@@ -16,7 +16,7 @@ import torch
 from kernels import reference, softmax, stickbreaking
 from kernels.launch import TUNING_LENGTH_MULTIPLE, tuning_length
 from kernels.softmax import _flash_attention_forward, flash_attention
-from tests.oracle import assert_only_rounding_error, gpu_arithmetic, large_logit_qkv
+from tests.oracle import assert_only_rounding_error, deterministic_algorithms, gpu_arithmetic, large_logit_qkv
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRETED else "cuda"
@@ -171,12 +171,8 @@ def test_strided_inputs_give_the_contiguous_result(layout):
 
 def test_deterministic_mode_repeats_bit_for_bit():
     """Under torch.use_deterministic_algorithms(True) every kernel runs its first config."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         first, second = (check_against_oracle((3, 1, 40, 32), True, True, torch.float32) for _ in "12")
-    finally:
-        torch.use_deterministic_algorithms(previous)
     for name, one, other in zip(("out", "dq", "dk", "dv"), first, second, strict=True):
         assert torch.equal(one, other), f"{name} differs between two deterministic runs"
 

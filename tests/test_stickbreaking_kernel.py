@@ -13,7 +13,7 @@ import torch
 
 from kernels import reference
 from kernels.stickbreaking import stickbreaking_attention
-from tests.oracle import assert_only_rounding_error, gpu_arithmetic, large_logit_qkv
+from tests.oracle import assert_only_rounding_error, deterministic_algorithms, gpu_arithmetic, large_logit_qkv
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 if not (torch.cuda.is_available() or INTERPRETED):
@@ -131,13 +131,9 @@ def test_deterministic_mode_matches_oracle_and_repeats_bit_for_bit(causal):
     q, k, v = random_qkv(3, 1, 40, 32)  # two query blocks in the interpreter
     mask = padding_mask(3, 40, "scattered")
     grad_out = torch.randn_like(q)
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         first = assert_matches_oracle(q, k, v, mask, causal, torch.float32, grad_out)
         second = forward_backward(stickbreaking_attention, q, k, v, mask, causal, grad_out, torch.float32)
-    finally:
-        torch.use_deterministic_algorithms(previous)
     for name, one, other in zip(RESULT_NAMES, first, second, strict=True):
         assert torch.equal(one, other), f"{name} differs between two deterministic runs"
 
@@ -204,11 +200,7 @@ def test_deterministic_backward_on_gpu():
     q, k, v = random_qkv(4, 12, 512, 64)
     mask = padding_mask(4, 512, "scattered")
     grad_out = torch.randn_like(q)
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         runs = [forward_backward(stickbreaking_attention, q, k, v, mask, False, grad_out, torch.bfloat16) for _ in "12"]
-    finally:
-        torch.use_deterministic_algorithms(previous)
     for name, one, other in zip(RESULT_NAMES, *runs, strict=True):
         assert torch.equal(one, other), f"{name} differs between two deterministic runs"
