@@ -419,7 +419,10 @@ def main() -> None:
     for size, seq_len, batch in rows:
         print(f"running {size} S={seq_len} B={batch} ...", flush=True)
         results.append(run_row(size, seq_len, batch, tokenizer, settings))
-        table = render(results, names, max(peaks), "(matmul peak measured again at the end)", settings.device == "cuda")
+        progress = (
+            f"(in progress; at the start: matmul peak {peaks[0] / 1e9:,.0f} GFLOP/s, load {load_averages[0]:.2f})"
+        )
+        table = render(results, names, max(peaks), progress, settings.device == "cuda")
         if arguments.markdown:
             arguments.markdown.parent.mkdir(parents=True, exist_ok=True)
             arguments.markdown.write_text(table)
