@@ -70,5 +70,11 @@ def test_replay_counts_false_prunes_and_the_budget_saved():
     assert result.pruned == [2, 3]
     assert result.false_prunes == [2] and result.best_pruned
     assert result.budget_saved == pytest.approx(2 * 0.75 / 5)
+    assert result.regret == pytest.approx(0.70 - 0.52)  # the best trial left to finish is trial 1
     nothing = replay(unpruned_trials(finals, quick), "none", StudyConfig(), [0.25, 0.5])
-    assert nothing.pruned == [] and nothing.budget_saved == 0
+    assert nothing.pruned == [] and nothing.budget_saved == 0 and nothing.regret == 0
+    # Warm-up: with one report point of warm-up, trial 2 (0.60 at the second point) survives.
+    warm = replay(
+        unpruned_trials(finals, quick), "median", StudyConfig(pruner_startup_trials=2, pruner_warmup_steps=1), [0.25, 0.5]
+    )
+    assert 2 not in warm.pruned and not warm.best_pruned
