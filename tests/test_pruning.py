@@ -74,7 +74,6 @@ def test_replay_counts_false_prunes_and_the_budget_saved():
     nothing = replay(unpruned_trials(finals, quick), "none", StudyConfig(), [0.25, 0.5])
     assert nothing.pruned == [] and nothing.budget_saved == 0 and nothing.regret == 0
     # Warm-up: with one report point of warm-up, trial 2 (0.60 at the second point) survives.
-    warm = replay(
-        unpruned_trials(finals, quick), "median", StudyConfig(pruner_startup_trials=2, pruner_warmup_steps=1), [0.25, 0.5]
-    )
+    warm_config = StudyConfig(pruner_startup_trials=2, pruner_warmup_steps=1)
+    warm = replay(unpruned_trials(finals, quick), "median", warm_config, [0.25, 0.5])
     assert 2 not in warm.pruned and not warm.best_pruned
