@@ -1,8 +1,8 @@
 """How good are the pruner's decisions? Replay them on a study that ran without pruning.
 
     python main.py --study_name unpruned --n_trials 16 --n_jobs 2 --set study.pruner=none
-    python -m bench.pruning_replay --study_name unpruned [--pruner median --pruner hyperband] \
-        [--warmup_steps 0 --warmup_steps 1]
+    python -m bench.pruning_replay --study_name unpruned [--pruner median --pruner hyperband]
+        [--warmup_steps 0 --warmup_steps 1]    # (one command)
 
 Every trial of such a study ran to its end and reported its quick score at every report point, so
 the final value of each trial the pruner would have stopped is known. The trials are replayed in
