@@ -55,7 +55,7 @@ RANDOM_INIT_QUICK_ATTR_PREFIX = "random_init_quick_accuracy:"  # the same for th
 def architecture_key(config: Config) -> str:
     """What decides a randomly initialised encoder's probe score: shape, pooling, seed and the probe itself."""
     model = dataclasses.asdict(config.model)
-    for irrelevant in ("dropout", "attention_backend", "gradient_checkpointing"):  # inert in evaluation
+    for irrelevant in ("dropout", "attention_backend", "gradient_checkpointing", "compile"):  # inert in evaluation
         del model[irrelevant]
     material = {
         "model": model,

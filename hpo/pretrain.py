@@ -139,6 +139,9 @@ def row_sparse(gradient: torch.Tensor) -> torch.Tensor:
     return torch.sparse_coo_tensor(rows.unsqueeze(0), values, gradient.shape, is_coalesced=True, check_invariants=False)
 
 
+COMPILE_BACKEND = "inductor"  # of model.compile; tests use "aot_eager", which generates no code
+
+
 class _PredictionLoss(nn.Module):
     """DDP synchronises gradients only for calls through its forward; this makes the loss a forward."""
 
@@ -191,6 +194,11 @@ class Pretrainer:
                 f"train.batch_size = {train.batch_size} over {execution.micro_batches} micro-batch(es) is too small"
             )
         self.model = initial_encoder(config, tokenizer.vocab_size).to(device)
+        if config.model.compile:
+            # The encoder compiles to one graph, our attention kernels as custom ops inside it
+            # (tests/test_compile.py); the loss around it, whose shapes depend on the data (the
+            # predicted positions, the sampled ids), stays eager. The weights stay the module's own.
+            self.model.encode = torch.compile(self.model.encode, backend=COMPILE_BACKEND)
         counts = torch.from_numpy(corpus.token_counts(tokenizer.vocab_size)).clone()
         counts[[tokenizer.cls_id, tokenizer.mask_id, tokenizer.pad_id, tokenizer.sep_id]] = 0  # never targets
         self.model.set_output_prior(counts)

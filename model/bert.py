@@ -33,6 +33,7 @@ class ModelConfig:
     pooling: str = "mean"
     max_seq_len: int = 512
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the encoder's forward for training (hpo/pretrain.py)
 
     def validate(self) -> None:
         if self.attention_kind not in kernels.ATTENTION_KINDS:
