@@ -1,6 +1,6 @@
 """Masked-language-model inputs: which tokens to predict, and what the model sees in their place.
 
-A strategy (DESIGN.md, "The masking strategies") is one entry of MASKING_STRATEGIES: a function
+A strategy (ARCHITECTURE.md, "The masking strategies") is one entry of MASKING_STRATEGIES: a function
 that chooses the predicted tokens and the unit (token, word or span) each token belongs to. One
 function then applies the 80/10/10 replacement with one decision per unit. Everything is tensor
 code on the batch's device: no Python loop over tokens, sequences or rounds.
@@ -30,7 +30,7 @@ IGNORE_INDEX = -100  # label of a position with nothing to predict (cross_entrop
 
 @dataclass
 class MaskingConfig:
-    """How MLM batches are masked; the strategies are described in DESIGN.md."""
+    """How MLM batches are masked; the strategies are described in ARCHITECTURE.md."""
 
     strategy: str = "standard"  # standard, dynamic, span or whole_word
     rate: float = 0.15  # fraction of non-special tokens predicted (standard, span, whole_word)

@@ -259,7 +259,7 @@ class Encoder(nn.Module):
         The embedding tables (token, segment, learned positions) form their own groups at
         learning_rate * embedding_lr_multiplier, outside the layer decay: the tied token table is both
         the lowest layer and the output layer, and a short run needs its rows to move far faster than
-        the hidden matrices (DESIGN.md's measurements). The token table's group comes first, alone.
+        the hidden matrices (BENCHMARKS.md, "Trials that learn"). The token table's group comes first, alone.
         Weight decay applies to the matrices of linear layers only, never to tables, norms or biases.
         """
         depth = self.config.num_layers
