@@ -1,14 +1,20 @@
 """The Hugging Face face of the encoder: save_pretrained -> AutoModel.from_pretrained gives the same
-model for every attention kind, and the config round-trips."""
+model for every attention kind, the config round-trips, and a retrain's output folder loads."""
 
 import dataclasses
 
 import pytest
 import torch
+from test_retrain import TINY
 from transformers import AutoConfig, AutoModel
 
 import kernels
+import main
+from hpo import retrain as retrain_module
+from hpo.config import load_config
+from hpo.export import write_config
 from hpo.probe import embed
+from hpo.retrain import run_config
 from model.bert import ModelConfig
 from model.hf import BertHpoConfig, BertHpoModel
 
@@ -101,3 +107,23 @@ def test_from_encoder_copies_the_weights_and_draws_nothing():
     assert copied.config.model_config() == encoder.config and copied.config.next_sentence
     expected = encoder.state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in copied.encoder.state_dict().items())
+
+
+def test_retrain_output_folder_loads_with_automodel(tmp_path, monkeypatch):
+    config_file = tmp_path / "best_config.yaml"
+    overrides = [*TINY, f"data.cache_dir={tmp_path / 'cache'}"]
+    write_config(load_config(main.PROJECT_DIR / "config.yaml", overrides), config_file)
+    # The AG News probes take most of a tiny retrain and are tested in test_retrain.py.
+    monkeypatch.setattr(retrain_module, "evaluate", lambda trainer, data_dir: {"validation_loss": 0.0})
+    monkeypatch.setattr(retrain_module, "summary", lambda results, output_dir: "done")
+    output = tmp_path / "retrain"
+
+    assert main.main(["retrain", "--config", str(config_file), "--output", str(output)]) == 0
+
+    assert {"config.json", "model.safetensors", "model.pt", "results.yaml"} <= {p.name for p in output.iterdir()}
+    assert not list(output.glob(".*"))  # no staging folder or temporary file left behind
+    loaded = AutoModel.from_pretrained(output)
+    assert loaded.config.model_config() == run_config(load_config(config_file)).model
+    weights = torch.load(output / "model.pt", map_location="cpu", weights_only=True)["model"]
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in loaded.encoder.state_dict().items())
+    assert loaded.encoder.state_dict().keys() == weights.keys()
