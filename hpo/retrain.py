@@ -6,6 +6,7 @@ configuration), continues from the newest checkpoint with --resume, prints one p
 every N steps, and ends with the validation loss and two AG News probes: the selection score of
 the study (cross-validated over train.csv) and the test score (fit on train.csv, scored on
 test.csv). Only rank 0 logs, checkpoints, probes and writes; the other ranks train and wait.
+The output folder is also a Hugging Face model folder (config.json, model.safetensors: model/hf.py).
 """
 
 import contextlib
@@ -15,6 +16,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from data.tokenizer import Tokenizer
 from hpo.config import LOCATION_KEYS, Config, ConfigError, config_to_dict
 from hpo.pretrain import Execution, Pretrainer, StepResult, resolve_device
 from hpo.probe import Probe, cross_validated_accuracy, held_out_accuracy
+from model.bert import Encoder
+from model.hf import BertHpoModel
 
 # Settings that change how often a run reports or saves, not what it learns: a resume may change them.
 CADENCE_FIELDS = ("checkpoint_every_steps", "log_every_steps", "keep_checkpoints")
@@ -251,11 +255,26 @@ def evaluate(trainer: Pretrainer, data_dir: Path) -> dict:
     }
 
 
+def write_hugging_face_files(encoder: Encoder, output_dir: Path) -> None:
+    """OUTPUT/config.json and OUTPUT/model.safetensors, so that the output folder is a Hugging Face model
+    folder: AutoModel.from_pretrained(OUTPUT) after `import model.hf`. save_pretrained writes into a
+    staging folder; each file then moves in by atomic_write, as the other outputs do."""
+    staging = output_dir / f".hugging_face.{os.getpid()}.tmp"
+    try:
+        BertHpoModel.from_encoder(encoder).save_pretrained(staging)
+        for path in sorted(staging.iterdir()):
+            atomic_write(output_dir / path.name, lambda handle, path=path: handle.write(path.read_bytes()))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_outputs(trainer: Pretrainer, results: dict, output_dir: Path) -> None:
-    """OUTPUT/model.pt (final weights and the config that builds the model) and OUTPUT/results.yaml."""
+    """OUTPUT/model.pt (final weights and the config that builds the model, for this project's code),
+    the same weights as a Hugging Face model folder, and OUTPUT/results.yaml."""
     output_dir.mkdir(parents=True, exist_ok=True)
     weights = {"model": trainer.model.state_dict(), "config": config_to_dict(trainer.config)}
     atomic_write(output_dir / "model.pt", lambda handle: torch.save(weights, handle))
+    write_hugging_face_files(trainer.model, output_dir)
     text = yaml.safe_dump(results, sort_keys=False).encode()
     atomic_write(output_dir / "results.yaml", lambda handle: handle.write(text))
 
@@ -265,7 +284,8 @@ def summary(results: dict, output_dir: Path) -> str:
     return (
         f"validation loss {results['validation_loss']:.4f} | AG News selection (CV) accuracy "
         f"{selection['accuracy']:.4f} ± {selection['standard_error']:.4f} | test accuracy "
-        f"{test['accuracy']:.4f} ± {test['standard_error']:.4f}\nwrote {output_dir / 'results.yaml'} and model.pt"
+        f"{test['accuracy']:.4f} ± {test['standard_error']:.4f}\nwrote {output_dir / 'results.yaml'}, model.pt, "
+        "config.json and model.safetensors (AutoModel.from_pretrained after `import model.hf`)"
     )
 
 

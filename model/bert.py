@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import kernels
-from model.positions import POSITIONS_BY_ATTENTION_KIND
+from model.positions import POSITIONS_BY_ATTENTION_KIND, SinusoidalPositions
 
 POOLINGS = ("mean", "first", "pooler")
 
@@ -118,14 +118,18 @@ class Encoder(nn.Module):
         self.head_transform = nn.Sequential(
             nn.Linear(config.hidden_size, config.hidden_size), nn.GELU(), nn.LayerNorm(config.hidden_size)
         )
-        self.head_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.head_bias = nn.Parameter(torch.empty(vocab_size))
         # log q of the unigram law: the output prior and the sampled softmax's proposal (set_output_prior)
-        self.register_buffer("unigram_log_probs", torch.full((vocab_size,), -math.log(vocab_size)), persistent=False)
+        self.register_buffer("unigram_log_probs", torch.empty(vocab_size), persistent=False)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Linear layers N(0, 0.02) as in BERT; embedding tables N(0, model.embedding_std^2).
+        """The starting state of `module`, one of this encoder's modules (non-persistent buffers included:
+        model/hf.py applies it after a load, to what the checkpoint does not hold).
+
+        Linear layers N(0, 0.02) as in BERT; embedding tables N(0, model.embedding_std^2); layer norms
+        the identity; a zero output bias and the uniform law as the output prior.
 
         With BERT's 0.02 tables, a tied head, the exact softmax and Adam, every rare token's row is
         pushed by about one learning rate per step in a shared direction: in a short trial those
@@ -140,6 +144,15 @@ class Encoder(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=self.config.embedding_std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, SinusoidalPositions):
+            module.reset_table()
+        elif module is self:
+            nn.init.zeros_(self.head_bias)
+            with torch.no_grad():
+                self.unigram_log_probs.fill_(-math.log(len(self.unigram_log_probs)))
 
     @torch.no_grad()
     def set_output_prior(self, token_counts: torch.Tensor) -> None:
