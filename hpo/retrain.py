@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,7 +35,6 @@ from hpo.config import LOCATION_KEYS, Config, ConfigError, config_to_dict
 from hpo.pretrain import Execution, Pretrainer, StepResult, resolve_device
 from hpo.probe import Probe, cross_validated_accuracy, held_out_accuracy
 from model.bert import Encoder
-from model.hf import BertHpoModel
 
 # Settings that change how often a run reports or saves, not what it learns: a resume may change them.
 CADENCE_FIELDS = ("checkpoint_every_steps", "log_every_steps", "keep_checkpoints")
@@ -259,6 +259,11 @@ def write_hugging_face_files(encoder: Encoder, output_dir: Path) -> None:
     """OUTPUT/config.json and OUTPUT/model.safetensors, so that the output folder is a Hugging Face model
     folder: AutoModel.from_pretrained(OUTPUT) after `import model.hf`. save_pretrained writes into a
     staging folder; each file then moves in by atomic_write, as the other outputs do."""
+    try:
+        from model.hf import BertHpoModel  # imported here: transformers costs seconds, and only this needs it
+    except ImportError as error:  # e.g. a machine with an older transformers: model.pt still holds the weights
+        print(f"note: no Hugging Face folder written ({type(error).__name__}: {error})", file=sys.stderr)
+        return
     staging = output_dir / f".hugging_face.{os.getpid()}.tmp"
     try:
         BertHpoModel.from_encoder(encoder).save_pretrained(staging)
@@ -284,8 +289,12 @@ def summary(results: dict, output_dir: Path) -> str:
     return (
         f"validation loss {results['validation_loss']:.4f} | AG News selection (CV) accuracy "
         f"{selection['accuracy']:.4f} ± {selection['standard_error']:.4f} | test accuracy "
-        f"{test['accuracy']:.4f} ± {test['standard_error']:.4f}\nwrote {output_dir / 'results.yaml'}, model.pt, "
-        "config.json and model.safetensors (AutoModel.from_pretrained after `import model.hf`)"
+        f"{test['accuracy']:.4f} ± {test['standard_error']:.4f}\nwrote {output_dir / 'results.yaml'}, model.pt"
+        + (
+            ", config.json and model.safetensors (AutoModel.from_pretrained after `import model.hf`)"
+            if (output_dir / "model.safetensors").exists()
+            else ""
+        )
     )
 
 
