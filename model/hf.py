@@ -46,6 +46,7 @@ class BertHpoConfig(PreTrainedConfig):
     pooling: str = "mean"
     max_seq_len: int = 512
     gradient_checkpointing: bool = False
+    compile: bool = False
 
     @classmethod
     def from_model_config(cls, model: ModelConfig, vocab_size: int, next_sentence: bool) -> "BertHpoConfig":
