@@ -84,7 +84,7 @@ def test_config_round_trips_and_speaks_hugging_face_names(tmp_path, tokenizer):
     model_config = ModelConfig(
         hidden_size=48, num_layers=3, num_heads=4, ffn_multiple=2, embedding_std=0.5, dropout=0.0,
         attention_kind="exposb", attention_backend="reference", pooling="first", max_seq_len=96,
-        gradient_checkpointing=True,
+        gradient_checkpointing=True, compile=True,
     )  # fmt: skip
     assert all(getattr(model_config, f.name) != f.default for f in dataclasses.fields(ModelConfig))
     config = BertHpoConfig.from_model_config(model_config, vocab_size=321, next_sentence=True)
