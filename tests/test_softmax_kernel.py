@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kernels import reference, softmax, stickbreaking
-from kernels.launch import TUNING_LENGTH_MULTIPLE, tuning_length
+from kernels.common import TUNING_LENGTH_MULTIPLE, tuning_length
 from kernels.softmax import _flash_attention_forward, flash_attention
 from tests.oracle import assert_only_rounding_error, deterministic_algorithms, gpu_arithmetic, large_logit_qkv
 
