@@ -21,11 +21,7 @@ def allowed_keys(key_padding_mask: torch.Tensor, seq_len: int, causal: bool) -> 
 
 
 def softmax_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor,
-    causal: bool = False,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over allowed keys; a row with no allowed key gives zeros."""
     scale = 1.0 / math.sqrt(q.shape[-1])
@@ -66,11 +62,7 @@ def rotary_embedding(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
 
 
 def rope_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor,
-    causal: bool = False,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
 ) -> torch.Tensor:
     """Rotary embedding on q and k, then softmax attention."""
     return softmax_attention(rotary_embedding(q), rotary_embedding(k), v, key_padding_mask, causal)
@@ -118,11 +110,7 @@ def stickbreaking_weights(
 
 
 def stickbreaking_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor,
-    causal: bool = False,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
 ) -> torch.Tensor:
     """Bidirectional stick-breaking attention (exposb) as DESIGN.md defines it; causal = left stick."""
     return torch.matmul(stickbreaking_weights(q, k, key_padding_mask, causal), v)

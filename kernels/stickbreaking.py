@@ -48,22 +48,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (
-    INTERPRETED,
-    autotune_configs,
-    batch_and_head,
-    check_attention_inputs,
-    deterministic,
-    grid,
-    kernel_arguments,
-    key_is_real,
-    launch,
-    load_rows,
-    register_attention_autograd,
-    sequence_major_empty,
-    sequence_major_empty_like,
-    shared_layout,
-)
+from kernels import common
+from kernels.common import batch_and_head, key_is_real, load_rows
 
 
 def _key_block_size(head_dim: int) -> int:
@@ -72,7 +58,7 @@ def _key_block_size(head_dim: int) -> int:
     Sized for the backward, which holds about six (query, key) float32 tiles and a (query, D)
     accumulator: larger tiles spill registers on sm_90.
     """
-    if INTERPRETED:
+    if common.INTERPRETED:
         return 16  # with query blocks of 32 the diagonal spans two key blocks
     return 32 if head_dim <= 64 else 16
 
@@ -80,10 +66,10 @@ def _key_block_size(head_dim: int) -> int:
 # (query block, num_warps, num_stages); the query block must be a multiple of the key block. The
 # first config is the one deterministic runs use. In the interpreter, query blocks of 32.
 INTERPRETER_BLOCKS = (32,)
-FORWARD_CONFIGS = autotune_configs(
+FORWARD_CONFIGS = common.autotune_configs(
     ("BLOCK_Q",), [(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 2), (128, 8, 3)], INTERPRETER_BLOCKS
 )
-BACKWARD_CONFIGS = autotune_configs(
+BACKWARD_CONFIGS = common.autotune_configs(
     ("BLOCK_Q",), [(64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (128, 8, 3)], INTERPRETER_BLOCKS
 )
 AUTOTUNE_KEY = ["TUNING_LENGTH", "HEAD_DIM", "CAUSAL", "BLOCK_K"]
@@ -383,7 +369,7 @@ def _kernel_arguments(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: b
     weight 2^-s behind keys summing to -s is off by at most s 2^-s 2^-11 ln 2 < 2^-12: below 16-bit
     rounding (tests/test_stickbreaking_kernel.py checks the output against that bound).
     """
-    return {**kernel_arguments(q, key_padding_mask, causal, strides), "BLOCK_K": _key_block_size(q.shape[-1])}
+    return {**common.kernel_arguments(q, key_padding_mask, causal, strides), "BLOCK_K": _key_block_size(q.shape[-1])}
 
 
 def _saved_state_shapes(q: torch.Tensor, causal: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -396,15 +382,15 @@ def _saved_state_shapes(q: torch.Tensor, causal: bool) -> tuple[tuple[int, ...],
 
 def _forward(q, k, v, key_padding_mask, causal):
     """Launch the forward: out (sequence-major), checkpoints, leftovers r_L (and r_R)."""
-    (q, k, v), strides = shared_layout(q, k, v)
-    (out,) = sequence_major_empty_like(q)  # (B, H, S, D)
+    (q, k, v), strides = common.shared_layout(q, k, v)
+    (out,) = common.sequence_major_empty_like(q)  # (B, H, S, D)
     checkpoints_shape, leftover_shape = _saved_state_shapes(q, causal)
     # Zeros where a stick stores nothing, so the op's outputs are fully defined.
     checkpoints = q.new_zeros(checkpoints_shape, dtype=torch.float32)  # (B, H, S / BLOCK_K, S)
     leftover = q.new_empty(leftover_shape, dtype=torch.float32)  # (B, H, sticks, S)
     out_stride_batch, out_stride_head, out_stride_seq, _ = out.stride()
-    launch(
-        _forward_kernel, grid("BLOCK_Q", q), Q=q, K=k, V=v, OUT=out, CHECKPOINTS=checkpoints, LEFTOVER=leftover,
+    common.launch(
+        _forward_kernel, common.grid("BLOCK_Q", q), Q=q, K=k, V=v, OUT=out, CHECKPOINTS=checkpoints, LEFTOVER=leftover,
         out_stride_batch=out_stride_batch, out_stride_head=out_stride_head, out_stride_seq=out_stride_seq,
         **_kernel_arguments(q, key_padding_mask, causal, strides),
     )  # fmt: skip
@@ -421,19 +407,19 @@ def _sum_slots(slots: torch.Tensor) -> torch.Tensor:
 def _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal):
     """Launch the backward; dk, dv gather in float32 buffers (one slot per query block and stick
     when deterministic), and the leftover's share of dv is added here."""
-    (q, k, v), strides = shared_layout(q, k, v)
-    (grad_out,), grad_out_strides = shared_layout(grad_out)
-    is_deterministic = deterministic()
+    (q, k, v), strides = common.shared_layout(q, k, v)
+    (grad_out,), grad_out_strides = common.shared_layout(grad_out)
+    is_deterministic = common.deterministic()
     slots = 1
     if is_deterministic:
         block_q = BACKWARD_CONFIGS[0].kwargs["BLOCK_Q"]
         slots = triton.cdiv(q.shape[2], block_q) * leftover.shape[2]
-    (grad_q,) = sequence_major_empty_like(q)  # (B, H, S, D)
+    (grad_q,) = common.sequence_major_empty_like(q)  # (B, H, S, D)
     # each (slots, B, H, S, D) float32
-    grad_k, grad_v = (sequence_major_empty(q.shape, torch.float32, q.device, (slots,)).zero_() for _ in "kv")
+    grad_k, grad_v = (common.sequence_major_empty(q.shape, torch.float32, q.device, (slots,)).zero_() for _ in "kv")
     grad_stride_slot, grad_stride_batch, grad_stride_head, grad_stride_seq, _ = grad_k.stride()
-    launch(
-        _backward_kernel, grid("BLOCK_Q", q), Q=q, K=k, V=v, GRAD_OUT=grad_out, GRAD_Q=grad_q, GRAD_K=grad_k,
+    common.launch(
+        _backward_kernel, common.grid("BLOCK_Q", q), Q=q, K=k, V=v, GRAD_OUT=grad_out, GRAD_Q=grad_q, GRAD_K=grad_k,
         GRAD_V=grad_v, CHECKPOINTS=checkpoints, LEFTOVER=leftover, scale=1.0 / math.sqrt(q.shape[-1]),
         grad_out_stride_batch=grad_out_strides[0], grad_out_stride_head=grad_out_strides[1],
         grad_out_stride_seq=grad_out_strides[2], grad_stride_batch=grad_stride_batch,
@@ -454,11 +440,7 @@ def _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal
 
 @torch.library.custom_op("kernels::stickbreaking_forward", mutates_args=())
 def _stickbreaking_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor,
-    causal: bool,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """out (B, H, S, D); float32 checkpoints (B, H, S / BLOCK_K, S), leftovers (B, H, sticks, S)."""
     return _forward(q, k, v, key_padding_mask, causal)
@@ -467,7 +449,7 @@ def _stickbreaking_forward(
 @_stickbreaking_forward.register_fake
 def _(q, k, v, key_padding_mask, causal):
     checkpoints_shape, leftover_shape = _saved_state_shapes(q, causal)
-    (out,) = sequence_major_empty_like(q)
+    (out,) = common.sequence_major_empty_like(q)
     return out, q.new_empty(checkpoints_shape, dtype=torch.float32), q.new_empty(leftover_shape, dtype=torch.float32)
 
 
@@ -487,11 +469,11 @@ def _stickbreaking_backward(
 
 @_stickbreaking_backward.register_fake
 def _(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal):
-    return sequence_major_empty_like(q, k, v)
+    return common.sequence_major_empty_like(q, k, v)
 
 
 # The backward needs the saved state (checkpoints, leftovers), not out.
-register_attention_autograd(_stickbreaking_forward, _stickbreaking_backward, saved_outputs=(1, 2))
+common.register_attention_autograd(_stickbreaking_forward, _stickbreaking_backward, saved_outputs=(1, 2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,11 +482,7 @@ register_attention_autograd(_stickbreaking_forward, _stickbreaking_backward, sav
 
 
 def stickbreaking_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    causal: bool = False,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool = False
 ) -> torch.Tensor:
     """Stick-breaking attention (exposb) on (B, H, S, D); key_padding_mask (B, S) True = real key.
 
@@ -512,6 +490,6 @@ def stickbreaking_attention(
     kernels.reference.stickbreaking_attention; differentiable in q, k, v. Bit-reproducible on one
     GPU and software stack under torch.use_deterministic_algorithms(True) (see kernels/common.py).
     """
-    key_padding_mask = check_attention_inputs("stickbreaking_attention", q, k, v, key_padding_mask)
+    key_padding_mask = common.check_attention_inputs("stickbreaking_attention", q, k, v, key_padding_mask)
     out, _, _ = _stickbreaking_forward(q, k, v, key_padding_mask, causal)
     return out
