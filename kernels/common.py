@@ -155,7 +155,7 @@ def sequence_major_empty(
 ) -> torch.Tensor:
     """An uninitialised (*leading, B, H, S, D) tensor laid out as (*leading, B, S, H, D) in memory."""
     batch, heads, seq_len, head_dim = shape
-    storage = torch.empty((*leading, batch, seq_len, heads, head_dim), dtype=dtype, device=device)
+    storage = torch.empty((*leading, batch, seq_len, heads, head_dim), dtype=dtype, device=device)  # (..., B, S, H, D)
     return storage.transpose(-3, -2)
 
 
