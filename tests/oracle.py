@@ -13,7 +13,6 @@ does, so that 16-bit kernels and the tf32 rounding of float32 dots are tested on
 """
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -21,8 +20,8 @@ import pytest
 import torch
 
 from kernels import reference
+from kernels.common import INTERPRETED  # the one reading of TRITON_INTERPRET, where the kernels read it
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRETED else "cuda"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_LOGIT = 30.0  # softmax near one-hot, stick-breaking beta within 1e-13 of 0 or 1 at the extremes
