@@ -135,7 +135,7 @@ EOF
 
 MACHINE="$(describe_machine)"
 
-# Deterministic algorithms for a pytest run: our kernels then skip autotuning (see kernels/launch.py).
+# Deterministic algorithms for a pytest run: our kernels then skip autotuning (see kernels/common.py).
 DETERMINISTIC_PYTEST=(-c 'import sys, torch, pytest; torch.use_deterministic_algorithms(True, warn_only=True); sys.exit(pytest.main(sys.argv[1:]))')
 KERNEL_TESTS=(tests/test_softmax_kernel.py tests/test_stickbreaking_kernel.py tests/test_compile.py)
 

@@ -21,11 +21,7 @@ def allowed_keys(key_padding_mask: torch.Tensor, seq_len: int, causal: bool) -> 
 
 
 def softmax_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor,
-    causal: bool = False,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over allowed keys; a row with no allowed key gives zeros."""
     scale = 1.0 / math.sqrt(q.shape[-1])
@@ -45,23 +41,28 @@ def scale_to_max_logit(q: torch.Tensor, k: torch.Tensor, max_logit: float) -> to
     return q * (max_logit / logits.abs().amax())
 
 
+def rotary_tables(
+    seq_len: int, head_dim: int, device: torch.device, base: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, float64 (S, D/2), of the rotary angle of each position and frequency."""
+    half = head_dim // 2
+    inv_freq = base ** (-torch.arange(half, device=device, dtype=torch.float64) / half)  # (D/2,)
+    angles = torch.arange(seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq  # (S, D/2)
+    return angles.cos(), angles.sin()
+
+
 def rotary_embedding(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotary position embedding (Su et al.) on (B, H, S, D), rotating the two halves of D."""
     seq_len, head_dim = x.shape[-2], x.shape[-1]
     half = head_dim // 2
-    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float64) / half)
-    angles = torch.arange(seq_len, device=x.device, dtype=torch.float64)[:, None] * inv_freq
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (S, D/2)
+    cos, sin = rotary_tables(seq_len, head_dim, x.device, base)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (S, D/2)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 def rope_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor,
-    causal: bool = False,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
 ) -> torch.Tensor:
     """Rotary embedding on q and k, then softmax attention."""
     return softmax_attention(rotary_embedding(q), rotary_embedding(k), v, key_padding_mask, causal)
@@ -109,11 +110,7 @@ def stickbreaking_weights(
 
 
 def stickbreaking_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor,
-    causal: bool = False,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
 ) -> torch.Tensor:
     """Bidirectional stick-breaking attention (exposb) as DESIGN.md defines it; causal = left stick."""
     return torch.matmul(stickbreaking_weights(q, k, key_padding_mask, causal), v)

@@ -2,8 +2,8 @@
 
 softmax(q k^T / sqrt(D)) v over the allowed keys (key padding, optionally causal), computed with
 an online softmax so the (S, S) score matrix never reaches memory. The forward saves the
-log-sum-exp of every row; the backward recomputes the probabilities from it (one kernel for
-dk/dv that owns a block of keys, one for dq that owns a block of queries).
+log-sum-exp of every row; the backward recomputes the probabilities from it (one kernel, launched
+twice: programs that own a block of keys for dk/dv, then programs that own a block of queries for dq).
 
 With `rotary`, q and k are rotated as kernels.reference.rotary_embedding does (the two halves of
 D, base 10000) while they are loaded, and dq, dk are rotated back before they are stored; the
@@ -11,10 +11,10 @@ rotated q and k are never written to memory.
 
 q, k, v are read through their strides and outputs are written sequence-major, autotuning is keyed
 on the length rounded up to a block multiple, and deterministic runs use fixed configs: see
-kernels/launch.py. No kernel uses atomics, so a fixed config gives the same bits run after run.
+kernels/common.py. No kernel uses atomics, so a fixed config gives the same bits run after run.
 
-Layout: Triton kernels -> launchers -> torch custom ops (forward, backward, autograd, fake) ->
-`flash_attention`.
+Layout: Triton helpers and kernels -> launchers -> torch custom ops (forward, backward, fake,
+autograd) -> `flash_attention`.
 """
 
 import functools
@@ -24,27 +24,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.inputs import INTERPRETED, check_attention_inputs
-from kernels.launch import launch, sequence_major_empty, shared_layout, tuning_length
-
-ROTARY_BASE = 10000.0
-LOG2_E = 1.4426950408889634  # scores are kept in base-2 units so the kernels can use exp2
-
-
-def _configs(block_names: tuple[str, str], tuned: list[tuple[int, int, int, int]]):
-    """Autotune configs on a GPU; one small fixed config in the interpreter, where tuning is slow."""
-    if INTERPRETED:
-        # Owned block 32, loop block 16: odd lengths leave ragged tails in both loops.
-        return [triton.Config(dict(zip(block_names, (32, 16), strict=True)), num_warps=4, num_stages=1)]
-    return [
-        triton.Config(dict(zip(block_names, (owned, looped), strict=True)), num_warps=warps, num_stages=stages)
-        for owned, looped, warps, stages in tuned
-    ]
-
+from kernels import common, reference
+from kernels.common import batch_and_head, key_is_real, load_rows
 
 # (owned block, looped block, num_warps, num_stages), around the Triton fused-attention
 # tutorial's choices for Hopper. Configs that do not fit in shared memory are skipped by autotune.
-FORWARD_CONFIGS = _configs(
+# In the interpreter, owned block 32 and loop block 16: odd lengths leave ragged tails in both loops.
+INTERPRETER_BLOCKS = (32, 16)
+FORWARD_CONFIGS = common.autotune_configs(
     ("BLOCK_Q", "BLOCK_K"),
     [
         (64, 64, 4, 3),
@@ -56,17 +43,13 @@ FORWARD_CONFIGS = _configs(
         (128, 64, 8, 4),
         (128, 128, 8, 3),
     ],
+    INTERPRETER_BLOCKS,
 )
-KEY_GRAD_CONFIGS = _configs(
-    ("BLOCK_K", "BLOCK_Q"),
-    [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 32, 4, 5), (128, 64, 8, 3)],
-)
-QUERY_GRAD_CONFIGS = _configs(
-    ("BLOCK_Q", "BLOCK_K"),
-    [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 32, 4, 5), (128, 64, 8, 3)],
-)
+GRAD_TUNED = [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 32, 4, 5), (128, 64, 8, 3)]
+KEY_GRAD_CONFIGS = common.autotune_configs(("BLOCK_K", "BLOCK_Q"), GRAD_TUNED, INTERPRETER_BLOCKS)
+QUERY_GRAD_CONFIGS = common.autotune_configs(("BLOCK_Q", "BLOCK_K"), GRAD_TUNED, INTERPRETER_BLOCKS)
 AUTOTUNE_KEY = ["TUNING_LENGTH", "HEAD_DIM", "CAUSAL", "ROTARY"]
-PREPROCESS_BLOCK = 32 if INTERPRETED else 64
+PREPROCESS_BLOCK = 32 if common.INTERPRETED else 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,15 +69,14 @@ def _load_cos_sin(COS, SIN, rows, dims, SEQ_LEN, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(X, rows, dims, row_stride, SEQ_LEN, COS, SIN, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr):
-    """A (rows, D) tile of one head, zeros past the sequence end; rotated when ROTARY."""
-    in_range = rows[:, None] < SEQ_LEN
-    x = tl.load(X + rows[:, None] * row_stride + dims[None, :], mask=in_range, other=0.0)
+def _load_rotated_rows(X, rows, dims, row_stride, SEQ_LEN, COS, SIN, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr):
+    """A (rows, D) tile of q or k, zeros past the sequence end; rotated when ROTARY."""
+    x = load_rows(X, rows, dims, row_stride, SEQ_LEN)
     if ROTARY:
         # rotate_half(x) reads the other half of D: load the tile again with its halves swapped
         # (same cache lines) instead of shuffling registers inside the hot loop.
         swapped_dims = (dims + HEAD_DIM // 2) % HEAD_DIM
-        x_swapped = tl.load(X + rows[:, None] * row_stride + swapped_dims[None, :], mask=in_range, other=0.0)
+        x_swapped = load_rows(X, rows, swapped_dims, row_stride, SEQ_LEN)
         cos, sin = _load_cos_sin(COS, SIN, rows, dims, SEQ_LEN, HEAD_DIM)
         sign = tl.where(dims < HEAD_DIM // 2, -1.0, 1.0)
         rotated = x.to(tl.float32) * cos + sign[None, :] * x_swapped.to(tl.float32) * sin
@@ -115,25 +97,38 @@ def _rotate_gradient_back(grad, rows, dims, SEQ_LEN, COS, SIN, BLOCK: tl.constex
 
 
 @triton.jit
-def _key_is_real(KEY_MASK, keys, SEQ_LEN):
-    return tl.load(KEY_MASK + keys, mask=keys < SEQ_LEN, other=0) != 0
-
-
-@triton.jit
-def _allowed(queries, keys, key_is_real, SEQ_LEN, CAUSAL: tl.constexpr):
+def _allowed(queries, keys, real_keys, SEQ_LEN, CAUSAL: tl.constexpr):
     """May each query see each key. Arguments come pre-shaped, (Q, 1) and (1, K) or transposed,
     so one helper serves the (queries, keys) and (keys, queries) tiles."""
-    allowed = key_is_real & (queries < SEQ_LEN)
+    allowed = real_keys & (queries < SEQ_LEN)
     if CAUSAL:
         allowed = allowed & (keys <= queries)
     return allowed
 
 
 @triton.jit
-def _batch_and_head(NUM_HEADS):
-    """This program's batch row, head and (batch, head) index, as int64 for the pointer arithmetic."""
-    batch_head = tl.program_id(1).to(tl.int64)
-    return batch_head // NUM_HEADS, batch_head % NUM_HEADS, batch_head
+def _key_end(row_key_end, CAUSAL: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Where this query block's loop over keys stops: keys past the last real key of the batch row
+    (row_key_end) and, if causal, past this query block are never allowed."""
+    key_end = row_key_end
+    if CAUSAL:
+        key_end = tl.minimum(key_end, (tl.program_id(0) + 1) * BLOCK_Q)
+    return key_end
+
+
+@triton.jit
+def _key_tile(q, queries, key_start, K, V, KEY_MASK, COS, SIN, stride_seq, qk_scale, SEQ_LEN,
+              HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, ROTARY: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              BLOCK_K: tl.constexpr):  # fmt: skip
+    """k, v of the keys from key_start, and the (queries, keys) tile of base-2 scores with which are allowed."""
+    keys = key_start + tl.arange(0, BLOCK_K)
+    dims = tl.arange(0, HEAD_DIM)
+    k = _load_rotated_rows(K, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+    v = load_rows(V, keys, dims, stride_seq, SEQ_LEN)
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    real_keys = key_is_real(KEY_MASK, keys, SEQ_LEN)
+    allowed = _allowed(queries[:, None], keys[None, :], real_keys[None, :], SEQ_LEN, CAUSAL)
+    return k, v, scores, allowed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,33 +139,13 @@ def _batch_and_head(NUM_HEADS):
 @triton.autotune(configs=FORWARD_CONFIGS, key=AUTOTUNE_KEY)
 @triton.jit
 def _forward_kernel(
-    Q,
-    K,
-    V,
-    KEY_MASK,
-    KEY_END,
-    COS,
-    SIN,
-    OUT,
-    LSE,
-    qk_scale,
-    SEQ_LEN,
-    NUM_HEADS,
+    Q, K, V, KEY_MASK, KEY_END, COS, SIN, OUT, LSE, qk_scale, SEQ_LEN, NUM_HEADS,
     TUNING_LENGTH,  # only a key of the autotuner
-    stride_batch,
-    stride_head,
-    stride_seq,
-    out_stride_batch,
-    out_stride_head,
-    out_stride_seq,
-    HEAD_DIM: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    ROTARY: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    batch, head, batch_head = _batch_and_head(NUM_HEADS)
+    stride_batch, stride_head, stride_seq, out_stride_batch, out_stride_head, out_stride_seq,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, ROTARY: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    batch, head, batch_head = batch_and_head(NUM_HEADS)
     head_offset = batch * stride_batch + head * stride_head
     Q, K, V = Q + head_offset, K + head_offset, V + head_offset
     OUT += batch * out_stride_batch + head * out_stride_head
@@ -178,23 +153,15 @@ def _forward_kernel(
     queries = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, HEAD_DIM)
 
-    q = _load_rows(Q, queries, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+    q = _load_rotated_rows(Q, queries, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
     row_max = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
     row_sum = tl.zeros((BLOCK_Q,), tl.float32)
     acc = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
 
-    # Keys past the last real key of this batch row (and, if causal, past this query block)
-    # are never allowed: stop before them.
-    key_end = tl.load(KEY_END + batch)
-    if CAUSAL:
-        key_end = tl.minimum(key_end, (tl.program_id(0) + 1) * BLOCK_Q)
-    for key_start in range(0, key_end, BLOCK_K):
-        keys = key_start + tl.arange(0, BLOCK_K)
-        k = _load_rows(K, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
-        v = _load_rows(V, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, False)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        key_is_real = _key_is_real(KEY_MASK, keys, SEQ_LEN)
-        allowed = _allowed(queries[:, None], keys[None, :], key_is_real[None, :], SEQ_LEN, CAUSAL)
+    for key_start in range(0, _key_end(tl.load(KEY_END + batch), CAUSAL=CAUSAL, BLOCK_Q=BLOCK_Q), BLOCK_K):
+        _, v, scores, allowed = _key_tile(q, queries, key_start, K, V, KEY_MASK, COS, SIN, stride_seq, qk_scale,
+                                          SEQ_LEN, HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, ROTARY=ROTARY,
+                                          DOT_PRECISION=DOT_PRECISION, BLOCK_K=BLOCK_K)  # fmt: skip
         scores = tl.where(allowed, scores, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(scores, 1))
         # A row with nothing allowed yet has max -inf; shifting by 0 keeps exp2 at 0, not NaN.
@@ -221,22 +188,11 @@ def _forward_kernel(
 
 @triton.jit
 def _delta_kernel(
-    OUT,
-    GRAD_OUT,
-    DELTA,
-    SEQ_LEN,
-    NUM_HEADS,
-    out_stride_batch,
-    out_stride_head,
-    out_stride_seq,
-    grad_out_stride_batch,
-    grad_out_stride_head,
-    grad_out_stride_seq,
-    HEAD_DIM: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
+    OUT, GRAD_OUT, DELTA, SEQ_LEN, NUM_HEADS, out_stride_batch, out_stride_head, out_stride_seq,
+    grad_out_stride_batch, grad_out_stride_head, grad_out_stride_seq, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
     """delta = rowsum(out * grad_out), the softmax-backward term shared by dq and dk."""
-    batch, head, batch_head = _batch_and_head(NUM_HEADS)
+    batch, head, batch_head = batch_and_head(NUM_HEADS)
     OUT += batch * out_stride_batch + head * out_stride_head
     GRAD_OUT += batch * grad_out_stride_batch + head * grad_out_stride_head
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -249,59 +205,20 @@ def _delta_kernel(
     tl.store(DELTA + batch_head * SEQ_LEN + rows, tl.sum(out * grad_out, 1), mask=in_range)
 
 
-@triton.autotune(configs=KEY_GRAD_CONFIGS, key=AUTOTUNE_KEY)
 @triton.jit
-def _key_value_grad_kernel(
-    Q,
-    K,
-    V,
-    GRAD_OUT,
-    LSE,
-    DELTA,
-    KEY_MASK,
-    KEY_END,
-    COS,
-    SIN,
-    GRAD_K,
-    GRAD_V,
-    scale,
-    qk_scale,
-    SEQ_LEN,
-    NUM_HEADS,
-    TUNING_LENGTH,  # only a key of the autotuner
-    stride_batch,
-    stride_head,
-    stride_seq,
-    grad_out_stride_batch,
-    grad_out_stride_head,
-    grad_out_stride_seq,
-    grad_stride_batch,
-    grad_stride_head,
-    grad_stride_seq,
-    HEAD_DIM: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    ROTARY: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """dk, dv for one block of keys, looping over the queries that may see them."""
-    batch, head, batch_head = _batch_and_head(NUM_HEADS)
-    head_offset = batch * stride_batch + head * stride_head
-    Q, K, V = Q + head_offset, K + head_offset, V + head_offset
-    GRAD_OUT += batch * grad_out_stride_batch + head * grad_out_stride_head
-    grad_offset = batch * grad_stride_batch + head * grad_stride_head
-    GRAD_K, GRAD_V = GRAD_K + grad_offset, GRAD_V + grad_offset
-    LSE += batch_head * SEQ_LEN
-    DELTA += batch_head * SEQ_LEN
-    KEY_MASK += batch * SEQ_LEN
+def _key_value_grad(Q, K, V, GRAD_OUT, LSE, DELTA, KEY_MASK, row_key_end, COS, SIN, GRAD_K, GRAD_V, scale, qk_scale,
+                    SEQ_LEN, stride_seq, grad_out_stride_seq, grad_stride_seq, HEAD_DIM: tl.constexpr,
+                    CAUSAL: tl.constexpr, ROTARY: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr,
+                    BLOCK_K: tl.constexpr):  # fmt: skip
+    """dk, dv for this program's block of keys, looping over the queries that may see them; pointers
+    are at this program's head."""
     key_start = tl.program_id(0) * BLOCK_K
     keys = key_start + tl.arange(0, BLOCK_K)
     dims = tl.arange(0, HEAD_DIM)
 
-    k = _load_rows(K, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
-    v = _load_rows(V, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, False)
-    key_is_real = _key_is_real(KEY_MASK, keys, SEQ_LEN)
+    k = _load_rotated_rows(K, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+    v = load_rows(V, keys, dims, stride_seq, SEQ_LEN)
+    real_keys = key_is_real(KEY_MASK, keys, SEQ_LEN)
     grad_k = tl.zeros((BLOCK_K, HEAD_DIM), tl.float32)
     grad_v = tl.zeros((BLOCK_K, HEAD_DIM), tl.float32)
 
@@ -309,16 +226,16 @@ def _key_value_grad_kernel(
     query_start = 0
     if CAUSAL:
         query_start = (key_start // BLOCK_Q) * BLOCK_Q
-    query_end = tl.where(key_start < tl.load(KEY_END + batch), SEQ_LEN, query_start)
+    query_end = tl.where(key_start < row_key_end, SEQ_LEN, query_start)
     for block_start in range(query_start, query_end, BLOCK_Q):
         queries = block_start + tl.arange(0, BLOCK_Q)
-        q = _load_rows(Q, queries, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
-        grad_out = _load_rows(GRAD_OUT, queries, dims, grad_out_stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, False)
+        q = _load_rotated_rows(Q, queries, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+        grad_out = load_rows(GRAD_OUT, queries, dims, grad_out_stride_seq, SEQ_LEN)
         lse = tl.load(LSE + queries, mask=queries < SEQ_LEN, other=0.0)
         delta = tl.load(DELTA + queries, mask=queries < SEQ_LEN, other=0.0)
         # Transposed tiles (keys, queries), so the sums over queries are plain dots.
         scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
-        allowed_t = _allowed(queries[None, :], keys[:, None], key_is_real[:, None], SEQ_LEN, CAUSAL)
+        allowed_t = _allowed(queries[None, :], keys[:, None], real_keys[:, None], SEQ_LEN, CAUSAL)
         probabilities_t = tl.where(allowed_t, tl.exp2(scores_t - lse[None, :]), 0.0)
         grad_v += tl.dot(probabilities_t.to(grad_out.dtype), grad_out, input_precision=DOT_PRECISION)
         grad_p_t = tl.dot(v, tl.trans(grad_out), input_precision=DOT_PRECISION)
@@ -334,68 +251,26 @@ def _key_value_grad_kernel(
     tl.store(GRAD_V + offsets, grad_v.to(GRAD_V.dtype.element_ty), mask=in_range)
 
 
-@triton.autotune(configs=QUERY_GRAD_CONFIGS, key=AUTOTUNE_KEY)
 @triton.jit
-def _query_grad_kernel(
-    Q,
-    K,
-    V,
-    GRAD_OUT,
-    LSE,
-    DELTA,
-    KEY_MASK,
-    KEY_END,
-    COS,
-    SIN,
-    GRAD_Q,
-    scale,
-    qk_scale,
-    SEQ_LEN,
-    NUM_HEADS,
-    TUNING_LENGTH,  # only a key of the autotuner
-    stride_batch,
-    stride_head,
-    stride_seq,
-    grad_out_stride_batch,
-    grad_out_stride_head,
-    grad_out_stride_seq,
-    grad_stride_batch,
-    grad_stride_head,
-    grad_stride_seq,
-    HEAD_DIM: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    ROTARY: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """dq for one block of queries, looping over the keys they may see."""
-    batch, head, batch_head = _batch_and_head(NUM_HEADS)
-    head_offset = batch * stride_batch + head * stride_head
-    Q, K, V = Q + head_offset, K + head_offset, V + head_offset
-    GRAD_OUT += batch * grad_out_stride_batch + head * grad_out_stride_head
-    GRAD_Q += batch * grad_stride_batch + head * grad_stride_head
-    KEY_MASK += batch * SEQ_LEN
+def _query_grad(Q, K, V, GRAD_OUT, LSE, DELTA, KEY_MASK, row_key_end, COS, SIN, GRAD_Q, scale, qk_scale, SEQ_LEN,
+                stride_seq, grad_out_stride_seq, grad_stride_seq, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                ROTARY: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr,
+                BLOCK_K: tl.constexpr):  # fmt: skip
+    """dq for this program's block of queries, looping over the keys they may see; pointers are at
+    this program's head."""
     queries = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, HEAD_DIM)
 
-    q = _load_rows(Q, queries, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
-    grad_out = _load_rows(GRAD_OUT, queries, dims, grad_out_stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, False)
-    row_offsets = batch_head * SEQ_LEN + queries
-    lse = tl.load(LSE + row_offsets, mask=queries < SEQ_LEN, other=0.0)
-    delta = tl.load(DELTA + row_offsets, mask=queries < SEQ_LEN, other=0.0)
+    q = _load_rotated_rows(Q, queries, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
+    grad_out = load_rows(GRAD_OUT, queries, dims, grad_out_stride_seq, SEQ_LEN)
+    lse = tl.load(LSE + queries, mask=queries < SEQ_LEN, other=0.0)
+    delta = tl.load(DELTA + queries, mask=queries < SEQ_LEN, other=0.0)
     grad_q = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
 
-    key_end = tl.load(KEY_END + batch)
-    if CAUSAL:
-        key_end = tl.minimum(key_end, (tl.program_id(0) + 1) * BLOCK_Q)
-    for key_start in range(0, key_end, BLOCK_K):
-        keys = key_start + tl.arange(0, BLOCK_K)
-        k = _load_rows(K, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, ROTARY)
-        v = _load_rows(V, keys, dims, stride_seq, SEQ_LEN, COS, SIN, HEAD_DIM, False)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        key_is_real = _key_is_real(KEY_MASK, keys, SEQ_LEN)
-        allowed = _allowed(queries[:, None], keys[None, :], key_is_real[None, :], SEQ_LEN, CAUSAL)
+    for key_start in range(0, _key_end(row_key_end, CAUSAL=CAUSAL, BLOCK_Q=BLOCK_Q), BLOCK_K):
+        k, v, scores, allowed = _key_tile(q, queries, key_start, K, V, KEY_MASK, COS, SIN, stride_seq, qk_scale,
+                                          SEQ_LEN, HEAD_DIM=HEAD_DIM, CAUSAL=CAUSAL, ROTARY=ROTARY,
+                                          DOT_PRECISION=DOT_PRECISION, BLOCK_K=BLOCK_K)  # fmt: skip
         probabilities = tl.where(allowed, tl.exp2(scores - lse[:, None]), 0.0)
         grad_p = tl.dot(grad_out, tl.trans(v), input_precision=DOT_PRECISION)
         grad_scores = probabilities * (grad_p - delta[:, None])
@@ -411,111 +286,98 @@ def _query_grad_kernel(
     )
 
 
+@triton.jit
+def _grad_kernel(
+    Q, K, V, GRAD_OUT, LSE, DELTA, KEY_MASK, KEY_END, COS, SIN, GRAD_Q, GRAD_K, GRAD_V, scale, qk_scale, SEQ_LEN,
+    NUM_HEADS, TUNING_LENGTH,  # only a key of the autotuner
+    stride_batch, stride_head, stride_seq, grad_out_stride_batch, grad_out_stride_head, grad_out_stride_seq,
+    grad_stride_batch, grad_stride_head, grad_stride_seq,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, ROTARY: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    OWNS_KEYS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """dk, dv for one block of keys (OWNS_KEYS), or dq for one block of queries."""
+    batch, head, batch_head = batch_and_head(NUM_HEADS)
+    head_offset = batch * stride_batch + head * stride_head
+    Q, K, V = Q + head_offset, K + head_offset, V + head_offset
+    GRAD_OUT += batch * grad_out_stride_batch + head * grad_out_stride_head
+    grad_offset = batch * grad_stride_batch + head * grad_stride_head
+    LSE += batch_head * SEQ_LEN
+    DELTA += batch_head * SEQ_LEN
+    KEY_MASK += batch * SEQ_LEN
+    row_key_end = tl.load(KEY_END + batch)
+    if OWNS_KEYS:
+        _key_value_grad(Q, K, V, GRAD_OUT, LSE, DELTA, KEY_MASK, row_key_end, COS, SIN, GRAD_K + grad_offset,
+                        GRAD_V + grad_offset, scale, qk_scale, SEQ_LEN, stride_seq, grad_out_stride_seq,
+                        grad_stride_seq, HEAD_DIM, CAUSAL, ROTARY, DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
+    else:
+        _query_grad(Q, K, V, GRAD_OUT, LSE, DELTA, KEY_MASK, row_key_end, COS, SIN, GRAD_Q + grad_offset, scale,
+                    qk_scale, SEQ_LEN, stride_seq, grad_out_stride_seq, grad_stride_seq, HEAD_DIM, CAUSAL, ROTARY,
+                    DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
+
+
+# One kernel, tuned twice: a program owns a block of keys (dk, dv) or a block of queries (dq), and the
+# owned block is the first of each config.
+_key_value_grad_kernel = triton.autotune(configs=KEY_GRAD_CONFIGS, key=AUTOTUNE_KEY)(_grad_kernel)
+_query_grad_kernel = triton.autotune(configs=QUERY_GRAD_CONFIGS, key=AUTOTUNE_KEY)(_grad_kernel)
+
+
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=32)
-def _rotary_tables(seq_len: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """cos and sin (S, D/2) float32, computed in float64 exactly as reference.rotary_embedding."""
-    half = head_dim // 2
-    inverse_frequency = ROTARY_BASE ** (-torch.arange(half, device=device, dtype=torch.float64) / half)
-    angles = torch.arange(seq_len, device=device, dtype=torch.float64)[:, None] * inverse_frequency
-    return angles.cos().float().contiguous(), angles.sin().float().contiguous()
+def _rotary_tables(seq_len: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (S, D/2) float32: reference.rotary_tables, rounded once and cached."""
+    cos, sin = reference.rotary_tables(seq_len, head_dim, device)  # (S, D/2) float64
+    return cos.float().contiguous(), sin.float().contiguous()
 
 
-def _kernel_inputs(q: torch.Tensor, key_padding_mask: torch.Tensor, rotary: bool, strides: tuple) -> dict:
-    """Arguments shared by the attention kernels: the key mask as bytes, where real keys end, rotary
-    tables, sizes and the strides of q, k, v."""
-    num_heads, seq_len, head_dim = q.shape[1:]
-    key_mask = key_padding_mask.contiguous().view(torch.uint8)  # (B, S)
-    positions = torch.arange(1, seq_len + 1, device=q.device)
-    key_end = (key_padding_mask * positions).amax(dim=-1).to(torch.int32)  # (B,)
+def _kernel_arguments(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, rotary: bool, strides) -> dict:
+    """The arguments common.kernel_arguments gives every kernel, and the rotary tables."""
+    arguments = common.kernel_arguments(q, key_padding_mask, causal, strides)
     if rotary:
-        cos, sin = _rotary_tables(seq_len, head_dim, q.device)
+        cos, sin = _rotary_tables(q.shape[2], q.shape[3], q.device)
     else:
-        cos = sin = key_end  # never read: ROTARY is a compile-time False
-    stride_batch, stride_head, stride_seq = strides
-    return {
-        "KEY_MASK": key_mask,
-        "KEY_END": key_end,
-        "COS": cos,
-        "SIN": sin,
-        "SEQ_LEN": seq_len,
-        "NUM_HEADS": num_heads,
-        "TUNING_LENGTH": tuning_length(seq_len),
-        "stride_batch": stride_batch,
-        "stride_head": stride_head,
-        "stride_seq": stride_seq,
-        "HEAD_DIM": head_dim,
-        "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-    }
-
-
-def _grid(block_name: str, q: torch.Tensor):
-    batch, num_heads, seq_len, _ = q.shape
-    return lambda meta: (triton.cdiv(seq_len, meta[block_name]), batch * num_heads)
+        cos = sin = arguments["KEY_END"]  # never read: ROTARY is a compile-time False
+    return {**arguments, "COS": cos, "SIN": sin, "ROTARY": rotary}
 
 
 def _forward(q, k, v, key_padding_mask, causal, rotary):
     """Launch the forward kernel: out (B, H, S, D) sequence-major, lse (B, H, S) base 2."""
-    (q, k, v), strides = shared_layout(q, k, v)
-    out = sequence_major_empty(q.shape, q.dtype, q.device)
+    (q, k, v), strides = common.shared_layout(q, k, v)
+    (out,) = common.sequence_major_empty_like(q)  # (B, H, S, D)
     lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)  # (B, H, S)
     out_stride_batch, out_stride_head, out_stride_seq, _ = out.stride()
-    launch(
-        _forward_kernel,
-        _grid("BLOCK_Q", q),
-        Q=q,
-        K=k,
-        V=v,
-        OUT=out,
-        LSE=lse,
-        qk_scale=LOG2_E / math.sqrt(q.shape[-1]),
-        out_stride_batch=out_stride_batch,
-        out_stride_head=out_stride_head,
-        out_stride_seq=out_stride_seq,
-        CAUSAL=causal,
-        ROTARY=rotary,
-        **_kernel_inputs(q, key_padding_mask, rotary, strides),
-    )
+    common.launch(
+        _forward_kernel, common.grid("BLOCK_Q", q), Q=q, K=k, V=v, OUT=out, LSE=lse,
+        out_stride_batch=out_stride_batch, out_stride_head=out_stride_head, out_stride_seq=out_stride_seq,
+        **_kernel_arguments(q, key_padding_mask, causal, rotary, strides),
+    )  # fmt: skip
     return out, lse
 
 
 def _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
     """Launch delta, dk/dv and dq kernels; the gradients come out sequence-major."""
     batch, num_heads, seq_len, head_dim = q.shape
-    (q, k, v), strides = shared_layout(q, k, v)
-    (grad_out,), grad_out_strides = shared_layout(grad_out)
+    (q, k, v), strides = common.shared_layout(q, k, v)
+    (grad_out,), grad_out_strides = common.shared_layout(grad_out)
     delta = torch.empty_like(lse)  # (B, H, S)
     _delta_kernel[(triton.cdiv(seq_len, PREPROCESS_BLOCK), batch * num_heads)](
         out, grad_out, delta, seq_len, num_heads, *out.stride()[:3], *grad_out_strides,
         HEAD_DIM=head_dim, BLOCK=PREPROCESS_BLOCK,
     )  # fmt: skip
-    grad_q, grad_k, grad_v = (sequence_major_empty(q.shape, q.dtype, q.device) for _ in "qkv")
+    grad_q, grad_k, grad_v = common.sequence_major_empty_like(q, k, v)  # each (B, H, S, D)
     grad_stride_batch, grad_stride_head, grad_stride_seq, _ = grad_q.stride()
     shared = dict(
-        Q=q,
-        K=k,
-        V=v,
-        GRAD_OUT=grad_out,
-        LSE=lse,
-        DELTA=delta,
-        scale=1.0 / math.sqrt(head_dim),
-        qk_scale=LOG2_E / math.sqrt(head_dim),
-        grad_out_stride_batch=grad_out_strides[0],
-        grad_out_stride_head=grad_out_strides[1],
-        grad_out_stride_seq=grad_out_strides[2],
-        grad_stride_batch=grad_stride_batch,
-        grad_stride_head=grad_stride_head,
-        grad_stride_seq=grad_stride_seq,
-        CAUSAL=causal,
-        ROTARY=rotary,
-        **_kernel_inputs(q, key_padding_mask, rotary, strides),
-    )
-    launch(_key_value_grad_kernel, _grid("BLOCK_K", k), GRAD_K=grad_k, GRAD_V=grad_v, **shared)
-    launch(_query_grad_kernel, _grid("BLOCK_Q", q), GRAD_Q=grad_q, **shared)
+        Q=q, K=k, V=v, GRAD_OUT=grad_out, LSE=lse, DELTA=delta, GRAD_Q=grad_q, GRAD_K=grad_k, GRAD_V=grad_v,
+        scale=1.0 / math.sqrt(head_dim), grad_out_stride_batch=grad_out_strides[0],
+        grad_out_stride_head=grad_out_strides[1], grad_out_stride_seq=grad_out_strides[2],
+        grad_stride_batch=grad_stride_batch, grad_stride_head=grad_stride_head, grad_stride_seq=grad_stride_seq,
+        **_kernel_arguments(q, key_padding_mask, causal, rotary, strides),
+    )  # fmt: skip
+    common.launch(_key_value_grad_kernel, common.grid("BLOCK_K", k), OWNS_KEYS=True, **shared)
+    common.launch(_query_grad_kernel, common.grid("BLOCK_Q", q), OWNS_KEYS=False, **shared)
     return grad_q, grad_k, grad_v
 
 
@@ -526,19 +388,15 @@ def _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
 
 @torch.library.custom_op("kernels::flash_attention_forward", mutates_args=())
 def _flash_attention_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor,
-    causal: bool,
-    rotary: bool,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, rotary: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """out (B, H, S, D) and the rows' log-sum-exp (B, H, S), base 2."""
     return _forward(q, k, v, key_padding_mask, causal, rotary)
 
 
 @_flash_attention_forward.register_fake
 def _(q, k, v, key_padding_mask, causal, rotary):
-    out = sequence_major_empty(q.shape, q.dtype, q.device)
+    (out,) = common.sequence_major_empty_like(q)
     return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
@@ -559,25 +417,11 @@ def _flash_attention_backward(
 
 @_flash_attention_backward.register_fake
 def _(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
-    return tuple(sequence_major_empty(t.shape, t.dtype, t.device) for t in (q, k, v))
+    return common.sequence_major_empty_like(q, k, v)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, key_padding_mask, causal, rotary = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, key_padding_mask, out, lse)
-    ctx.causal, ctx.rotary = causal, rotary
-
-
-def _autograd_backward(ctx, grad_out, grad_lse):
-    q, k, v, key_padding_mask, out, lse = ctx.saved_tensors
-    grad_q, grad_k, grad_v = _flash_attention_backward(
-        grad_out, q, k, v, key_padding_mask, out, lse, ctx.causal, ctx.rotary
-    )
-    return grad_q, grad_k, grad_v, None, None, None
-
-
-_flash_attention_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+# The backward needs both outputs: out (for delta) and lse.
+common.register_attention_autograd(_flash_attention_forward, _flash_attention_backward, saved_outputs=(0, 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,6 +442,6 @@ def flash_attention(
     A query with no allowed key gets zeros. With `rotary`, q and k are first rotated as
     kernels.reference.rotary_embedding does. Differentiable in q, k, v.
     """
-    key_padding_mask = check_attention_inputs("flash_attention", q, k, v, key_padding_mask)
+    key_padding_mask = common.check_attention_inputs("flash_attention", q, k, v, key_padding_mask)
     out, _ = _flash_attention_forward(q, k, v, key_padding_mask, causal, rotary)
     return out

@@ -38,8 +38,8 @@ Nothing becomes NaN: entries that are not allowed get log2(1 - beta) = 0 and wei
 `where` (no -inf arithmetic), padded query rows are computed like any other, and a query whose
 keys are all padded has r_L = r_R = 1, so o_i = v_i.
 
-Layout: Triton helpers and kernels -> launchers -> torch custom ops (forward, backward, autograd,
-fake) -> `stickbreaking_attention`.
+Layout: Triton helpers and kernels -> launchers -> torch custom ops (forward, backward, fake,
+autograd) -> `stickbreaking_attention`.
 """
 
 import math
@@ -48,34 +48,30 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.inputs import INTERPRETED, check_attention_inputs
-from kernels.launch import deterministic, launch, sequence_major_empty, shared_layout, tuning_length
-
-LOG2_E = 1.4426950408889634  # logits are kept in base-2 units so the kernels can use exp2/log2
+from kernels import common
+from kernels.common import batch_and_head, key_is_real, load_rows
 
 
-def _key_block(head_dim: int) -> int:
+def _key_block_size(head_dim: int) -> int:
     """Keys per tile. Fixed, not tuned: the forward's checkpoints are taken once per key block.
 
     Sized for the backward, which holds about six (query, key) float32 tiles and a (query, D)
     accumulator: larger tiles spill registers on sm_90.
     """
-    if INTERPRETED:
+    if common.INTERPRETED:
         return 16  # with query blocks of 32 the diagonal spans two key blocks
     return 32 if head_dim <= 64 else 16
 
 
-def _configs(tuned: list[tuple[int, int, int]]) -> list[triton.Config]:
-    """Autotune configs on a GPU; one small fixed config in the interpreter, where tuning is slow."""
-    if INTERPRETED:
-        return [triton.Config({"BLOCK_Q": 32}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_Q": block_q}, num_warps=warps, num_stages=stages) for block_q, warps, stages in tuned]
-
-
 # (query block, num_warps, num_stages); the query block must be a multiple of the key block. The
-# first config is the one deterministic runs use.
-FORWARD_CONFIGS = _configs([(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 2), (128, 8, 3)])
-BACKWARD_CONFIGS = _configs([(64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (128, 8, 3)])
+# first config is the one deterministic runs use. In the interpreter, query blocks of 32.
+INTERPRETER_BLOCKS = (32,)
+FORWARD_CONFIGS = common.autotune_configs(
+    ("BLOCK_Q",), [(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 2), (128, 8, 3)], INTERPRETER_BLOCKS
+)
+BACKWARD_CONFIGS = common.autotune_configs(
+    ("BLOCK_Q",), [(64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (128, 8, 3)], INTERPRETER_BLOCKS
+)
 AUTOTUNE_KEY = ["TUNING_LENGTH", "HEAD_DIM", "CAUSAL", "BLOCK_K"]
 
 
@@ -85,14 +81,7 @@ AUTOTUNE_KEY = ["TUNING_LENGTH", "HEAD_DIM", "CAUSAL", "BLOCK_K"]
 
 
 @triton.jit
-def _load_rows(X, rows, dims, row_stride, SEQ_LEN):
-    """A (rows, D) tile of one head, zeros past the sequence end."""
-    in_range = rows[:, None] < SEQ_LEN
-    return tl.load(X + rows[:, None] * row_stride + dims[None, :], mask=in_range, other=0.0)
-
-
-@triton.jit
-def _key_blocks(query_start, key_end, LEFT: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):
+def _stick_block_range(query_start, key_end, LEFT: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):
     """First key, step and count of one stick's key blocks, the block nearest the queries first.
 
     Blocks sit at multiples of BLOCK_K. Keys from key_end on (past the last real key) are padding,
@@ -110,22 +99,23 @@ def _key_blocks(query_start, key_end, LEFT: tl.constexpr, BLOCK_Q: tl.constexpr,
 
 
 @triton.jit
-def _triangle(NEARER: tl.constexpr, LEFT: tl.constexpr, BLOCK_K: tl.constexpr):
-    """0/1 (BLOCK_K, BLOCK_K) matrix M: (x @ M)[:, j] sums x[:, l] over the keys l of the tile nearer
-    to the query than key j (NEARER), or over the others, j included (not NEARER).
+def _tile_sum_matrix(TOWARD_QUERY: tl.constexpr, LEFT: tl.constexpr, BLOCK_K: tl.constexpr):
+    """0/1 (BLOCK_K, BLOCK_K) matrix M: (x @ M)[:, j] sums x[:, l] over the keys l of the tile from
+    key j toward the query, j excluded (TOWARD_QUERY), or from key j away from it, j included.
 
-    Nearer is a higher index on the left stick, a lower one on the right stick. Keys on the far side
-    of the query carry zeros in x, so "nearer than j" within the tile means "between j and the query".
+    Toward the query is a higher index on the left stick, a lower one on the right stick. Keys on the
+    far side of the query carry zeros in x, so "toward the query from j" within the tile means
+    "between j and the query".
     """
     index = tl.arange(0, BLOCK_K)
     if LEFT:
-        nearer = index[:, None] > index[None, :]
+        toward_query = index[:, None] > index[None, :]
     else:
-        nearer = index[:, None] < index[None, :]
-    if NEARER:
-        summed = nearer
+        toward_query = index[:, None] < index[None, :]
+    if TOWARD_QUERY:
+        summed = toward_query
     else:
-        summed = ~nearer
+        summed = ~toward_query
     return tl.where(summed, 1.0, 0.0)
 
 
@@ -157,12 +147,12 @@ def _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, between, qk_scale, 
     `between` triangle. Both logs come straight from the logit x (base 2): log2 beta = -softplus(-x)
     and log2(1 - beta) = -softplus(x), which share the term log2(1 + 2^-|x|).
     """
-    key_is_real = tl.load(KEY_MASK + keys, mask=keys < SEQ_LEN, other=0) != 0
+    real_keys = key_is_real(KEY_MASK, keys, SEQ_LEN)
     if LEFT:
         on_stick = keys[None, :] < queries[:, None]
     else:
         on_stick = keys[None, :] > queries[:, None]
-    allowed = on_stick & key_is_real[None, :] & (queries[:, None] < SEQ_LEN)
+    allowed = on_stick & real_keys[None, :] & (queries[:, None] < SEQ_LEN)
     logits = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     tail = tl.log2(1.0 + tl.exp2(-tl.abs(logits)))
     log_beta = -(tl.maximum(-logits, 0.0) + tail)
@@ -180,19 +170,19 @@ def _forward_stick(q, queries, query_start, key_end, K, V, stride_seq, KEY_MASK,
                    BLOCK_K: tl.constexpr):  # fmt: skip
     """sum_j A_ij v_j over one stick (float32) and log2 of its leftover; saves the checkpoints."""
     dims = tl.arange(0, HEAD_DIM)
-    first_key, step, num_blocks = _key_blocks(query_start, key_end, LEFT, BLOCK_Q, BLOCK_K)
-    between = _triangle(True, LEFT, BLOCK_K)
+    first_key, step, num_blocks = _stick_block_range(query_start, key_end, LEFT=LEFT, BLOCK_Q=BLOCK_Q, BLOCK_K=BLOCK_K)
+    between = _tile_sum_matrix(TOWARD_QUERY=True, LEFT=LEFT, BLOCK_K=BLOCK_K)
     acc = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
     log_unbroken = tl.zeros((BLOCK_Q,), tl.float32)
     for block in range(num_blocks):
         key_start = first_key + block * step
         keys = key_start + tl.arange(0, BLOCK_K)
-        checkpoints, owned = _checkpoints(CHECKPOINTS, key_start, queries, SEQ_LEN, LEFT, BLOCK_K)
+        checkpoints, owned = _checkpoints(CHECKPOINTS, key_start, queries, SEQ_LEN, LEFT=LEFT, BLOCK_K=BLOCK_K)
         tl.store(checkpoints, log_unbroken, mask=owned)
-        k = _load_rows(K, keys, dims, stride_seq, SEQ_LEN)
-        v = _load_rows(V, keys, dims, stride_seq, SEQ_LEN)
+        k = load_rows(K, keys, dims, stride_seq, SEQ_LEN)
+        v = load_rows(V, keys, dims, stride_seq, SEQ_LEN)
         weight, _, log_kept = _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, between, qk_scale, SEQ_LEN,
-                                          LEFT, DOT_PRECISION)  # fmt: skip
+                                          LEFT=LEFT, DOT_PRECISION=DOT_PRECISION)  # fmt: skip
         acc += tl.dot(weight.to(v.dtype), v, input_precision=DOT_PRECISION)
         log_unbroken += tl.sum(log_kept, 1)
     return acc, log_unbroken
@@ -218,22 +208,22 @@ def _backward_stick(q, grad_out, leftover_grad, alpha, grad_q, queries, query_st
     sum_{j not nearer than l} A_ij g_i.v_j: see the module docstring.
     """
     dims = tl.arange(0, HEAD_DIM)
-    first_key, step, num_blocks = _key_blocks(query_start, key_end, LEFT, BLOCK_Q, BLOCK_K)
-    between = _triangle(True, LEFT, BLOCK_K)
-    not_nearer = _triangle(False, LEFT, BLOCK_K)
+    first_key, step, num_blocks = _stick_block_range(query_start, key_end, LEFT=LEFT, BLOCK_Q=BLOCK_Q, BLOCK_K=BLOCK_K)
+    between = _tile_sum_matrix(TOWARD_QUERY=True, LEFT=LEFT, BLOCK_K=BLOCK_K)
+    key_and_beyond = _tile_sum_matrix(TOWARD_QUERY=False, LEFT=LEFT, BLOCK_K=BLOCK_K)
     beyond = leftover_grad  # F up to the farther blocks: r g.v_i + their sum of A g.v
     for block in range(num_blocks):
         key_start = first_key + (num_blocks - 1 - block) * step
         keys = key_start + tl.arange(0, BLOCK_K)
-        checkpoints, owned = _checkpoints(CHECKPOINTS, key_start, queries, SEQ_LEN, LEFT, BLOCK_K)
+        checkpoints, owned = _checkpoints(CHECKPOINTS, key_start, queries, SEQ_LEN, LEFT=LEFT, BLOCK_K=BLOCK_K)
         log_unbroken = tl.load(checkpoints, mask=owned, other=0.0)
-        k = _load_rows(K, keys, dims, stride_seq, SEQ_LEN)
-        v = _load_rows(V, keys, dims, stride_seq, SEQ_LEN)
+        k = load_rows(K, keys, dims, stride_seq, SEQ_LEN)
+        v = load_rows(V, keys, dims, stride_seq, SEQ_LEN)
         weight, beta, _ = _stick_tile(q, k, queries, keys, KEY_MASK, log_unbroken, between, qk_scale, SEQ_LEN,
-                                      LEFT, DOT_PRECISION)  # fmt: skip
+                                      LEFT=LEFT, DOT_PRECISION=DOT_PRECISION)  # fmt: skip
         grad_weight = tl.dot(grad_out, tl.trans(v), input_precision=DOT_PRECISION)
         weighted_grad = weight * grad_weight  # A g.v, 0 where not allowed
-        outward = beyond[:, None] + tl.dot(weighted_grad, not_nearer, input_precision=DOT_PRECISION)
+        outward = beyond[:, None] + tl.dot(weighted_grad, key_and_beyond, input_precision=DOT_PRECISION)
         grad_logits = alpha * (weighted_grad - beta * outward)
         beyond += tl.sum(weighted_grad, 1)
 
@@ -242,23 +232,23 @@ def _backward_stick(q, grad_out, leftover_grad, alpha, grad_q, queries, query_st
         grad_v = tl.dot(tl.trans(alpha * weight).to(grad_out.dtype), grad_out, input_precision=DOT_PRECISION)
         offsets = keys[:, None] * grad_stride_seq + dims[None, :]
         in_range = keys[:, None] < SEQ_LEN
-        _add_to(GRAD_K, offsets, grad_k * scale, in_range, DETERMINISTIC)
-        _add_to(GRAD_V, offsets, grad_v, in_range, DETERMINISTIC)
+        _add_to(GRAD_K, offsets, grad_k * scale, in_range, DETERMINISTIC=DETERMINISTIC)
+        _add_to(GRAD_V, offsets, grad_v, in_range, DETERMINISTIC=DETERMINISTIC)
     return grad_q
 
 
 @triton.jit
-def _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):
+def _program_queries(NUM_HEADS, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):
     """This program's batch row, head and (batch, head) index, its query block's index and queries.
 
     Blocks are taken last first: when causal the last block walks the most keys.
     """
     tl.static_assert(BLOCK_Q % BLOCK_K == 0)
-    batch_head = tl.program_id(1).to(tl.int64)
+    batch, head, batch_head = batch_and_head(NUM_HEADS)
     block_index = tl.num_programs(0) - 1 - tl.program_id(0)
     query_start = block_index * BLOCK_Q
     queries = query_start + tl.arange(0, BLOCK_Q)
-    return batch_head // NUM_HEADS, batch_head % NUM_HEADS, batch_head, block_index, query_start, queries
+    return batch, head, batch_head, block_index, query_start, queries
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +266,7 @@ def _forward_kernel(
     BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
     """o for one block of queries: the left stick and, unless causal, the right one."""
-    batch, head, batch_head, _, query_start, queries = _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q, BLOCK_K)
+    batch, head, batch_head, _, query_start, queries = _program_queries(NUM_HEADS, BLOCK_Q=BLOCK_Q, BLOCK_K=BLOCK_K)
     head_offset = batch * stride_batch + head * stride_head
     Q, K, V = Q + head_offset, K + head_offset, V + head_offset
     OUT += batch * out_stride_batch + head * out_stride_head
@@ -285,9 +275,10 @@ def _forward_kernel(
     key_end = tl.load(KEY_END + batch)
     dims = tl.arange(0, HEAD_DIM)
 
-    q = _load_rows(Q, queries, dims, stride_seq, SEQ_LEN)
+    q = load_rows(Q, queries, dims, stride_seq, SEQ_LEN)
     acc, log_left = _forward_stick(q, queries, query_start, key_end, K, V, stride_seq, KEY_MASK, CHECKPOINTS,
-                                   qk_scale, SEQ_LEN, True, HEAD_DIM, DOT_PRECISION, BLOCK_Q, BLOCK_K)  # fmt: skip
+                                   qk_scale, SEQ_LEN, LEFT=True, HEAD_DIM=HEAD_DIM, DOT_PRECISION=DOT_PRECISION,
+                                   BLOCK_Q=BLOCK_Q, BLOCK_K=BLOCK_K)  # fmt: skip
     in_range = queries < SEQ_LEN
     LEFTOVER += batch_head * (1 if CAUSAL else 2) * SEQ_LEN
     leftover = tl.exp2(log_left)
@@ -297,13 +288,13 @@ def _forward_kernel(
     else:
         alpha = 0.5
         right, log_right = _forward_stick(q, queries, query_start, key_end, K, V, stride_seq, KEY_MASK, CHECKPOINTS,
-                                          qk_scale, SEQ_LEN, False, HEAD_DIM, DOT_PRECISION, BLOCK_Q,
-                                          BLOCK_K)  # fmt: skip
+                                          qk_scale, SEQ_LEN, LEFT=False, HEAD_DIM=HEAD_DIM,
+                                          DOT_PRECISION=DOT_PRECISION, BLOCK_Q=BLOCK_Q, BLOCK_K=BLOCK_K)  # fmt: skip
         acc += right
         right_leftover = tl.exp2(log_right)
         tl.store(LEFTOVER + SEQ_LEN + queries, right_leftover, mask=in_range)
         leftover += right_leftover
-    v_self = _load_rows(V, queries, dims, stride_seq, SEQ_LEN).to(tl.float32)
+    v_self = load_rows(V, queries, dims, stride_seq, SEQ_LEN).to(tl.float32)
     out = alpha * (acc + leftover[:, None] * v_self)
     out_offsets = queries[:, None] * out_stride_seq + dims[None, :]
     tl.store(OUT + out_offsets, out.to(OUT.dtype.element_ty), mask=in_range[:, None])
@@ -322,7 +313,9 @@ def _backward_kernel(
 ):  # fmt: skip
     """dq for one block of queries; its parts of dk, dv (float32) are added to GRAD_K, GRAD_V, in
     slot (query block, stick) of them when DETERMINISTIC."""
-    batch, head, batch_head, block_index, query_start, queries = _query_block(SEQ_LEN, NUM_HEADS, BLOCK_Q, BLOCK_K)
+    batch, head, batch_head, block_index, query_start, queries = _program_queries(
+        NUM_HEADS, BLOCK_Q=BLOCK_Q, BLOCK_K=BLOCK_K
+    )
     head_offset = batch * stride_batch + head * stride_head
     Q, K, V = Q + head_offset, K + head_offset, V + head_offset
     GRAD_OUT += batch * grad_out_stride_batch + head * grad_out_stride_head
@@ -337,9 +330,9 @@ def _backward_kernel(
     key_end = tl.load(KEY_END + batch)
     dims = tl.arange(0, HEAD_DIM)
 
-    q = _load_rows(Q, queries, dims, stride_seq, SEQ_LEN)
-    grad_out = _load_rows(GRAD_OUT, queries, dims, grad_out_stride_seq, SEQ_LEN)
-    v_self = _load_rows(V, queries, dims, stride_seq, SEQ_LEN).to(tl.float32)
+    q = load_rows(Q, queries, dims, stride_seq, SEQ_LEN)
+    grad_out = load_rows(GRAD_OUT, queries, dims, grad_out_stride_seq, SEQ_LEN)
+    v_self = load_rows(V, queries, dims, stride_seq, SEQ_LEN).to(tl.float32)
     grad_dot_self = tl.sum(grad_out.to(tl.float32) * v_self, 1)
     in_range = queries < SEQ_LEN
     LEFTOVER += batch_head * num_sticks * SEQ_LEN
@@ -348,16 +341,16 @@ def _backward_kernel(
     grad_q = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
     grad_q = _backward_stick(q, grad_out, leftover * grad_dot_self, alpha, grad_q, queries, query_start, key_end,
                              K, V, stride_seq, KEY_MASK, CHECKPOINTS, GRAD_K, GRAD_V, grad_stride_seq, scale,
-                             qk_scale, SEQ_LEN, True, HEAD_DIM, DOT_PRECISION, DETERMINISTIC, BLOCK_Q,
-                             BLOCK_K)  # fmt: skip
+                             qk_scale, SEQ_LEN, LEFT=True, HEAD_DIM=HEAD_DIM, DOT_PRECISION=DOT_PRECISION,
+                             DETERMINISTIC=DETERMINISTIC, BLOCK_Q=BLOCK_Q, BLOCK_K=BLOCK_K)  # fmt: skip
     if not CAUSAL:
         right_leftover = tl.load(LEFTOVER + SEQ_LEN + queries, mask=in_range, other=0.0)
         if DETERMINISTIC:
             GRAD_K, GRAD_V = GRAD_K + grad_slot_stride, GRAD_V + grad_slot_stride
         grad_q = _backward_stick(q, grad_out, right_leftover * grad_dot_self, alpha, grad_q, queries, query_start,
                                  key_end, K, V, stride_seq, KEY_MASK, CHECKPOINTS, GRAD_K, GRAD_V, grad_stride_seq,
-                                 scale, qk_scale, SEQ_LEN, False, HEAD_DIM, DOT_PRECISION, DETERMINISTIC, BLOCK_Q,
-                                 BLOCK_K)  # fmt: skip
+                                 scale, qk_scale, SEQ_LEN, LEFT=False, HEAD_DIM=HEAD_DIM, DOT_PRECISION=DOT_PRECISION,
+                                 DETERMINISTIC=DETERMINISTIC, BLOCK_Q=BLOCK_Q, BLOCK_K=BLOCK_K)  # fmt: skip
 
     grad_q_offsets = queries[:, None] * grad_stride_seq + dims[None, :]
     tl.store(GRAD_Q + grad_q_offsets, (grad_q * scale).to(GRAD_Q.dtype.element_ty), mask=in_range[:, None])
@@ -368,60 +361,38 @@ def _backward_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _kernel_inputs(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, strides: tuple) -> dict:
-    """Arguments shared by both kernels: key mask as bytes, where real keys end, sizes, strides of
-    q, k, v, precision."""
-    batch, num_heads, seq_len, head_dim = q.shape
-    positions = torch.arange(1, seq_len + 1, device=q.device)
-    key_end = (key_padding_mask * positions).amax(dim=-1).to(torch.int32)  # (B,)
-    stride_batch, stride_head, stride_seq = strides
-    return dict(
-        KEY_MASK=key_padding_mask.contiguous().view(torch.uint8),  # (B, S)
-        KEY_END=key_end,
-        qk_scale=LOG2_E / math.sqrt(head_dim),
-        SEQ_LEN=seq_len,
-        NUM_HEADS=num_heads,
-        TUNING_LENGTH=tuning_length(seq_len),
-        stride_batch=stride_batch,
-        stride_head=stride_head,
-        stride_seq=stride_seq,
-        HEAD_DIM=head_dim,
-        CAUSAL=causal,
-        # The in-tile running sums are dots with float32 operands: exact for float32 inputs, tf32
-        # for 16-bit inputs. tf32 rounds each summed log2(1 - beta) by 2^-11 of itself, so a weight
-        # 2^-s behind keys summing to -s is off by at most s 2^-s 2^-11 ln 2 < 2^-12: below 16-bit
-        # rounding (tests/test_stickbreaking_kernel.py checks the output against that bound).
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        BLOCK_K=_key_block(head_dim),
-    )
+def _kernel_arguments(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, strides: tuple) -> dict:
+    """The arguments common.kernel_arguments gives every kernel, and the key block size.
+
+    The in-tile running sums are dots with float32 operands: exact for float32 inputs, tf32 for
+    16-bit inputs (DOT_PRECISION). tf32 rounds each summed log2(1 - beta) by 2^-11 of itself, so a
+    weight 2^-s behind keys summing to -s is off by at most s 2^-s 2^-11 ln 2 < 2^-12: below 16-bit
+    rounding (tests/test_stickbreaking_kernel.py checks the output against that bound).
+    """
+    return {**common.kernel_arguments(q, key_padding_mask, causal, strides), "BLOCK_K": _key_block_size(q.shape[-1])}
 
 
 def _saved_state_shapes(q: torch.Tensor, causal: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Shapes of the float32 state the forward saves: checkpoints and the sticks' leftovers."""
     batch, num_heads, seq_len, head_dim = q.shape
-    num_key_blocks = triton.cdiv(seq_len, _key_block(head_dim))
+    num_key_blocks = triton.cdiv(seq_len, _key_block_size(head_dim))
     num_sticks = 1 if causal else 2
     return (batch, num_heads, num_key_blocks, seq_len), (batch, num_heads, num_sticks, seq_len)
 
 
-def _grid(q: torch.Tensor):
-    batch, num_heads, seq_len, _ = q.shape
-    return lambda meta: (triton.cdiv(seq_len, meta["BLOCK_Q"]), batch * num_heads)
-
-
 def _forward(q, k, v, key_padding_mask, causal):
     """Launch the forward: out (sequence-major), checkpoints, leftovers r_L (and r_R)."""
-    (q, k, v), strides = shared_layout(q, k, v)
-    out = sequence_major_empty(q.shape, q.dtype, q.device)  # (B, H, S, D)
+    (q, k, v), strides = common.shared_layout(q, k, v)
+    (out,) = common.sequence_major_empty_like(q)  # (B, H, S, D)
     checkpoints_shape, leftover_shape = _saved_state_shapes(q, causal)
     # Zeros where a stick stores nothing, so the op's outputs are fully defined.
     checkpoints = q.new_zeros(checkpoints_shape, dtype=torch.float32)  # (B, H, S / BLOCK_K, S)
     leftover = q.new_empty(leftover_shape, dtype=torch.float32)  # (B, H, sticks, S)
     out_stride_batch, out_stride_head, out_stride_seq, _ = out.stride()
-    launch(
-        _forward_kernel, _grid(q), Q=q, K=k, V=v, OUT=out, CHECKPOINTS=checkpoints, LEFTOVER=leftover,
+    common.launch(
+        _forward_kernel, common.grid("BLOCK_Q", q), Q=q, K=k, V=v, OUT=out, CHECKPOINTS=checkpoints, LEFTOVER=leftover,
         out_stride_batch=out_stride_batch, out_stride_head=out_stride_head, out_stride_seq=out_stride_seq,
-        **_kernel_inputs(q, key_padding_mask, causal, strides),
+        **_kernel_arguments(q, key_padding_mask, causal, strides),
     )  # fmt: skip
     return out, checkpoints, leftover
 
@@ -436,25 +407,26 @@ def _sum_slots(slots: torch.Tensor) -> torch.Tensor:
 def _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal):
     """Launch the backward; dk, dv gather in float32 buffers (one slot per query block and stick
     when deterministic), and the leftover's share of dv is added here."""
-    (q, k, v), strides = shared_layout(q, k, v)
-    (grad_out,), grad_out_strides = shared_layout(grad_out)
-    is_deterministic = deterministic()
+    (q, k, v), strides = common.shared_layout(q, k, v)
+    (grad_out,), grad_out_strides = common.shared_layout(grad_out)
+    is_deterministic = common.deterministic()
     slots = 1
     if is_deterministic:
         block_q = BACKWARD_CONFIGS[0].kwargs["BLOCK_Q"]
         slots = triton.cdiv(q.shape[2], block_q) * leftover.shape[2]
-    grad_q = sequence_major_empty(q.shape, q.dtype, q.device)
-    grad_k, grad_v = (sequence_major_empty(q.shape, torch.float32, q.device, (slots,)).zero_() for _ in "kv")
+    (grad_q,) = common.sequence_major_empty_like(q)  # (B, H, S, D)
+    # each (slots, B, H, S, D) float32
+    grad_k, grad_v = (common.sequence_major_empty(q.shape, torch.float32, q.device, (slots,)).zero_() for _ in "kv")
     grad_stride_slot, grad_stride_batch, grad_stride_head, grad_stride_seq, _ = grad_k.stride()
-    launch(
-        _backward_kernel, _grid(q), Q=q, K=k, V=v, GRAD_OUT=grad_out, GRAD_Q=grad_q, GRAD_K=grad_k, GRAD_V=grad_v,
-        CHECKPOINTS=checkpoints, LEFTOVER=leftover, scale=1.0 / math.sqrt(q.shape[-1]),
+    common.launch(
+        _backward_kernel, common.grid("BLOCK_Q", q), Q=q, K=k, V=v, GRAD_OUT=grad_out, GRAD_Q=grad_q, GRAD_K=grad_k,
+        GRAD_V=grad_v, CHECKPOINTS=checkpoints, LEFTOVER=leftover, scale=1.0 / math.sqrt(q.shape[-1]),
         grad_out_stride_batch=grad_out_strides[0], grad_out_stride_head=grad_out_strides[1],
         grad_out_stride_seq=grad_out_strides[2], grad_stride_batch=grad_stride_batch,
         grad_stride_head=grad_stride_head, grad_stride_seq=grad_stride_seq, grad_slot_stride=grad_stride_slot,
-        DETERMINISTIC=is_deterministic, **_kernel_inputs(q, key_padding_mask, causal, strides),
+        DETERMINISTIC=is_deterministic, **_kernel_arguments(q, key_padding_mask, causal, strides),
     )  # fmt: skip
-    grad_k, grad_v = _sum_slots(grad_k), _sum_slots(grad_v)
+    grad_k, grad_v = _sum_slots(grad_k), _sum_slots(grad_v)  # each (B, H, S, D) float32
     alpha = 1.0 if causal else 0.5
     # The sticks' leftover r lands on v_i itself: dv_i += alpha (r_L + r_R) g_i.
     grad_v += alpha * leftover.sum(2)[..., None] * grad_out
@@ -468,11 +440,7 @@ def _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal
 
 @torch.library.custom_op("kernels::stickbreaking_forward", mutates_args=())
 def _stickbreaking_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor,
-    causal: bool,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """out (B, H, S, D); float32 checkpoints (B, H, S / BLOCK_K, S), leftovers (B, H, sticks, S)."""
     return _forward(q, k, v, key_padding_mask, causal)
@@ -481,7 +449,7 @@ def _stickbreaking_forward(
 @_stickbreaking_forward.register_fake
 def _(q, k, v, key_padding_mask, causal):
     checkpoints_shape, leftover_shape = _saved_state_shapes(q, causal)
-    out = sequence_major_empty(q.shape, q.dtype, q.device)
+    (out,) = common.sequence_major_empty_like(q)
     return out, q.new_empty(checkpoints_shape, dtype=torch.float32), q.new_empty(leftover_shape, dtype=torch.float32)
 
 
@@ -501,26 +469,11 @@ def _stickbreaking_backward(
 
 @_stickbreaking_backward.register_fake
 def _(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal):
-    return tuple(sequence_major_empty(t.shape, t.dtype, t.device) for t in (q, k, v))
+    return common.sequence_major_empty_like(q, k, v)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, key_padding_mask, causal = inputs
-    _, checkpoints, leftover = output
-    ctx.save_for_backward(q, k, v, key_padding_mask, checkpoints, leftover)
-    ctx.causal = causal
-
-
-def _autograd_backward(ctx, grad_out, grad_checkpoints, grad_leftover):
-    # checkpoints and leftover are saved state that stickbreaking_attention never returns.
-    q, k, v, key_padding_mask, checkpoints, leftover = ctx.saved_tensors
-    grad_q, grad_k, grad_v = _stickbreaking_backward(
-        grad_out, q, k, v, key_padding_mask, checkpoints, leftover, ctx.causal
-    )
-    return grad_q, grad_k, grad_v, None, None
-
-
-_stickbreaking_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+# The backward needs the saved state (checkpoints, leftovers), not out.
+common.register_attention_autograd(_stickbreaking_forward, _stickbreaking_backward, saved_outputs=(1, 2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,18 +482,14 @@ _stickbreaking_forward.register_autograd(_autograd_backward, setup_context=_setu
 
 
 def stickbreaking_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    causal: bool = False,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool = False
 ) -> torch.Tensor:
     """Stick-breaking attention (exposb) on (B, H, S, D); key_padding_mask (B, S) True = real key.
 
     Bidirectional as DESIGN.md defines it; `causal` keeps the left stick only. Matches
     kernels.reference.stickbreaking_attention; differentiable in q, k, v. Bit-reproducible on one
-    GPU and software stack under torch.use_deterministic_algorithms(True) (see kernels/launch.py).
+    GPU and software stack under torch.use_deterministic_algorithms(True) (see kernels/common.py).
     """
-    key_padding_mask = check_attention_inputs("stickbreaking_attention", q, k, v, key_padding_mask)
+    key_padding_mask = common.check_attention_inputs("stickbreaking_attention", q, k, v, key_padding_mask)
     out, _, _ = _stickbreaking_forward(q, k, v, key_padding_mask, causal)
     return out

@@ -68,11 +68,11 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool) -> torch.Tensor:
-        batch, seq_len, hidden = x.shape
+        batch, seq_len, hidden = x.shape  # x (B, S, hidden)
         heads = self.config.num_heads
-        qkv = self.qkv(x).view(batch, seq_len, 3, heads, hidden // heads)
+        qkv = self.qkv(x).view(batch, seq_len, 3, heads, hidden // heads)  # (B, S, 3, H, D)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, S, D)
-        attended = kernels.attention(
+        attended = kernels.attention(  # (B, H, S, D)
             self.config.attention_kind, q, k, v, key_padding_mask, causal, self.config.attention_backend
         )
         return self.out(attended.transpose(1, 2).reshape(batch, seq_len, hidden))
@@ -118,8 +118,8 @@ class Encoder(nn.Module):
         self.head_transform = nn.Sequential(
             nn.Linear(config.hidden_size, config.hidden_size), nn.GELU(), nn.LayerNorm(config.hidden_size)
         )
-        self.head_bias = nn.Parameter(torch.empty(vocab_size))
-        # log q of the unigram law: the output prior and the sampled softmax's proposal (set_output_prior)
+        self.head_bias = nn.Parameter(torch.empty(vocab_size))  # (V,)
+        # (V,): log q of the unigram law, the output prior and the sampled softmax's proposal (set_output_prior)
         self.register_buffer("unigram_log_probs", torch.empty(vocab_size), persistent=False)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.apply(self._init_weights)
@@ -180,7 +180,7 @@ class Encoder(nn.Module):
         x = self.token_embedding(input_ids)  # (B, S, H)
         if self.segment_embedding is not None and token_types is not None:
             x = x + self.segment_embedding(token_types)
-        positions = self.positions(seq_len)
+        positions = self.positions(seq_len)  # (S, H), or None
         if positions is not None:
             x = x + positions
         x = self.dropout(self.embedding_norm(x))
@@ -207,8 +207,8 @@ class Encoder(nn.Module):
         With `sampled_ids` (N ids drawn from the unigram law), the softmax runs over the targets and
         the sampled ids only: see sampled_logits.
         """
-        hidden = self.encode(input_ids, key_padding_mask, causal, token_types)
-        predicted = labels != -100
+        hidden = self.encode(input_ids, key_padding_mask, causal, token_types)  # (B, S, H)
+        predicted = labels != -100  # (B, S)
         features = self.head_transform(hidden[predicted])  # (P, H)
         # Unit-scale tied rows: scale by hidden ** -0.5 (as T5 does) so the first logits have unit spread.
         scaled = features * self.config.hidden_size**-0.5
@@ -222,7 +222,7 @@ class Encoder(nn.Module):
         if next_sentence_labels is not None:
             if self.next_sentence_head is None:
                 raise ValueError("next-sentence labels given to an encoder built without next_sentence=True")
-            pair_logits = self.next_sentence_head(self.pool(hidden))
+            pair_logits = self.next_sentence_head(self.pool(hidden))  # (B, 2)
             loss = loss + F.cross_entropy(pair_logits.float(), next_sentence_labels)
         return loss
 
@@ -246,7 +246,7 @@ class Encoder(nn.Module):
         log_inclusion = torch.log(-torch.expm1(draws * torch.log1p(-self.unigram_log_probs[candidates].exp())))
         rows = F.embedding(candidates, self.token_embedding.weight, sparse=self.token_embedding.sparse)  # (C, H)
         logits = F.linear(scaled, rows, self.head_bias[candidates] - log_inclusion.to(scaled.dtype))
-        target_index = inverse[: len(targets)]
+        target_index = inverse[: len(targets)]  # (P,)
         return logits, target_index, log_inclusion[target_index].mean()
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -255,9 +255,9 @@ class Encoder(nn.Module):
 
     def sentence_embedding(self, input_ids: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
         """(B, H) embedding for the probe: mean over real tokens, the first token, or BERT's pooler."""
-        hidden = self.encode(input_ids, key_padding_mask)
+        hidden = self.encode(input_ids, key_padding_mask)  # (B, S, H)
         if self.config.pooling == "mean":
-            weights = key_padding_mask.unsqueeze(-1).to(hidden.dtype)
+            weights = key_padding_mask.unsqueeze(-1).to(hidden.dtype)  # (B, S, 1)
             return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         if self.config.pooling == "first":
             return hidden[:, 0]

@@ -26,22 +26,22 @@ class SinusoidalPositions(nn.Module):
 
     def __init__(self, max_seq_len: int, hidden_size: int):
         super().__init__()
-        self.register_buffer("table", torch.empty(max_seq_len, hidden_size), persistent=False)
+        self.register_buffer("table", torch.empty(max_seq_len, hidden_size), persistent=False)  # (max_seq_len, H)
         self.reset_table()
 
     @torch.no_grad()
     def reset_table(self) -> None:
         """Fill the table; also called after a Hugging Face load, which leaves non-persistent buffers empty."""
         max_seq_len, hidden_size = self.table.shape
-        position = torch.arange(max_seq_len, dtype=torch.float64)[:, None]
-        frequency = torch.exp(-math.log(10000.0) * torch.arange(0, hidden_size, 2) / hidden_size)
-        table = torch.zeros(max_seq_len, hidden_size, dtype=torch.float64)
+        position = torch.arange(max_seq_len, dtype=torch.float64)[:, None]  # (max_seq_len, 1)
+        frequency = torch.exp(-math.log(10000.0) * torch.arange(0, hidden_size, 2) / hidden_size)  # (ceil(H / 2),)
+        table = torch.zeros(max_seq_len, hidden_size, dtype=torch.float64)  # (max_seq_len, H)
         table[:, 0::2] = torch.sin(position * frequency)
         table[:, 1::2] = torch.cos(position * frequency[: hidden_size // 2])
         self.table.copy_(table)
 
     def forward(self, seq_len: int) -> torch.Tensor:
-        return self.table[:seq_len]
+        return self.table[:seq_len]  # (S, H)
 
 
 class NoPositions(nn.Module):

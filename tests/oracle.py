@@ -1,19 +1,86 @@
-"""Helpers shared by the kernel tests: inputs with large logits, and GPU arithmetic in the interpreter.
+"""What the kernel tests share: the interpreter flag, the padding masks, the tolerance rule, inputs with
+large logits, and GPU arithmetic in the interpreter.
 
-Triton's interpreter (TRITON_INTERPRET=1) runs `tl.dot` as an exact float32 numpy matmul: it
-ignores `input_precision="tf32"`, multiplies bfloat16 operands as their raw uint16 bits, and
-truncates float32 -> bfloat16 where a GPU rounds to nearest. `gpu_arithmetic()` makes it do what
-an NVIDIA GPU does, so that 16-bit kernels and the tf32 rounding of float32 dots are tested on the CPU.
+Tolerance rule of flash-attention's tests: a kernel's error against the float64 oracle must be within
+2x the error of plain PyTorch (the oracle run in the kernel's dtype), plus two ulps of the result's
+scale.
+
+Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py when no GPU is visible, before
+triton is first imported) runs `tl.dot` as an exact float32 numpy matmul: it ignores
+`input_precision="tf32"`, multiplies bfloat16 operands as their raw uint16 bits, and truncates
+float32 -> bfloat16 where a GPU rounds to nearest. `gpu_arithmetic()` makes it do what an NVIDIA GPU
+does, so that 16-bit kernels and the tf32 rounding of float32 dots are tested on the CPU.
 """
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import pytest
 import torch
 
 from kernels import reference
+from kernels.common import INTERPRETED  # the one reading of TRITON_INTERPRET, where the kernels read it
+
+DEVICE = "cpu" if INTERPRETED else "cuda"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MAX_LOGIT = 30.0  # softmax near one-hot, stick-breaking beta within 1e-13 of 0 or 1 at the extremes
+RESULT_NAMES = ("out", "dq", "dk", "dv")
+needs_triton = pytest.mark.skipif(
+    not (INTERPRETED or torch.cuda.is_available()),
+    reason="the Triton kernels need a CUDA GPU, or TRITON_INTERPRET=1 set before triton is imported",
+)
+gpu_only = pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA GPU, no interpreter")
+
+
+def padding_mask(batch: int, seq_len: int, pattern: str = "tail") -> torch.Tensor:
+    """(B, S) True = real key, on DEVICE. Rows cycle through: no padding; padding by `pattern` ("tail":
+    the last quarter and a hole at S/3, "scattered": about 30% at random positions); all padding."""
+    mask = torch.ones(batch, seq_len, dtype=torch.bool)
+    for row in range(batch):
+        if row % 3 == 1 and pattern == "tail":
+            mask[row, seq_len - seq_len // 4 :] = False
+            mask[row, seq_len // 3] = False
+        elif row % 3 == 1:
+            mask[row] = torch.rand(seq_len) > 0.3
+        elif row % 3 == 2:
+            mask[row] = False
+    return mask.to(DEVICE)
+
+
+def forward_and_gradients(
+    attention: Callable[..., torch.Tensor], inputs: list[torch.Tensor], grad_out: torch.Tensor, dtype: torch.dtype
+) -> list[torch.Tensor]:
+    """[out, dq, dk, dv] of attention(q, k, v) on copies of q, k, v cast to dtype."""
+    leaves = [x.detach().to(dtype).requires_grad_() for x in inputs]
+    out = attention(*leaves)
+    return [out.detach(), *torch.autograd.grad(out, leaves, grad_out.to(dtype))]
+
+
+def assert_matches_oracle(
+    kernel: Callable[..., torch.Tensor],
+    oracle: Callable[..., torch.Tensor],
+    inputs: list[torch.Tensor],
+    grad_out: torch.Tensor,
+    dtype: torch.dtype,
+    slack: float = 0.0,
+) -> list[torch.Tensor]:
+    """Check [out, dq, dk, dv] of kernel(q, k, v) in dtype by the tolerance rule (with an extra absolute
+    `slack`) against oracle(q, k, v) in float64; return the kernel's."""
+    ours = forward_and_gradients(kernel, inputs, grad_out, dtype)
+    plain = forward_and_gradients(oracle, inputs, grad_out, dtype)
+    truth = forward_and_gradients(oracle, inputs, grad_out, torch.float64)
+    for name, got, plain_result, expected in zip(RESULT_NAMES, ours, plain, truth, strict=True):
+        assert got.dtype == dtype and got.shape == expected.shape, name
+        assert torch.isfinite(got).all(), f"{name} has NaN or inf"
+        error = (got.double() - expected).abs().max().item()
+        plain_error = (plain_result.double() - expected).abs().max().item()
+        allowed = 2 * plain_error + 2 * torch.finfo(dtype).eps * expected.abs().max().item() + slack
+        assert error <= allowed, (
+            f"{name}: kernel error {error:.3g} vs float64, plain PyTorch {dtype} {plain_error:.3g}"
+            f" (allowed {allowed:.3g})"
+        )
+    return ours
 
 
 def large_logit_qkv(
@@ -46,7 +113,7 @@ def _round_to_tf32(values: np.ndarray) -> np.ndarray:
 def gpu_arithmetic() -> Iterator[None]:
     """Within the block, the interpreter's dots and float32 <-> bfloat16 casts round as a GPU's do
     (on a GPU, nothing to do)."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    if not INTERPRETED:
         yield
         return
     import triton.language as tl

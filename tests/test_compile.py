@@ -5,18 +5,17 @@ interpreter (tests/conftest.py). `aot_eager` traces forward and backward through
 inductor does, without generating code, so each compile takes seconds.
 """
 
-import os
-
 import pytest
 import torch
 import torch._dynamo
 
 import kernels
 from model.bert import Encoder, ModelConfig
+from tests.oracle import INTERPRETED
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["reference"]
-if DEVICE == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+if DEVICE == "cuda" or INTERPRETED:
     BACKENDS.append("triton")
 VOCAB_SIZE = 500
 

@@ -1,73 +1,24 @@
-"""Triton flash attention (kernels/softmax.py) against a float64 oracle.
-
-Tolerance rule of flash-attention's tests: the kernel's error against the float64 oracle must be
-within 2x the error of plain PyTorch in the same dtype, plus twice the rounding error of the dtype
-at the size of the values (and a few ulps in float32, see ABSOLUTE_SLACK). On the CPU the kernels
-run in Triton's interpreter, which TRITON_INTERPRET=1 must select before triton is first imported
-(tests/conftest.py does it when no GPU is visible); tests in 16-bit dtypes make it round as a GPU
-does (tests/oracle.py).
+"""Triton flash attention (kernels/softmax.py) against a float64 oracle, by the tolerance rule of
+tests/oracle.py. On the CPU the kernels run in Triton's interpreter (tests/conftest.py); tests in
+16-bit dtypes make it round as a GPU does (tests/oracle.py).
 """
-
-import os
 
 import pytest
 import torch
 
 from kernels import reference, softmax, stickbreaking
-from kernels.launch import TUNING_LENGTH_MULTIPLE, tuning_length
+from kernels.common import TUNING_LENGTH_MULTIPLE, tuning_length
 from kernels.softmax import _flash_attention_forward, flash_attention
-from tests.oracle import assert_only_rounding_error, deterministic_algorithms, gpu_arithmetic, large_logit_qkv
+from tests import oracle
+from tests.oracle import DEVICE, padding_mask
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRETED else "cuda"
-
-pytestmark = pytest.mark.skipif(
-    not (INTERPRETED or torch.cuda.is_available()),
-    reason="Triton kernels need CUDA, or TRITON_INTERPRET=1 set for the whole pytest run",
-)
+pytestmark = oracle.needs_triton
 
 ORACLES = {False: reference.softmax_attention, True: reference.rope_attention}
-# In float32 both errors are a few ulps, and the flash backward's delta = rowsum(out * grad_out),
-# summed in another order than dp = grad_out . v, leaves a few ulps of dp in dp - delta where
-# PyTorch's softmax backward subtracts sum(p * dp) from the same dp: about 8 ulps at 1.0 cover it.
+# In float32 the flash backward's delta = rowsum(out * grad_out), summed in another order than
+# dp = grad_out . v, leaves a few ulps of dp in dp - delta where PyTorch's softmax backward
+# subtracts sum(p * dp) from the same dp: about 8 ulps at 1.0 cover it.
 ABSOLUTE_SLACK = {torch.float32: 1e-6, torch.bfloat16: 0.0, torch.float16: 0.0}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MAX_LOGIT = 30.0
-
-
-def padding_mask(batch: int, seq_len: int) -> torch.Tensor:
-    """(B, S) True = real key; rows cycle through: no padding, tail padding with a hole, all padding."""
-    mask = torch.ones(batch, seq_len, dtype=torch.bool)
-    for row in range(batch):
-        if row % 3 == 1:
-            mask[row, seq_len - seq_len // 4 :] = False
-            mask[row, seq_len // 3] = False
-        elif row % 3 == 2:
-            mask[row] = False
-    return mask.to(DEVICE)
-
-
-def outputs_and_grads(attention, inputs, grad_out, dtype) -> list[torch.Tensor]:
-    """[out, dq, dk, dv] of attention(q, k, v) on copies of the float64 inputs cast to dtype."""
-    leaves = [x.to(dtype).requires_grad_() for x in inputs]
-    out = attention(*leaves)
-    grads = torch.autograd.grad(out, leaves, grad_out.to(dtype))
-    return [out.detach(), *grads]
-
-
-def assert_close_to_oracle(ours, pytorch, oracle, names=("out", "dq", "dk", "dv")) -> None:
-    """Each of ours is within 2x PyTorch's error in the same dtype (+ the dtype's rounding)."""
-    for name, mine, theirs, truth in zip(names, ours, pytorch, oracle, strict=True):
-        assert torch.isfinite(mine).all(), f"{name}: non-finite values"
-        truth_in_dtype = truth.to(mine.dtype)
-        rounding = 2 * (truth_in_dtype + 0.3 - 0.3 - truth_in_dtype).abs().max().item()
-        error = (mine.double() - truth).abs().max().item()
-        pytorch_error = (theirs.double() - truth).abs().max().item()
-        allowed = 2 * pytorch_error + rounding + ABSOLUTE_SLACK[mine.dtype]
-        assert error <= allowed, (
-            f"{name}: max error {error:.3g} vs float64, PyTorch {mine.dtype} has {pytorch_error:.3g}"
-            f" (allowed {allowed:.3g})"
-        )
 
 
 def check_against_oracle(shape, causal, rotary, dtype, seed=0, max_logit=None) -> list[torch.Tensor]:
@@ -77,20 +28,17 @@ def check_against_oracle(shape, causal, rotary, dtype, seed=0, max_logit=None) -
     if max_logit is None:
         q, k, v = (torch.randn(shape, generator=generator, dtype=torch.float64) for _ in "qkv")
     else:
-        q, k, v = large_logit_qkv(shape, max_logit, generator)
-    grad_out = torch.randn(shape, generator=generator, dtype=torch.float64)
-    inputs = [x.to(DEVICE) for x in (q, k, v)]
-    grad_out = grad_out.to(DEVICE)
+        q, k, v = oracle.large_logit_qkv(shape, max_logit, generator)
+    grad_out = torch.randn(shape, generator=generator, dtype=torch.float64).to(DEVICE)
     mask = padding_mask(shape[0], shape[2])
-    oracle_fn = ORACLES[rotary]
-
-    ours = outputs_and_grads(
-        lambda *x: flash_attention(*x, mask, causal=causal, rotary=rotary), inputs, grad_out, dtype
+    return oracle.assert_matches_oracle(
+        lambda *qkv: flash_attention(*qkv, mask, causal=causal, rotary=rotary),
+        lambda *qkv: ORACLES[rotary](*qkv, mask, causal),
+        [x.to(DEVICE) for x in (q, k, v)],
+        grad_out,
+        dtype,
+        slack=ABSOLUTE_SLACK[dtype],
     )
-    pytorch = outputs_and_grads(lambda *x: oracle_fn(*x, mask, causal), inputs, grad_out, dtype)
-    oracle = outputs_and_grads(lambda *x: oracle_fn(*x, mask, causal), inputs, grad_out, torch.float64)
-    assert_close_to_oracle(ours, pytorch, oracle)
-    return ours
 
 
 # Neither length is a multiple of a block (interpreter blocks are 16 and 32): ragged tails.
@@ -104,29 +52,37 @@ def test_matches_oracle_in_float32(rotary, causal, head_dim, seq_len):
     assert all((grad[2] == 0).all() for grad in grads)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_16bit_matches_oracle_at_an_odd_length(causal, dtype):
+    """fp16 and bf16 at a length that leaves ragged tails, rope included (the interpreter rounding as a GPU)."""
+    with oracle.gpu_arithmetic():
+        check_against_oracle((3, 2, 37, 32), causal, True, dtype, seed=3)
+
+
 @pytest.mark.parametrize("head_dim", [16, 128])
 @pytest.mark.parametrize("rotary", [False, True], ids=["standard", "rope"])
 def test_smallest_and_largest_head_dim(rotary, head_dim):
     check_against_oracle((1, 1, 45, head_dim), causal=True, rotary=rotary, dtype=torch.float32)
 
 
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("dtype", oracle.DTYPES.values(), ids=oracle.DTYPES.keys())
 @pytest.mark.parametrize("rotary", [False, True], ids=["standard", "rope"])
 def test_large_logits_match_oracle(rotary, dtype):
     """Logits up to +-30, forward and backward, in every dtype (the interpreter rounding as a GPU)."""
-    with gpu_arithmetic():
-        check_against_oracle((3, 2, 40, 32), False, rotary, dtype, seed=1, max_logit=MAX_LOGIT)
+    with oracle.gpu_arithmetic():
+        check_against_oracle((3, 2, 40, 32), False, rotary, dtype, seed=1, max_logit=oracle.MAX_LOGIT)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 def test_16bit_output_has_only_rounding_error_at_large_logits(causal, dtype):
     generator = torch.Generator().manual_seed(2)
-    q, k, v = (t.to(DEVICE) for t in large_logit_qkv((3, 2, 40, 32), MAX_LOGIT, generator))
+    q, k, v = (t.to(DEVICE) for t in oracle.large_logit_qkv((3, 2, 40, 32), oracle.MAX_LOGIT, generator))
     mask = padding_mask(3, 40)
-    with gpu_arithmetic():
+    with oracle.gpu_arithmetic():
         out = flash_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask, causal=causal)
-    assert_only_rounding_error(out, lambda *qkv: reference.softmax_attention(*qkv, mask, causal), q, k, v)
+    oracle.assert_only_rounding_error(out, lambda *qkv: reference.softmax_attention(*qkv, mask, causal), q, k, v)
 
 
 def test_rows_without_any_allowed_key_are_zero_with_finite_gradients():
@@ -164,16 +120,16 @@ def test_strided_inputs_give_the_contiguous_result(layout):
     for inputs in (strided, contiguous):
         out = flash_attention(*inputs, mask, rotary=True)
         results.append([out, *torch.autograd.grad(out, inputs, grad_out)])
-    for name, got, expected in zip(("out", "dq", "dk", "dv"), *results, strict=True):
+    for name, got, expected in zip(oracle.RESULT_NAMES, *results, strict=True):
         torch.testing.assert_close(got, expected, msg=name)
     assert results[0][0].transpose(1, 2).is_contiguous(), "out is not sequence-major"
 
 
 def test_deterministic_mode_repeats_bit_for_bit():
     """Under torch.use_deterministic_algorithms(True) every kernel runs its first config."""
-    with deterministic_algorithms():
+    with oracle.deterministic_algorithms():
         first, second = (check_against_oracle((3, 1, 40, 32), True, True, torch.float32) for _ in "12")
-    for name, one, other in zip(("out", "dq", "dk", "dv"), first, second, strict=True):
+    for name, one, other in zip(oracle.RESULT_NAMES, first, second, strict=True):
         assert torch.equal(one, other), f"{name} differs between two deterministic runs"
 
 
@@ -216,7 +172,7 @@ def test_rejects_bad_inputs_with_a_clear_message(change, message):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs CUDA (bf16/fp16 kernels)")
+@oracle.gpu_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", [(4, 12, 512, 64), (2, 4, 333, 128)], ids=str)
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])

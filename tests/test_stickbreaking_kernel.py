@@ -1,43 +1,17 @@
-"""Triton stick-breaking attention (exposb) against the PyTorch oracle, forward and backward.
-
-Tolerance rule of flash-attention's tests: the kernel's error against the oracle run in float64
-must be within 2x the error of the plain PyTorch reference run in the kernel's dtype, plus a
-couple of ulps of the result's scale. On the CPU the kernels run in Triton's interpreter, made to
-round 16-bit and tf32 arithmetic as a GPU does where a test needs it (tests/oracle.py).
+"""Triton stick-breaking attention (exposb) against the PyTorch oracle, forward and backward, by the
+tolerance rule of tests/oracle.py. On the CPU the kernels run in Triton's interpreter, made to round
+16-bit and tf32 arithmetic as a GPU does where a test needs it (tests/oracle.py).
 """
-
-import os
 
 import pytest
 import torch
 
 from kernels import reference
 from kernels.stickbreaking import stickbreaking_attention
-from tests.oracle import assert_only_rounding_error, deterministic_algorithms, gpu_arithmetic, large_logit_qkv
+from tests import oracle
+from tests.oracle import DEVICE, padding_mask
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-if not (torch.cuda.is_available() or INTERPRETED):
-    pytest.skip(
-        "the Triton kernels need a CUDA GPU, or TRITON_INTERPRET=1 to run them on the CPU",
-        allow_module_level=True,
-    )
-DEVICE = "cpu" if INTERPRETED else "cuda"
-RESULT_NAMES = ("out", "dq", "dk", "dv")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MAX_LOGIT = 30.0  # beta within 1e-13 of 0 or 1 at the extremes
-
-
-def padding_mask(batch: int, seq_len: int, pattern: str) -> torch.Tensor:
-    """(B, S) True = real key. Row 0 unpadded, the last row all padding, the rows between padded
-    at the tail ("tail") or at random positions ("scattered")."""
-    mask = torch.ones(batch, seq_len, dtype=torch.bool)
-    for row in range(1, batch - 1):
-        if pattern == "tail":
-            mask[row, seq_len * 2 // 3 :] = False
-        else:
-            mask[row] = torch.rand(seq_len) > 0.3
-    mask[-1] = False
-    return mask.to(DEVICE)
+pytestmark = oracle.needs_triton
 
 
 def random_qkv(batch: int, heads: int, seq_len: int, head_dim: int) -> list[torch.Tensor]:
@@ -46,31 +20,24 @@ def random_qkv(batch: int, heads: int, seq_len: int, head_dim: int) -> list[torc
     return list(qkv.permute(2, 0, 3, 1, 4).unbind(0))
 
 
-def forward_backward(attention, q, k, v, key_padding_mask, causal, grad_out, dtype):
-    """out, dq, dk, dv of `attention` run in `dtype`."""
-    inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
-    out = attention(*inputs, key_padding_mask, causal)
-    out.backward(grad_out.to(dtype))
-    return [out.detach(), *(t.grad for t in inputs)]
-
-
-def assert_matches_oracle(q, k, v, key_padding_mask, causal, dtype, grad_out) -> list[torch.Tensor]:
+def check_against_oracle(q, k, v, key_padding_mask, causal, dtype, grad_out) -> list[torch.Tensor]:
     """Check out, dq, dk, dv of the kernel by the tolerance rule; return them."""
-    args = (q, k, v, key_padding_mask, causal, grad_out)
-    oracle = forward_backward(reference.stickbreaking_attention, *args, torch.float64)
-    plain = forward_backward(reference.stickbreaking_attention, *args, dtype)
-    kernel = forward_backward(stickbreaking_attention, *args, dtype)
-    for name, got, plain_result, expected in zip(RESULT_NAMES, kernel, plain, oracle, strict=True):
-        assert got.dtype == dtype and got.shape == expected.shape, name
-        assert torch.isfinite(got).all(), f"{name} has NaN or inf"
-        kernel_error = (got.double() - expected).abs().max().item()
-        plain_error = (plain_result.double() - expected).abs().max().item()
-        ulps = 2 * torch.finfo(dtype).eps * expected.abs().max().item()
-        assert kernel_error <= 2 * plain_error + ulps, (
-            f"{name}: kernel error {kernel_error:.3g} > 2 x reference error {plain_error:.3g}"
-            f" + {ulps:.3g} ({dtype}, causal={causal})"
-        )
-    return kernel
+    return oracle.assert_matches_oracle(
+        lambda *qkv: stickbreaking_attention(*qkv, key_padding_mask, causal),
+        lambda *qkv: reference.stickbreaking_attention(*qkv, key_padding_mask, causal),
+        [q, k, v],
+        grad_out,
+        dtype,
+    )
+
+
+def run_kernel(q, k, v, key_padding_mask, causal, grad_out, dtype, attention=stickbreaking_attention):
+    """out, dq, dk, dv of the kernel (or of `attention`) run in dtype."""
+
+    def call(q, k, v):
+        return attention(q, k, v, key_padding_mask, causal)
+
+    return oracle.forward_and_gradients(call, [q, k, v], grad_out, dtype)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
@@ -84,7 +51,7 @@ def test_matches_float64_oracle(seq_len, head_dim, pattern, causal):
     q, k, v = random_qkv(3, heads, seq_len, head_dim)
     mask = padding_mask(3, seq_len, pattern)
     grad_out = torch.randn_like(q)
-    out, grad_q, grad_k, grad_v = assert_matches_oracle(q, k, v, mask, causal, torch.float32, grad_out)
+    out, grad_q, grad_k, grad_v = check_against_oracle(q, k, v, mask, causal, torch.float32, grad_out)
 
     # With every key padded each query keeps its whole stick(s): o_i = v_i, and only v_i learns.
     assert torch.equal(out[-1], v[-1])
@@ -92,22 +59,25 @@ def test_matches_float64_oracle(seq_len, head_dim, pattern, causal):
     assert not grad_q[-1].any() and not grad_k[-1].any()
 
 
-def test_float16_matches_oracle():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_16bit_matches_oracle_at_an_odd_length(causal, dtype):
     """16-bit inputs take the tf32 path for the in-tile sums and round weights before p @ v."""
     torch.manual_seed(0)
-    q, k, v = random_qkv(3, 1, 40, 32)
-    assert_matches_oracle(q, k, v, padding_mask(3, 40, "tail"), False, torch.float16, torch.randn_like(q))
+    q, k, v = random_qkv(3, 1, 37, 32)
+    with oracle.gpu_arithmetic():
+        check_against_oracle(q, k, v, padding_mask(3, 37, "tail"), causal, dtype, torch.randn_like(q))
 
 
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("dtype", oracle.DTYPES.values(), ids=oracle.DTYPES.keys())
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 def test_large_logits_match_float64_oracle(causal, dtype):
     """Logits up to +-30, forward and backward, in every dtype, by the tolerance rule."""
     generator = torch.Generator().manual_seed(1)
-    q, k, v = (t.to(DEVICE) for t in large_logit_qkv((3, 2, 40, 32), MAX_LOGIT, generator))
+    q, k, v = (t.to(DEVICE) for t in oracle.large_logit_qkv((3, 2, 40, 32), oracle.MAX_LOGIT, generator))
     grad_out = torch.randn(q.shape, generator=generator, dtype=torch.float64).to(DEVICE)
-    with gpu_arithmetic():
-        assert_matches_oracle(q, k, v, padding_mask(3, 40, "tail"), causal, dtype, grad_out)
+    with oracle.gpu_arithmetic():
+        check_against_oracle(q, k, v, padding_mask(3, 40, "tail"), causal, dtype, grad_out)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -117,11 +87,11 @@ def test_16bit_output_has_only_rounding_error_at_large_logits(causal, dtype):
     weight's logarithm cancelled x against -softplus(x) and carried the dots' rounding of the large
     term: in fp16 the error reached 3-5x this bound at logits of 30."""
     generator = torch.Generator().manual_seed(2)
-    q, k, v = (t.to(DEVICE) for t in large_logit_qkv((2, 2, 40, 32), MAX_LOGIT, generator))
+    q, k, v = (t.to(DEVICE) for t in oracle.large_logit_qkv((2, 2, 40, 32), oracle.MAX_LOGIT, generator))
     mask = padding_mask(2, 40, "scattered")
-    with gpu_arithmetic():
+    with oracle.gpu_arithmetic():
         out = stickbreaking_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask, causal)
-    assert_only_rounding_error(out, lambda *qkv: reference.stickbreaking_attention(*qkv, mask, causal), q, k, v)
+    oracle.assert_only_rounding_error(out, lambda *qkv: reference.stickbreaking_attention(*qkv, mask, causal), q, k, v)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
@@ -131,10 +101,10 @@ def test_deterministic_mode_matches_oracle_and_repeats_bit_for_bit(causal):
     q, k, v = random_qkv(3, 1, 40, 32)  # two query blocks in the interpreter
     mask = padding_mask(3, 40, "scattered")
     grad_out = torch.randn_like(q)
-    with deterministic_algorithms():
-        first = assert_matches_oracle(q, k, v, mask, causal, torch.float32, grad_out)
-        second = forward_backward(stickbreaking_attention, q, k, v, mask, causal, grad_out, torch.float32)
-    for name, one, other in zip(RESULT_NAMES, first, second, strict=True):
+    with oracle.deterministic_algorithms():
+        first = check_against_oracle(q, k, v, mask, causal, torch.float32, grad_out)
+        second = run_kernel(q, k, v, mask, causal, grad_out, torch.float32)
+    for name, one, other in zip(oracle.RESULT_NAMES, first, second, strict=True):
         assert torch.equal(one, other), f"{name} differs between two deterministic runs"
 
 
@@ -161,12 +131,8 @@ def test_compiles_without_graph_breaks():
     grad_out = torch.randn_like(q)
     args = (q, k, v, mask, False, grad_out, torch.float32)
     compiled = torch.compile(stickbreaking_attention, backend="aot_eager", fullgraph=True)
-    for name, got, expected in zip(
-        RESULT_NAMES,
-        forward_backward(compiled, *args),
-        forward_backward(stickbreaking_attention, *args),
-        strict=True,
-    ):
+    results = run_kernel(*args, attention=compiled), run_kernel(*args)
+    for name, got, expected in zip(oracle.RESULT_NAMES, *results, strict=True):
         assert torch.equal(got, expected), name
 
 
@@ -181,7 +147,7 @@ def test_rejects_bad_inputs():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA GPU, no interpreter")
+@oracle.gpu_only
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("shape", [(4, 12, 512, 64), (2, 8, 512, 128)])
 def test_bfloat16_on_gpu(shape, causal):
@@ -189,18 +155,18 @@ def test_bfloat16_on_gpu(shape, causal):
     batch, heads, seq_len, head_dim = shape
     q, k, v = random_qkv(batch, heads, seq_len, head_dim)
     mask = padding_mask(batch, seq_len, "tail")
-    assert_matches_oracle(q, k, v, mask, causal, torch.bfloat16, torch.randn_like(q))
+    check_against_oracle(q, k, v, mask, causal, torch.bfloat16, torch.randn_like(q))
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA GPU, no interpreter")
+@oracle.gpu_only
 def test_deterministic_backward_on_gpu():
     """At a size where many query blocks add to each key block, two deterministic runs agree bit for bit."""
     torch.manual_seed(0)
     q, k, v = random_qkv(4, 12, 512, 64)
     mask = padding_mask(4, 512, "scattered")
     grad_out = torch.randn_like(q)
-    with deterministic_algorithms():
-        runs = [forward_backward(stickbreaking_attention, q, k, v, mask, False, grad_out, torch.bfloat16) for _ in "12"]
-    for name, one, other in zip(RESULT_NAMES, *runs, strict=True):
+    with oracle.deterministic_algorithms():
+        runs = [run_kernel(q, k, v, mask, False, grad_out, torch.bfloat16) for _ in "12"]
+    for name, one, other in zip(oracle.RESULT_NAMES, *runs, strict=True):
         assert torch.equal(one, other), f"{name} differs between two deterministic runs"
