@@ -112,5 +112,5 @@ def stickbreaking_weights(
 def stickbreaking_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
 ) -> torch.Tensor:
-    """Bidirectional stick-breaking attention (exposb) as DESIGN.md defines it; causal = left stick."""
+    """Bidirectional stick-breaking attention (exposb) as ARCHITECTURE.md defines it; causal = left stick."""
     return torch.matmul(stickbreaking_weights(q, k, key_padding_mask, causal), v)

@@ -1,6 +1,6 @@
 """Stick-breaking attention (exposb) in Triton, forward and backward, in log space.
 
-Definition (DESIGN.md): z_ij = q_i . k_j / sqrt(D), beta_ij = sigmoid(z_ij), and padded keys have
+Definition (ARCHITECTURE.md): z_ij = q_i . k_j / sqrt(D), beta_ij = sigmoid(z_ij), and padded keys have
 beta = 0. For query i a stick is broken outward on each side, nearest key first:
     left   A_ij = beta_ij prod_{j<l<i} (1 - beta_il)  for j < i,   r_L = prod_{j<i} (1 - beta_ij)
     right  A_ij = beta_ij prod_{i<l<j} (1 - beta_il)  for j > i,   r_R = prod_{j>i} (1 - beta_ij)
@@ -10,7 +10,7 @@ Forward. The (S, S) weights never reach memory: a program owns a block of querie
 key blocks of each stick from the diagonal outward, carrying log2 of the stick still unbroken
 (the running sum of log2(1 - beta) over the keys passed). Inside a key block, the sum over the
 keys strictly between a key and the query is a matmul of the log2(1 - beta) tile with a strict
-0/1 triangle, and log2 A = log2 beta + that sum + the carried value, as DESIGN.md writes it. (The
+0/1 triangle, and log2 A = log2 beta + that sum + the carried value, as ARCHITECTURE.md writes it. (The
 form x + a sum that includes log2(1 - beta_ij) ~ -x cancels for a large logit x; with 16-bit inputs
 the in-tile dot rounds its operands to tf32, and the cancelled error grew with x: 0.4% at x = 20.) The
 right stick is the left stick with the index order reversed, which here is index arithmetic
@@ -486,7 +486,7 @@ def stickbreaking_attention(
 ) -> torch.Tensor:
     """Stick-breaking attention (exposb) on (B, H, S, D); key_padding_mask (B, S) True = real key.
 
-    Bidirectional as DESIGN.md defines it; `causal` keeps the left stick only. Matches
+    Bidirectional as ARCHITECTURE.md defines it; `causal` keeps the left stick only. Matches
     kernels.reference.stickbreaking_attention; differentiable in q, k, v. Bit-reproducible on one
     GPU and software stack under torch.use_deterministic_algorithms(True) (see kernels/common.py).
     """

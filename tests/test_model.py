@@ -259,3 +259,36 @@ def test_embedding_tables_have_unit_scale_and_linear_layers_bert_scale():
     assert abs(model.token_embedding.weight.std().item() - 1.0) < 0.02
     assert abs(model.positions.table.weight.std().item() - 1.0) < 0.05
     assert abs(model.blocks[0].attention.qkv.weight.std().item() - 0.02) < 0.002
+
+
+def test_model_compile_trains_as_eager(data_dir, tokenizer, tmp_path, monkeypatch):
+    """`model.compile: true`: the trainer's encoder runs compiled, its steps match eager ones, and
+    its weights keep their names (checkpoints load either way). (Here rather than in test_compile.py,
+    which CI also runs in the triton-3.6 environment that has no tokenizer.)"""
+    from pathlib import Path
+
+    import torch._dynamo
+
+    import hpo.pretrain
+    from data.corpus import load_corpus
+    from hpo.config import load_config
+    from hpo.pretrain import Pretrainer
+
+    monkeypatch.setattr(hpo.pretrain, "COMPILE_BACKEND", "aot_eager")
+    config_path = Path(__file__).resolve().parents[1] / "config.yaml"
+    overrides = ["search_space={}", "data.sources=[austen]", f"data.cache_dir={tmp_path}", "train.budget_seconds=null"]
+    losses, state_keys, graphs = [], [], []
+    for compile_flag in (False, True):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        config = load_config(config_path, [*overrides, f"model.compile={str(compile_flag).lower()}"])
+        corpus = load_corpus(data_dir, config.data, tokenizer)
+        trainer = Pretrainer(config, corpus, tokenizer, torch.device("cpu"))
+        losses.append([trainer.train_step().loss for _ in range(3)])
+        state_keys.append(list(trainer.model.state_dict()))
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs == [0, 1]  # compiled only when asked, to one graph
+    torch._dynamo.reset()
+    eager, compiled = losses
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert state_keys[0] == state_keys[1]
