@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.files_location import DataError
 from data.tokenizer import Tokenizer
 
 ALL_SOURCES = (
@@ -147,7 +148,10 @@ def load_corpus(data_dir: Path, config: CorpusConfig, tokenizer: Tokenizer, seed
             _build_cache(paths, config, tokenizer, train_path, validation_path, meta_path, key_material)
     meta = json.loads(meta_path.read_text())
     if meta["train_rows"] == 0:
-        raise ValueError(f"corpus {config.sources} holds fewer than data.seq_len = {config.seq_len} tokens")
+        raise DataError(
+            f"corpus files {', '.join(path.name for path in paths)} in {Path(data_dir) / 'corpus'} hold fewer than "
+            f"data.seq_len = {config.seq_len} tokens; expected text to pretrain on"
+        )
     return PackedCorpus(
         _open_rows(train_path, meta["train_rows"], config.seq_len),
         _open_rows(validation_path, meta["validation_rows"], config.seq_len),
