@@ -63,7 +63,7 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
 
 
 def default_storage_url(study_name: str, studies_dir: Path = Path("studies")) -> str:
-    studies_dir.mkdir(parents=True, exist_ok=True)
+    """studies/<name>.db; the folder is made by the run that creates the study (hpo.inputs)."""
     return f"sqlite:///{(studies_dir / f'{study_name}.db').resolve()}"
 
 
@@ -78,7 +78,8 @@ def make_storage(url: str, config: StudyConfig) -> RDBStorage:
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=config.max_retries),
         )
     except Exception as error:  # SQLAlchemy raises many kinds; the user needs the URL and the reason
-        raise ConfigError(f"cannot open study storage {url}: {error}") from error
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]  # not SQLAlchemy's "Background" line
+        raise ConfigError(f"cannot open study storage {url}: {reason}") from error
 
 
 def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
