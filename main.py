@@ -119,6 +119,13 @@ def run_export_command(args: argparse.Namespace, storage: str) -> int:
     return 0
 
 
+def run_status_command(args: argparse.Namespace, storage: str) -> int:
+    from hpo.status import print_status
+
+    print_status(args.study_name, storage)
+    return 0
+
+
 def run_dashboard_command(args: argparse.Namespace, storage: str) -> int:
     from hpo.dashboard import serve_dashboard
 
@@ -158,6 +165,10 @@ COMMANDS = {
     "study": Command("add trials to a study (the default command)", run_study_command, add_study_flags),
     "report": Command("write studies/<name>/report.html: plots, importances, statistics", run_report_command),
     "export": Command("write studies/<name>/best_config.yaml for a retrain", run_export_command, add_export_flags),
+    "status": Command(
+        "print where the study stands: trials by state, the best so far, running trials, time to finish",
+        run_status_command,
+    ),
     "dashboard": Command("browse the study in optuna-dashboard", run_dashboard_command, add_dashboard_flags),
     "retrain": Command(
         "full pretraining run of an exported config (torchrun for several GPUs), then the AG News probes",
