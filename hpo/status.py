@@ -68,7 +68,8 @@ def best_lines(study: optuna.Study) -> list[str]:
     if accuracy is not None and "random_init_accuracy" in attrs:
         random_init = attrs["random_init_accuracy"]
         line += f" (accuracy {accuracy:.4f}, gain {accuracy - random_init:+.4f} over random init {random_init:.4f})"
-    return [line, *(f"  {name} = {value}" for name, value in best.params.items())]
+    shown = {name: f"{value:.4g}" if isinstance(value, float) else value for name, value in best.params.items()}
+    return [line, *(f"  {name} = {value}" for name, value in shown.items())]
 
 
 def running_lines(running: list[FrozenTrial], now: datetime.datetime) -> list[str]:
