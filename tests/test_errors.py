@@ -166,6 +166,11 @@ CASES = [
         r"search_space\.masking\.rate\.condition names 'masking\.nope', which is not a dimension declared above",
     ),
     Case(
+        "config condition on a value never taken",
+        [*STUDY, "--set", "search_space.masking.rate.condition={masking.strategy: [spam]}"],
+        r"search_space\.masking\.rate\.condition: masking\.strategy never takes \['spam'\]; it takes one of",
+    ),
+    Case(
         "config preset with heads not dividing hidden",
         [*STUDY, "--set", "search_space.model.size.choices.odd={hidden_size: 100, num_heads: 3}"],
         r"search_space\.model\.size choice 'odd' gives an invalid config: model\.num_heads = 3 does not divide",
