@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,10 +84,12 @@ def add_retrain_flags(parser: argparse.ArgumentParser) -> None:
 def run_study_command(args: argparse.Namespace, storage: str) -> int:
     from data.files_location import resolve_data_dir
     from hpo.config import load_config
+    from hpo.inputs import check_study_inputs
     from hpo.study import RunLimits, format_value, run_study, value_label
 
     config = load_config(args.config, args.overrides)
     data_dir = resolve_data_dir(args.data_dir)
+    check_study_inputs(config, data_dir, storage)
     limits = RunLimits(args.n_trials, args.max_trials, args.timeout)
     study = run_study(args.study_name, storage, config, data_dir, limits, args.n_jobs, args.seed, args.force)
     completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
@@ -113,6 +116,13 @@ def run_export_command(args: argparse.Namespace, storage: str) -> int:
 
     for path in export_best(args.study_name, storage, Path("studies") / args.study_name, args.top_k):
         print(path)
+    return 0
+
+
+def run_status_command(args: argparse.Namespace, storage: str) -> int:
+    from hpo.status import print_status
+
+    print_status(args.study_name, storage)
     return 0
 
 
@@ -155,6 +165,10 @@ COMMANDS = {
     "study": Command("add trials to a study (the default command)", run_study_command, add_study_flags),
     "report": Command("write studies/<name>/report.html: plots, importances, statistics", run_report_command),
     "export": Command("write studies/<name>/best_config.yaml for a retrain", run_export_command, add_export_flags),
+    "status": Command(
+        "print where the study stands: trials by state, the best so far, running trials, time to finish",
+        run_status_command,
+    ),
     "dashboard": Command("browse the study in optuna-dashboard", run_dashboard_command, add_dashboard_flags),
     "retrain": Command(
         "full pretraining run of an exported config (torchrun for several GPUs), then the AG News probes",
@@ -166,11 +180,27 @@ COMMANDS = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A flag mistake is one line on stderr, like every other error of main.py, and exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def check_study_name(name: str) -> str | None:
+    """Why `name` cannot name a study (it becomes a file and a folder under studies/), or None."""
+    if not name.strip():
+        return "--study_name is empty"
+    if "/" in name or "\\" in name or ".." in name or name.startswith("."):
+        return f"--study_name {name!r}: expected a plain name (no '/', '\\', '..' or leading '.') for studies/<name>"
+    return None
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         description="Hyperparameter study of BERT-style pretraining recipes, scored by an AG News linear probe."
     )
-    shared = argparse.ArgumentParser(add_help=False)
+    shared = OneLineErrorParser(add_help=False)
     shared.add_argument("--study_name", required=True, help="name of the study (and of studies/<name>.db)")
     shared.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/<study_name>.db)")
     commands = parser.add_subparsers(dest="command", metavar="command", help="what to do (default: study)")
@@ -182,12 +212,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv = ["study", *argv]
     args = parser.parse_args(argv)
+    name_problem = check_study_name(args.study_name) if COMMANDS[args.command].on_study else None
+    if name_problem:
+        parser.error(name_problem)
     if args.command == "study":
         for flag, value in (("n_trials", args.n_trials), ("max_trials", args.max_trials), ("n_jobs", args.n_jobs)):
             if value is not None and value < 1:
                 parser.error(f"--{flag} ({value}) must be at least 1")
         if args.timeout is not None and args.timeout <= 0:
             parser.error(f"--timeout ({args.timeout}) must be a positive number of seconds")
+    if args.command == "dashboard" and not 0 <= args.port <= 65535:
+        parser.error(f"--port ({args.port}) must be 0 (any free port) to 65535")
     if args.command == "export" and args.top_k < 0:
         parser.error(f"--top_k ({args.top_k}) must be 0 (best trial only) or more")
     return args
@@ -195,6 +230,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    from data.files_location import DataError
     from hpo.config import ConfigError
     from hpo.study import default_storage_url
 
@@ -202,8 +238,9 @@ def main(argv: list[str]) -> int:
     try:
         storage = (args.storage or default_storage_url(args.study_name)) if command.on_study else None
         return command.run(args, storage)
-    except (ConfigError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ConfigError, DataError, OSError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]  # e.g. YAML's caret lines
+        print(f"error: {'; '.join(lines)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interruption:  # a study's says how many trials it keeps
         print(f"interrupted: {str(interruption) or command.interrupted}", file=sys.stderr)

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from data.files_location import DataError
+
+CLASSES = ("1", "2", "3", "4")
+
 
 @dataclass
 class LabelledTexts:
@@ -22,14 +26,24 @@ def read_split(path: Path) -> LabelledTexts:
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             for line_number, row in enumerate(csv.reader(handle), start=1):
-                if len(row) != 3 or row[0] not in {"1", "2", "3", "4"}:
-                    raise ValueError(f'{path}:{line_number}: expected "class","title","description" with class 1-4')
+                if len(row) != 3:
+                    raise DataError(
+                        f'{path}:{line_number}: {len(row)} field(s); expected 3: "class","title","description"'
+                    )
+                if row[0] not in CLASSES:
+                    raise DataError(f"{path}:{line_number}: class {row[0]!r}; expected one of 1, 2, 3, 4")
                 labels.append(int(row[0]) - 1)
                 texts.append(f"{row[1]} {row[2]}".strip())
     except OSError as error:
         raise OSError(f"cannot read AG News file {path}: {error}") from error
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path}: byte {error.object[error.start]:#04x} is not UTF-8 text; expected a UTF-8 CSV"
+        ) from error
+    except csv.Error as error:
+        raise DataError(f"{path}: not a well-formed CSV file ({error})") from error
     if not texts:
-        raise ValueError(f"{path} holds no rows")
+        raise DataError(f'{path} holds no rows; expected AG News rows "class","title","description"')
     return LabelledTexts(texts, np.asarray(labels, dtype=np.int64))
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.files_location import DataError
 from data.tokenizer import Tokenizer
+from hpo.progress import progress_bar
 
 ALL_SOURCES = (
     "austen",
@@ -30,6 +32,7 @@ ALL_SOURCES = (
     "wordnet",
 )
 CACHE_FORMAT_VERSION = 1
+ENCODE_CHUNK_DOCUMENTS = 2000  # documents per batch handed to the tokenizer's threads
 
 
 @dataclass
@@ -147,7 +150,10 @@ def load_corpus(data_dir: Path, config: CorpusConfig, tokenizer: Tokenizer, seed
             _build_cache(paths, config, tokenizer, train_path, validation_path, meta_path, key_material)
     meta = json.loads(meta_path.read_text())
     if meta["train_rows"] == 0:
-        raise ValueError(f"corpus {config.sources} holds fewer than data.seq_len = {config.seq_len} tokens")
+        raise DataError(
+            f"corpus files {', '.join(path.name for path in paths)} in {Path(data_dir) / 'corpus'} hold fewer than "
+            f"data.seq_len = {config.seq_len} tokens; expected text to pretrain on"
+        )
     return PackedCorpus(
         _open_rows(train_path, meta["train_rows"], config.seq_len),
         _open_rows(validation_path, meta["validation_rows"], config.seq_len),
@@ -161,6 +167,16 @@ def _open_rows(path: Path, rows: int, seq_len: int) -> np.ndarray:
     return np.memmap(path, dtype=np.uint16, mode="r", shape=(rows, seq_len))
 
 
+def _encode(tokenizer: Tokenizer, documents: list[str], threads: int, bar) -> list[list[int]]:
+    """Token ids of each document, in chunks so that the progress bar moves."""
+    tokens: list[list[int]] = []
+    for start in range(0, len(documents), ENCODE_CHUNK_DOCUMENTS):
+        chunk = documents[start : start + ENCODE_CHUNK_DOCUMENTS]
+        tokens += tokenizer.encode_batch(chunk, threads)
+        bar.update(len(chunk))
+    return tokens
+
+
 def _build_cache(paths, config, tokenizer, train_path, validation_path, meta_path, key_material):
     train_docs, validation_docs = [], []
     for path in paths:
@@ -168,10 +184,11 @@ def _build_cache(paths, config, tokenizer, train_path, validation_path, meta_pat
         validation_docs += documents[:: config.validation_every]
         train_docs += [d for i, d in enumerate(documents) if i % config.validation_every]
     threads = max(1, os.cpu_count() or 1)
-    train = _pack(tokenizer.encode_batch(train_docs, threads), config.seq_len, tokenizer.cls_id, tokenizer.eos_id)
-    validation = _pack(
-        tokenizer.encode_batch(validation_docs, threads), config.seq_len, tokenizer.cls_id, tokenizer.eos_id
-    )
+    with progress_bar(len(train_docs) + len(validation_docs), "tokenising the corpus", unit="doc") as bar:
+        train_tokens = _encode(tokenizer, train_docs, threads, bar)
+        validation_tokens = _encode(tokenizer, validation_docs, threads, bar)
+    train = _pack(train_tokens, config.seq_len, tokenizer.cls_id, tokenizer.eos_id)
+    validation = _pack(validation_tokens, config.seq_len, tokenizer.cls_id, tokenizer.eos_id)
     for array, path in ((train, train_path), (validation, validation_path)):
         temporary = path.with_suffix(f".tmp{os.getpid()}")
         array.tofile(temporary)

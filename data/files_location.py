@@ -8,6 +8,10 @@ DATA_DIR_VARIABLE = "HPO_DATA_DIR"
 REQUIRED_FILES = ("ag_news/train.csv", "ag_news/test.csv", "tokenizers/gpt2.tiktoken")
 
 
+class DataError(ValueError):
+    """A data file that is there but cannot be used (malformed, empty, not UTF-8); main.py prints it as one line."""
+
+
 def resolve_data_dir(flag_value: str | None = None) -> Path:
     """Pick the data folder and check that the files every run needs are there and readable."""
     if flag_value:

@@ -5,6 +5,7 @@ key, the value and what was expected.
 """
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -57,8 +58,9 @@ class TrainConfig:
             raise ConfigError(f"train.objective = {self.objective!r}; expected 'mlm' or 'clm'")
         if self.schedule not in ("linear", "cosine", "constant"):
             raise ConfigError(f"train.schedule = {self.schedule!r}; expected linear, cosine or constant")
-        if self.learning_rate <= 0 or self.batch_size <= 0 or self.budget_tokens <= 0:
-            raise ConfigError("train.learning_rate, train.batch_size and train.budget_tokens must be positive")
+        for name in ("learning_rate", "batch_size", "budget_tokens"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} = {getattr(self, name)}; expected a positive number")
         if self.budget_seconds is not None and self.budget_seconds <= 0:
             raise ConfigError(
                 f"train.budget_seconds = {self.budget_seconds}; expected a positive number of seconds, "
@@ -160,6 +162,22 @@ class StudyConfig:
     grace_seconds: int = 90
     max_retries: int = 2
 
+    def validate(self) -> None:
+        from hpo.study import PRUNERS, SAMPLERS  # the study module owns the registries
+
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"study.sampler = {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"study.pruner = {self.pruner!r}; expected one of {', '.join(PRUNERS)}")
+        for name in ("sampler_startup_trials", "pruner_startup_trials", "pruner_warmup_steps", "max_retries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"study.{name} = {getattr(self, name)}; expected 0 or more")
+        if self.heartbeat_seconds < 1 or self.grace_seconds <= self.heartbeat_seconds:
+            raise ConfigError(
+                f"study.heartbeat_seconds = {self.heartbeat_seconds}, study.grace_seconds = {self.grace_seconds}; "
+                "expected 1 <= heartbeat_seconds < grace_seconds (a live trial must beat within its grace)"
+            )
+
 
 @dataclass
 class ParamSpec:
@@ -190,7 +208,7 @@ class Config:
     provenance: dict[str, Any] | None = None
 
     def validate(self) -> None:
-        for section in (self.data, self.model, self.masking, self.train, self.probe, self.retrain):
+        for section in (self.data, self.model, self.masking, self.train, self.probe, self.study, self.retrain):
             try:
                 section.validate()
             except ConfigError:
@@ -263,9 +281,11 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     prefix = f"{where}." if where else ""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys: {', '.join(sorted(names))}")
+        nearest = difflib.get_close_matches(str(unknown[0]), names, n=1)
+        suggestion = f" (did you mean {prefix}{nearest[0]}?)" if nearest else ""
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}{suggestion}; known keys: {', '.join(sorted(names))}")
     return cls(**{key: _convert(value, hints[key], f"{prefix}{key}") for key, value in data.items()})
 
 
@@ -279,7 +299,7 @@ def apply_override(raw: dict, assignment: str) -> None:
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {assignment!r}: {key} is not a section")
+            raise ConfigError(f"--set {assignment!r}: {key} = {node!r} is not a section; expected a mapping")
     node[keys[-1]] = yaml.safe_load(text)
 
 
@@ -292,6 +312,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: config = {raw!r}; expected a mapping of sections (data, model, train, ...)")
     for assignment in overrides:
         apply_override(raw, assignment)
     try:

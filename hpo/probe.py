@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from data.agnews import LabelledTexts
 from data.tokenizer import Tokenizer
 from hpo.config import ProbeConfig
+from hpo.progress import progress_bar
 from model.bert import Encoder
 
 
@@ -44,15 +45,17 @@ def embed(
     model.eval()
     order = np.argsort([len(ids) for ids in token_lists])
     features = np.empty((len(token_lists), model.config.hidden_size), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = max(len(token_lists[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        for slot, row in enumerate(rows):
-            input_ids[slot, : len(token_lists[row])] = torch.tensor(token_lists[row])
-        input_ids = input_ids.to(device)
-        key_padding_mask = input_ids != pad_id
-        features[rows] = model.sentence_embedding(input_ids, key_padding_mask).float().cpu().numpy()
+    with progress_bar(len(token_lists), "probe embedding", unit="text") as bar:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(len(token_lists[i]) for i in rows)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            for slot, row in enumerate(rows):
+                input_ids[slot, : len(token_lists[row])] = torch.tensor(token_lists[row])
+            input_ids = input_ids.to(device)
+            key_padding_mask = input_ids != pad_id
+            features[rows] = model.sentence_embedding(input_ids, key_padding_mask).float().cpu().numpy()
+            bar.update(len(rows))
     model.train(was_training)
     return features
 

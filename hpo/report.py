@@ -22,7 +22,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
-from hpo.study import displayed_url, format_value, load_existing_study, ranked_trials, value_label
+from hpo.study import displayed_url, format_value, load_existing_study, objective_name, ranked_trials, value_label
 
 MIN_TRIALS_PER_CHOICE = 3  # fewer completed trials than this: no interval, no test
 SIGNIFICANCE_LEVEL = 0.05  # for the Holm-adjusted p-values
@@ -30,6 +30,8 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 TOP_TRIALS = 10
 PED_ANOVA_RELIABLE_TRIALS = 20  # PED-ANOVA contrasts the top 10% with all: below this it is a hint
+SLICE_COLUMNS = 3  # slice plots per row, so that each keeps a readable width inside the page (body max-width)
+SLICE_HEIGHT = 360  # pixels
 
 
 # Statistics of the categorical choices -----------------------------------------------------------
@@ -182,7 +184,10 @@ def summary_section(study: optuna.Study) -> str:
     counts = {state.name.lower(): 0 for state in TrialState}
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state.name.lower()] += 1
-    lines = [f"{len(study.trials)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n)]
+    lines = [
+        f"objective: maximise {objective_name(study)} (Optuna's metric name)",
+        f"{len(study.trials)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n),
+    ]
     ranked = ranked_trials(study)
     if ranked:
         best = ranked[0]
@@ -237,11 +242,20 @@ def parallel_section(study: optuna.Study) -> str:
     return _note(note) if note else _figure(lambda: optuna.visualization.plot_parallel_coordinate(study))
 
 
+def slice_row_figure(study: optuna.Study, names: list[str]) -> go.Figure:
+    """Optuna sizes a slice figure at 300 px per parameter, past the page's width for a whole search space;
+    a row of SLICE_COLUMNS follows the page's width instead."""
+    figure = optuna.visualization.plot_slice(study, params=names, target_name=value_label(study))
+    return figure.update_layout(width=None, height=SLICE_HEIGHT, autosize=True)
+
+
 def slice_section(study: optuna.Study) -> str:
     note = _needs_completed(study, 1, "The slice plot")
     if note:
         return _note(note)
-    return _figure(lambda: optuna.visualization.plot_slice(study, target_name=value_label(study)))
+    names = sorted({name for trial in _completed(study) for name in trial.params})
+    rows = [names[start : start + SLICE_COLUMNS] for start in range(0, len(names), SLICE_COLUMNS)]
+    return "".join(_figure(lambda row=row: slice_row_figure(study, row)) for row in rows)
 
 
 def intermediate_section(study: optuna.Study) -> str:

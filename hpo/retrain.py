@@ -34,6 +34,7 @@ from data.tokenizer import Tokenizer
 from hpo.config import LOCATION_KEYS, Config, ConfigError, config_to_dict
 from hpo.pretrain import Execution, Pretrainer, StepResult, resolve_device
 from hpo.probe import Probe, cross_validated_accuracy, held_out_accuracy
+from hpo.progress import progress_bar
 from model.bert import Encoder
 
 # Settings that change how often a run reports or saves, not what it learns: a resume may change them.
@@ -213,28 +214,36 @@ def checkpoint_to_resume(checkpoints: CheckpointFolder, config_hash: str, world:
 
 
 class ProgressLine:
-    """One line every `every` steps: step/total, rank 0's mean loss since the last line, LR, tokens/s, ETA."""
+    """One line every `every` steps: step/total, rank 0's mean loss since the last line, LR, tokens/s, ETA;
+    on a terminal, a progress bar between them (loss, tokens/s and ETA at every step)."""
 
     def __init__(self, trainer: Pretrainer, every: int):
         self.every = every
         self.started = time.perf_counter()
         self.first_step = trainer.step
         self.losses: list[float] = []
+        self.bar = progress_bar(trainer.total_steps, "retrain", unit="step", initial=trainer.step)
 
     def after_step(self, trainer: Pretrainer, result: StepResult) -> None:
         self.losses.append(result.loss)
+        elapsed = time.perf_counter() - self.started
+        tokens_per_second = (trainer.step - self.first_step) * trainer.tokens_per_step / elapsed
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{result.loss:.4f}", tokens_per_second=f"{tokens_per_second:,.0f}", refresh=False)
         if trainer.step % self.every and not trainer.finished:
             return
-        elapsed = time.perf_counter() - self.started
         steps = trainer.step - self.first_step
-        tokens_per_second = steps * trainer.tokens_per_step / elapsed
         eta = datetime.timedelta(seconds=round((trainer.total_steps - trainer.step) * elapsed / steps))
-        print(
+        self.bar.write(
             f"step {trainer.step}/{trainer.total_steps} | loss {sum(self.losses) / len(self.losses):.4f} | "
             f"lr {result.learning_rate:.3e} | {tokens_per_second:,.0f} tokens/s | ETA {eta}",
-            flush=True,
+            file=sys.stdout,
         )
+        sys.stdout.flush()
         self.losses.clear()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def evaluate(trainer: Pretrainer, data_dir: Path) -> dict:
@@ -307,6 +316,8 @@ def train(trainer: Pretrainer, checkpoints: CheckpointFolder, config_hash: str, 
             progress.after_step(trainer, result)
         if trainer.step % retrain.checkpoint_every_steps == 0:
             save_checkpoint(trainer, checkpoints, config_hash, world)
+    if progress:
+        progress.close()
 
 
 def retrain(config: Config, data_dir: Path, output_dir: Path, resume: bool = False) -> dict | None:

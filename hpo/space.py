@@ -29,7 +29,7 @@ def dimensions(config: Config) -> list[tuple[str, str, str, ParamSpec]]:
 
 
 def validate_space(config: Config) -> None:
-    declared: set[str] = set()
+    declared: dict[str, ParamSpec] = {}
     for name, section, field_name, spec in dimensions(config):
         where = f"search_space.{name}"
         if section not in SEARCHABLE_SECTIONS:
@@ -61,11 +61,22 @@ def validate_space(config: Config) -> None:
                 raise ConfigError(f"{where}: needs low < high; got low={spec.low}, high={spec.high}")
             if spec.log and spec.low <= 0:
                 raise ConfigError(f"{where}: log scale needs low > 0; got {spec.low}")
-        for other in spec.condition or {}:
+        for other, allowed in (spec.condition or {}).items():
             if other not in declared:
                 raise ConfigError(f"{where}.condition names {other!r}, which is not a dimension declared above it")
-        declared.add(name)
+            _check_condition_values(where, other, allowed, declared[other])
+        declared[name] = spec
     _check_all_presets(config)
+
+
+def _check_condition_values(where: str, other: str, allowed: list, spec: ParamSpec) -> None:
+    """A condition on a choice or a constant must name values it can take, or the dimension is never sampled."""
+    if spec.type not in ("categorical", "fixed"):
+        return
+    options = list(spec.choices) if spec.type == "categorical" else [spec.value]
+    never = [value for value in allowed if value not in options]
+    if never:
+        raise ConfigError(f"{where}.condition: {other} never takes {never}; it takes one of {options}")
 
 
 def _check_all_presets(config: Config) -> None:

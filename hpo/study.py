@@ -25,6 +25,7 @@ from sqlalchemy.exc import ArgumentError
 from hpo.config import LOCATION_KEYS, PROBE_TARGETS, Config, ConfigError, StudyConfig, config_to_dict, from_dict
 from hpo.interruption import INTERRUPTED_EXIT_CODE, InterruptibleObjective, Interruption, sigint_handled_by
 from hpo.space import base_params
+from hpo.trial_logs import TrialLogs, logs_folder
 from hpo.versions import software_versions
 
 # Heartbeats, grouped TPE and the retry callback are marked experimental; we rely on them knowingly.
@@ -63,7 +64,7 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
 
 
 def default_storage_url(study_name: str, studies_dir: Path = Path("studies")) -> str:
-    studies_dir.mkdir(parents=True, exist_ok=True)
+    """studies/<name>.db; the folder is made by the run that creates the study (hpo.inputs)."""
     return f"sqlite:///{(studies_dir / f'{study_name}.db').resolve()}"
 
 
@@ -78,7 +79,8 @@ def make_storage(url: str, config: StudyConfig) -> RDBStorage:
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=config.max_retries),
         )
     except Exception as error:  # SQLAlchemy raises many kinds; the user needs the URL and the reason
-        raise ConfigError(f"cannot open study storage {url}: {error}") from error
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]  # not SQLAlchemy's "Background" line
+        raise ConfigError(f"cannot open study storage {url}: {reason}") from error
 
 
 def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -378,8 +380,12 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
         pruner=make_pruner(plan.config.study),
     )
 
+    trial_logs = TrialLogs(logs_folder(plan.study_name), plan.worker_index)
+
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        print(_format_trial(trial, plan.worker_index), flush=True)
+        line = _format_trial(trial, plan.worker_index)
+        print(line, flush=True)
+        trial_logs.append(trial.number, line)
 
     callbacks = [progress, interruption.stop_study]
     if plan.max_trials is not None:  # the parent's share of the cap is exact; this covers other machines' workers
@@ -387,7 +393,7 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     timeout = None if plan.deadline is None else max(0.0, plan.deadline - time.time())
     with sigint_handled_by(interruption):
         study.optimize(
-            InterruptibleObjective(Objective(plan.config, resources), interruption),
+            InterruptibleObjective(trial_logs.wrap(Objective(plan.config, resources)), interruption),
             n_trials=plan.n_trials,
             timeout=timeout,
             callbacks=callbacks,
@@ -486,6 +492,7 @@ def run_study(
     """
     from data.corpus import load_corpus
     from data.tokenizer import Tokenizer
+    from hpo.status import record_run  # which imports this module
 
     started = time.time()
     study = open_study(study_name, storage_url, config, seed, force)
@@ -498,6 +505,7 @@ def run_study(
     queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     so_far = f"{len(study.trials) - queued} trials so far" + (f" ({queued} queued to run first)" if queued else "")
     print(f"study {study_name!r} in {where}: {so_far}, {limits.describe(n_trials)}, {n_jobs} worker(s)")
+    record_run(study, n_trials, n_jobs, limits.timeout)
     try:
         # Tokenise (or find the cache) once here, so the workers never race to build it.
         load_corpus(data_dir, config.data, Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken"))

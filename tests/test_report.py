@@ -1,21 +1,25 @@
 """The HTML report and its statistics, on fake studies in the real search space (no pretraining)."""
 
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 import plotly.offline
 import pytest
+from optuna.trial import TrialState
 
 import main
 from hpo.config import ConfigError
 from hpo.report import (
     MIN_TRIALS_PER_CHOICE,
+    SLICE_COLUMNS,
     ChoiceSummary,
     bootstrap_mean_interval,
     compare_choices,
     holm_adjust,
     render_report,
+    slice_row_figure,
 )
 from hpo.study import load_existing_study
 
@@ -80,7 +84,19 @@ def test_report_of_a_nearly_empty_study_skips_sections_with_a_note(tmp_path, com
     importance_notes = page.count("Parameter importance needs at least 2 completed trial(s)")
     assert importance_notes == (2 if completed < 2 else 0)
     assert "fewer than two choices have 3 completed trials" in page
-    assert page.count("Plotly.newPlot") == (0 if completed == 0 else 3 + 2 * (completed >= 2)) + 1
+    study = load_existing_study("fake", storage)
+    parameters = {name for trial in study.get_trials(states=(TrialState.COMPLETE,)) for name in trial.params}
+    slice_rows = math.ceil(len(parameters) / SLICE_COLUMNS)  # one figure per row of slices
+    assert page.count("Plotly.newPlot") == (0 if completed == 0 else 2 + slice_rows + 2 * (completed >= 2)) + 1
+
+
+def test_slice_plots_come_in_rows_that_fit_the_page(tmp_path, make_study):
+    storage = make_study(tmp_path / "fake.db", [({}, 0.5), ({}, 0.6)])
+    study = load_existing_study("fake", storage)
+    names = sorted(study.trials[0].params)[:SLICE_COLUMNS]
+    figure = slice_row_figure(study, names)
+    assert figure.layout.width is None and figure.layout.autosize  # Optuna's own: 300 px per parameter
+    assert len([axis for axis in figure.layout if axis.startswith("xaxis")]) == len(names)
 
 
 def test_importance_of_trials_that_share_every_parameter_is_a_note_not_a_crash(tmp_path, make_study):
