@@ -51,7 +51,12 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n_jobs", type=int, default=1, help="worker processes sharing the study (default 1)")
     parser.add_argument("--config", default=str(PROJECT_DIR / "config.yaml"), help="config file (default config.yaml)")
     add_override_flags(parser)
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="sampler seed, to repeat a run's samples (default: drawn at random, so that runs on several machines "
+        "sample different recipes)",
+    )
 
 
 def add_export_flags(parser: argparse.ArgumentParser) -> None:

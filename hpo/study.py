@@ -5,6 +5,7 @@ import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
+import secrets
 import signal
 import sqlite3
 import sys
@@ -433,11 +434,34 @@ def split_trials(n_trials: int | None, n_jobs: int) -> list[int | None]:
     return [n_trials // n_jobs + (index < n_trials % n_jobs) for index in range(n_jobs)]
 
 
+def draw_run_seed() -> int:
+    """A run seed when --seed is not given: other machines and runs then sample other recipes. 32 bits,
+    as NumPy's RandomState (under the random and QMC samplers) takes no more."""
+    return secrets.randbits(32)
+
+
+def worker_seeds(run_seed: int, n_jobs: int, existing: int, sampler: str) -> list[int]:
+    """The sampler seed of each worker of a run, derived from the run seed and the study's trial count."""
+    if sampler == "qmc":  # workers walk one scrambled Sobol sequence, counted in the study: one seed for all
+        return [run_seed] * n_jobs
+    # Each worker of each run gets its own sampler seed, so a resumed study never replays samples.
+    return [int(seed) for seed in np.random.SeedSequence([run_seed, existing]).generate_state(n_jobs)]
+
+
+def study_sampler_seed(study: optuna.Study, config: StudyConfig, run_seed: int) -> int:
+    """The seed of this run's samplers: the run seed, except under QMC, whose workers on every machine and
+    in every run share the seed kept in the study's user attr "qmc_seed" (set by the first run)."""
+    if config.sampler != "qmc":
+        return run_seed
+    if "qmc_seed" not in study.user_attrs:
+        study.set_user_attr("qmc_seed", run_seed)
+    return study.user_attrs["qmc_seed"]  # read back: another machine's run may have set it first
+
+
 def worker_plans(common: WorkerPlan, n_trials: int | None, n_jobs: int, existing: int) -> list[WorkerPlan]:
     """`common` spread over n_jobs workers: each its share of the trials, its seed, its threads and its GPU."""
     gpus = torch.cuda.device_count()
-    # Each worker of each run gets its own sampler seed, so a resumed study never replays samples.
-    seeds = np.random.SeedSequence([common.seed, existing]).generate_state(n_jobs)
+    seeds = worker_seeds(common.seed, n_jobs, existing, common.config.study.sampler)
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
     return [
         dataclasses.replace(
@@ -445,7 +469,7 @@ def worker_plans(common: WorkerPlan, n_trials: int | None, n_jobs: int, existing
             n_trials=share,
             worker_index=index,
             threads=threads,
-            seed=int(seeds[index]),
+            seed=seeds[index],
             gpu=index % gpus if gpus else None,
         )
         for index, share in enumerate(split_trials(n_trials, n_jobs))
@@ -520,9 +544,7 @@ def handle_death(pid: int, exit_code: int, plan: WorkerPlan, generation: int) ->
     left = None if plan.n_trials is None else plan.n_trials - len(ran)
     replacement = None
     if (ran or running) and left != 0 and not (plan.deadline is not None and time.time() >= plan.deadline):
-        seed = int(
-            np.random.SeedSequence([plan.seed, generation + 1]).generate_state(1)[0]
-        )  # not the dead one's samples
+        (seed,) = worker_seeds(plan.seed, 1, generation + 1, plan.config.study.sampler)  # not the dead one's samples
         replacement = dataclasses.replace(plan, n_trials=left, seed=seed)
     told = tuple(text for _, text in outcomes)
     return WorkerDeath(plan.worker_index, pid, cause, told, replacement is not None), replacement
@@ -535,10 +557,11 @@ def run_study(
     data_dir: Path,
     limits: RunLimits,
     n_jobs: int,
-    seed: int,
+    seed: int | None,
     force: bool = False,
 ) -> StudyRun:
-    """Add trials to the study with n_jobs worker processes until a limit is reached.
+    """Add trials to the study with n_jobs worker processes until a limit is reached. Without a seed (--seed)
+    the run draws one, so that runs on other machines sample other recipes.
 
     Raises StudyInterrupted after a Ctrl-C, once the running trials were failed and queued again.
     """
@@ -546,7 +569,8 @@ def run_study(
     from data.tokenizer import Tokenizer
 
     started = time.time()
-    study = open_study(study_name, storage_url, config, seed, force)
+    run_seed = draw_run_seed() if seed is None else seed
+    study = open_study(study_name, storage_url, config, run_seed, force)
     counted = len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
     n_trials = limits.trials_to_add(counted)
     if n_trials == 0:
@@ -555,7 +579,12 @@ def run_study(
     where = displayed_url(storage_url)
     queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     so_far = f"{len(study.trials) - queued} trials so far" + (f" ({queued} queued to run first)" if queued else "")
-    print(f"study {study_name!r} in {where}: {so_far}, {limits.describe(n_trials)}, {n_jobs} worker(s)")
+    sampler_seed = study_sampler_seed(study, config.study, run_seed)
+    drawn = " (drawn at random; --seed repeats it)" if seed is None and sampler_seed == run_seed else ""
+    print(
+        f"study {study_name!r} in {where}: {so_far}, {limits.describe(n_trials)}, {n_jobs} worker(s), "
+        f"sampler seed {sampler_seed}{drawn}"
+    )
     try:
         # Tokenise (or find the cache) once here, so the workers never race to build it.
         load_corpus(data_dir, config.data, Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken"))
@@ -565,7 +594,7 @@ def run_study(
             storage_url,
             config,
             data_dir,
-            seed,
+            sampler_seed,
             parent_pid=os.getpid(),
             deadline=None if limits.timeout is None else started + limits.timeout,
             max_trials=limits.max_trials,

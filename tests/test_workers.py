@@ -1,5 +1,5 @@
 """Worker processes that die (kill -9, the out-of-memory killer): the parent fails and retries their trials at
-once and replaces them."""
+once and replaces them; and the sampler seeds of workers and runs."""
 
 import contextlib
 import os
@@ -12,17 +12,21 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from trivial_trials import POISON_ATTR, self_killing_objective
+from trivial_trials import POISON_ATTR, self_killing_objective, trivial_objective
 
+import main
 from hpo.config import load_config
+from hpo.interruption import Interruption
 from hpo.study import (
     WORKER_DIED_EXIT_CODE,
     WorkerPlan,
     open_study,
     run_processes,
+    run_worker,
     worker_plans,
+    worker_seeds,
 )
-from hpo.supervision import WORKER_ATTR
+from hpo.supervision import WORKER_ATTR, WORKER_SEED_ATTR
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONFIG_PATH = PROJECT_DIR / "config.yaml"
@@ -104,3 +108,56 @@ def test_a_trial_that_kills_its_worker_each_time_fails_for_good_after_max_retrie
     assert len(deaths) == 3 and "failed for good after 3 tries" in deaths[-1].describe()
     assert len([trial for trial in trials if trial.state == TrialState.COMPLETE]) == 3  # 4 asked, 1 failed for good
     assert not [trial for trial in trials if trial.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+# Seeds -----------------------------------------------------------------------------------------------
+
+
+def test_seeded_worker_seeds_are_those_of_earlier_releases_and_qmc_workers_share_one():
+    assert worker_seeds(0, 2, 0, "tpe") == [2968811710, 3677149159]  # seeded demos reproduce their results
+    assert worker_seeds(1, 3, 3, "random") == [4010755824, 4093133998, 1799442052]
+    assert worker_seeds(5, 3, 7, "qmc") == [5, 5, 5]  # one Sobol sequence, whatever the run
+
+
+def test_qmc_workers_of_every_run_use_the_seed_the_study_keeps(tmp_path):
+    from hpo.study import study_sampler_seed
+
+    config = load_config(CONFIG_PATH, ["study.sampler=qmc"])
+    study = open_study("qmc", f"sqlite:///{tmp_path / 'qmc.db'}", config, seed=11)
+    assert study_sampler_seed(study, config.study, 11) == 11
+    assert study_sampler_seed(study, config.study, 12) == 11  # a later run, or another machine
+    assert study.user_attrs["qmc_seed"] == 11
+    tpe = load_config(CONFIG_PATH).study
+    assert study_sampler_seed(study, tpe, 12) == 12
+
+
+def test_each_trial_records_its_worker_and_sampler_seed(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'signed.db'}"
+    config = load_config(CONFIG_PATH, ["study.baseline_trial=false"])
+    open_study("signed", storage, config, seed=0)
+    plan = WorkerPlan(
+        "signed", storage, config, tmp_path, 1234, os.getpid(), n_trials=2, make_objective=trivial_objective
+    )
+    run_worker(plan, Interruption())
+    trials = optuna.load_study(study_name="signed", storage=storage).trials
+    assert [trial.system_attrs[WORKER_SEED_ATTR] for trial in trials] == [1234, 1234]
+    assert {trial.system_attrs[WORKER_ATTR].rsplit(":", 1)[1] for trial in trials} == {str(os.getpid())}
+
+
+@pytest.mark.slow
+def test_runs_without_a_seed_sample_other_recipes_and_the_printed_seed_replays_one(tmp_path, capsys, tiny_study_flags):
+    def first_trial(name: str, *seed: str) -> tuple[dict, int, str]:
+        storage = f"sqlite:///{tmp_path / name}.db"
+        arguments = ["--study_name", name, "--storage", storage, "--n_trials", "1", *seed, *tiny_study_flags]
+        assert main.main([*arguments, "--set", "study.baseline_trial=false"]) == 0
+        (trial,) = optuna.load_study(study_name=name, storage=storage).trials
+        return trial.params, trial.system_attrs[WORKER_SEED_ATTR], capsys.readouterr().out
+
+    first, first_seed, output = first_trial("first")
+    second, second_seed, _ = first_trial("second")  # as another machine, started at the same time, would
+    assert first != second and first_seed != second_seed
+    (line,) = [line for line in output.splitlines() if "sampler seed" in line]
+    run_seed = int(line.split("sampler seed ")[1].split()[0])
+    assert "(drawn at random; --seed repeats it)" in line
+    replay, replay_seed, _ = first_trial("replay", "--seed", str(run_seed))
+    assert replay == first and replay_seed == first_seed == worker_seeds(run_seed, 1, 0, "tpe")[0]
