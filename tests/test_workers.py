@@ -1,5 +1,5 @@
 """Worker processes that die (kill -9, the out-of-memory killer): the parent fails and retries their trials at
-once and replaces them; and the sampler seeds of workers and runs."""
+once and replaces them; many workers on one SQLite file; and the sampler seeds of workers and runs."""
 
 import contextlib
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from trivial_trials import POISON_ATTR, self_killing_objective, trivial_objective
+from trivial_trials import POISON_ATTR, run_load, self_killing_objective, trivial_objective
 
 import main
 from hpo.config import load_config
@@ -108,6 +108,18 @@ def test_a_trial_that_kills_its_worker_each_time_fails_for_good_after_max_retrie
     assert len(deaths) == 3 and "failed for good after 3 tries" in deaths[-1].describe()
     assert len([trial for trial in trials if trial.state == TrialState.COMPLETE]) == 3  # 4 asked, 1 failed for good
     assert not [trial for trial in trials if trial.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@pytest.mark.slow
+def test_four_workers_record_200_trials_on_one_sqlite_file(tmp_path, capfd):
+    study, deaths, seconds = run_load(f"sqlite:///{tmp_path / 'load.db'}", workers=4, trials_each=50)
+    output = "".join(capfd.readouterr())
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    with capfd.disabled():
+        print(f"\nSQLite, 4 workers x 50 trivial trials: {len(complete)} of 200 recorded in {seconds:.1f} s")
+    assert "database is locked" not in output and not deaths
+    assert len(complete) == 200 == len(study.trials)
+    assert len({trial.system_attrs[WORKER_ATTR] for trial in complete}) == 4
 
 
 # Seeds -----------------------------------------------------------------------------------------------

@@ -39,3 +39,17 @@ def self_killing_objective(config: Config, data_dir: Path) -> Callable[[optuna.T
         return trivial(trial)
 
     return objective
+
+
+def run_load(storage_url: str, workers: int, trials_each: int) -> tuple[optuna.Study, list, float]:
+    """`workers` worker processes of the project's own (hpo.study's storage, sampler and worker loop) add
+    `trials_each` trivial trials each to a new study; returns it, the workers that died and the wall time."""
+    from hpo.config import load_config
+    from hpo.study import WorkerPlan, open_study, run_processes, worker_plans
+
+    config = load_config(Path(__file__).resolve().parents[1] / "config.yaml", ["study.baseline_trial=false"])
+    open_study("load", storage_url, config, seed=0)
+    common = WorkerPlan("load", storage_url, config, Path(), 0, os.getpid(), make_objective=trivial_objective)
+    started = time.monotonic()
+    deaths = run_processes(worker_plans(common, workers * trials_each, workers, existing=0))
+    return optuna.load_study(study_name="load", storage=storage_url), deaths, time.monotonic() - started
