@@ -11,6 +11,7 @@ import dataclasses
 import os
 import signal
 import socket
+from collections.abc import Callable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -29,7 +30,7 @@ def worker_id(pid: int | None = None) -> str:
 class SignedObjective:
     """The objective, recording on each trial which worker runs it and with which sampler seed."""
 
-    def __init__(self, objective, seed: int):
+    def __init__(self, objective: Callable[[optuna.Trial], float], seed: int):
         self.objective = objective
         self.seed = seed
 
@@ -64,6 +65,7 @@ class WorkerDeath:
 
 
 def trials_of(study: optuna.Study, worker: str, states: tuple[TrialState, ...]) -> list[FrozenTrial]:
+    """The study's trials in these states that this worker signed."""
     return [
         trial
         for trial in study.get_trials(deepcopy=False, states=states)
