@@ -52,7 +52,12 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n_jobs", type=int, default=1, help="worker processes sharing the study (default 1)")
     parser.add_argument("--config", default=str(PROJECT_DIR / "config.yaml"), help="config file (default config.yaml)")
     add_override_flags(parser)
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="sampler seed, to repeat a run's samples (default: drawn at random, so that runs on several machines "
+        "sample different recipes)",
+    )
 
 
 def add_export_flags(parser: argparse.ArgumentParser) -> None:
@@ -85,23 +90,28 @@ def run_study_command(args: argparse.Namespace, storage: str) -> int:
     from data.files_location import resolve_data_dir
     from hpo.config import load_config
     from hpo.inputs import check_study_inputs
-    from hpo.study import RunLimits, format_value, run_study, value_label
+    from hpo.study import WORKER_DIED_EXIT_CODE, RunLimits, format_value, run_study, value_label
 
     config = load_config(args.config, args.overrides)
     data_dir = resolve_data_dir(args.data_dir)
     check_study_inputs(config, data_dir, storage)
     limits = RunLimits(args.n_trials, args.max_trials, args.timeout)
-    study = run_study(args.study_name, storage, config, data_dir, limits, args.n_jobs, args.seed, args.force)
+    run = run_study(args.study_name, storage, config, data_dir, limits, args.n_jobs, args.seed, args.force)
+    study = run.study
     completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
     if not completed:
         print("no completed trial yet")
+    else:
+        best = study.best_trial
+        error = best.user_attrs.get("probe_standard_error", 0)
+        print(f"best trial {best.number}: {value_label(study)} {format_value(study, best.value)} ± {error:.4f}")
+        for name, value in best.params.items():
+            print(f"  {name} = {value}")
+    if not run.worker_deaths:
         return 0
-    best = study.best_trial
-    error = best.user_attrs.get("probe_standard_error", 0)
-    print(f"best trial {best.number}: {value_label(study)} {format_value(study, best.value)} ± {error:.4f}")
-    for name, value in best.params.items():
-        print(f"  {name} = {value}")
-    return 0
+    for death in run.worker_deaths:  # the last lines: what the run lost, and what became of it
+        print(f"warning: {death.describe()}", file=sys.stderr)
+    return WORKER_DIED_EXIT_CODE
 
 
 def run_report_command(args: argparse.Namespace, storage: str) -> int:

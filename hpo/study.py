@@ -3,12 +3,15 @@
 import contextlib
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
+import secrets
 import signal
 import sqlite3
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from sqlalchemy.exc import ArgumentError
 from hpo.config import LOCATION_KEYS, PROBE_TARGETS, Config, ConfigError, StudyConfig, config_to_dict, from_dict
 from hpo.interruption import INTERRUPTED_EXIT_CODE, InterruptibleObjective, Interruption, sigint_handled_by
 from hpo.space import base_params
+from hpo.supervision import SignedObjective, WorkerDeath, exit_cause, fail_and_retry, trials_of, worker_id
 from hpo.trial_logs import TrialLogs, logs_folder
 from hpo.versions import software_versions
 
@@ -273,6 +277,7 @@ COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, Trial
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials whose results a run keeps
 DEFAULT_N_TRIALS = 10
 WORKER_STOP_SECONDS = 30  # after a Ctrl-C: how long a worker may take to fail and queue its trial
+WORKER_DIED_EXIT_CODE = 3  # the run finished, but a worker process died on the way (2: a user's error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,11 +309,26 @@ class RunLimits:
         return ", ".join(parts)
 
 
+def pretraining_objective(config: Config, data_dir: Path) -> Callable[[optuna.Trial], float]:
+    """The study's objective: pretrain the trial's recipe and probe it, with the resources loaded once."""
+    from hpo.objective import Objective, Resources  # keeps torch-heavy imports out of the parent
+
+    return Objective(config, Resources.load(config, data_dir))
+
+
 class StudyInterrupted(KeyboardInterrupt):
     """A Ctrl-C ended the run after its running trials were failed and queued again."""
 
     def __init__(self, finished: int):
         super().__init__(f"{finished} finished trials are saved; run the same command to resume")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRun:
+    """What a run leaves: the study, and the worker processes that died on the way."""
+
+    study: optuna.Study
+    worker_deaths: list[WorkerDeath] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -327,6 +347,8 @@ class WorkerPlan:
     worker_index: int = 0
     threads: int = 1
     gpu: int | None = None
+    # (config, data_dir) -> the objective; a module-level function, so that a spawned worker can import it
+    make_objective: Callable[[Config, Path], Callable[[optuna.Trial], float]] = pretraining_objective
 
 
 def _format_trial(trial: optuna.trial.FrozenTrial, worker_index: int) -> str:
@@ -366,13 +388,11 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
 
     Raises KeyboardInterrupt when `interruption` stopped it, after its running trial was failed and queued again.
     """
-    from hpo.objective import Objective, Resources  # keeps torch-heavy imports out of the parent
-
     if plan.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpu(plan.gpu)
     torch.set_num_threads(plan.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    resources = Resources.load(plan.config, plan.data_dir)
+    objective = plan.make_objective(plan.config, plan.data_dir)
     study = optuna.load_study(
         study_name=plan.study_name,
         storage=make_storage(plan.storage_url, plan.config.study),
@@ -393,7 +413,7 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     timeout = None if plan.deadline is None else max(0.0, plan.deadline - time.time())
     with sigint_handled_by(interruption):
         study.optimize(
-            InterruptibleObjective(trial_logs.wrap(Objective(plan.config, resources)), interruption),
+            InterruptibleObjective(SignedObjective(trial_logs.wrap(objective), plan.seed), interruption),
             n_trials=plan.n_trials,
             timeout=timeout,
             callbacks=callbacks,
@@ -420,11 +440,34 @@ def split_trials(n_trials: int | None, n_jobs: int) -> list[int | None]:
     return [n_trials // n_jobs + (index < n_trials % n_jobs) for index in range(n_jobs)]
 
 
+def draw_run_seed() -> int:
+    """A run seed when --seed is not given: other machines and runs then sample other recipes. 32 bits,
+    as NumPy's RandomState (under the random and QMC samplers) takes no more."""
+    return secrets.randbits(32)
+
+
+def worker_seeds(run_seed: int, n_jobs: int, existing: int, sampler: str) -> list[int]:
+    """The sampler seed of each worker of a run, derived from the run seed and the study's trial count."""
+    if sampler == "qmc":  # workers walk one scrambled Sobol sequence, counted in the study: one seed for all
+        return [run_seed] * n_jobs
+    # Each worker of each run gets its own sampler seed, so a resumed study never replays samples.
+    return [int(seed) for seed in np.random.SeedSequence([run_seed, existing]).generate_state(n_jobs)]
+
+
+def study_sampler_seed(study: optuna.Study, config: StudyConfig, run_seed: int) -> int:
+    """The seed of this run's samplers: the run seed, except under QMC, whose workers on every machine and
+    in every run share the seed kept in the study's user attr "qmc_seed" (set by the first run)."""
+    if config.sampler != "qmc":
+        return run_seed
+    if "qmc_seed" not in study.user_attrs:
+        study.set_user_attr("qmc_seed", run_seed)
+    return study.user_attrs["qmc_seed"]  # read back: another machine's run may have set it first
+
+
 def worker_plans(common: WorkerPlan, n_trials: int | None, n_jobs: int, existing: int) -> list[WorkerPlan]:
     """`common` spread over n_jobs workers: each its share of the trials, its seed, its threads and its GPU."""
     gpus = torch.cuda.device_count()
-    # Each worker of each run gets its own sampler seed, so a resumed study never replays samples.
-    seeds = np.random.SeedSequence([common.seed, existing]).generate_state(n_jobs)
+    seeds = worker_seeds(common.seed, n_jobs, existing, common.config.study.sampler)
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
     return [
         dataclasses.replace(
@@ -432,7 +475,7 @@ def worker_plans(common: WorkerPlan, n_trials: int | None, n_jobs: int, existing
             n_trials=share,
             worker_index=index,
             threads=threads,
-            seed=int(seeds[index]),
+            seed=seeds[index],
             gpu=index % gpus if gpus else None,
         )
         for index, share in enumerate(split_trials(n_trials, n_jobs))
@@ -456,24 +499,61 @@ def stop_processes(processes: list[multiprocessing.process.BaseProcess]) -> None
             process.join()
 
 
-def run_processes(plans: list[WorkerPlan]) -> None:
-    """Run each plan in a spawned process; raises KeyboardInterrupt after a Ctrl-C, once the workers stopped."""
+def run_processes(plans: list[WorkerPlan]) -> list[WorkerDeath]:
+    """Run each plan in a spawned process and watch them: a worker that dies has its running trial failed and
+    retried at once, and a new worker takes the rest of its share. Returns the deaths; raises
+    KeyboardInterrupt after a Ctrl-C, once the workers stopped."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_entry, args=(plan,)) for plan in plans]
+    running: dict[int, tuple[multiprocessing.process.BaseProcess, WorkerPlan]] = {}  # by sentinel
+    deaths: list[WorkerDeath] = []
+    interrupted = False
+
+    def start(plan: WorkerPlan) -> None:
+        process = context.Process(target=_worker_entry, args=(plan,))
+        process.start()
+        running[process.sentinel] = (process, plan)
+
     try:
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.join()
+        for plan in plans:
+            start(plan)
+        while running:
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                process, plan = running.pop(sentinel)
+                process.join()
+                if process.exitcode == INTERRUPTED_EXIT_CODE:  # a worker was interrupted on its own
+                    interrupted = True
+                elif process.exitcode != 0:
+                    death, replacement = handle_death(process.pid, process.exitcode, plan, generation=len(deaths))
+                    deaths.append(death)
+                    print(f"warning: {death.describe()}", file=sys.stderr, flush=True)
+                    if replacement is not None:
+                        start(replacement)
     except KeyboardInterrupt:
-        stop_processes(processes)
+        stop_processes([process for process, _ in running.values()])
         raise
-    codes = [process.exitcode for process in processes]
-    if INTERRUPTED_EXIT_CODE in codes:  # a worker was interrupted on its own
+    if interrupted:
         raise KeyboardInterrupt
-    failed = [code for code in codes if code]
-    if failed:
-        print(f"warning: {len(failed)} worker(s) exited with codes {failed}", file=sys.stderr)
+    return deaths
+
+
+def handle_death(pid: int, exit_code: int, plan: WorkerPlan, generation: int) -> tuple[WorkerDeath, WorkerPlan | None]:
+    """Fail and retry the trials a dead worker was running; the plan of the worker that replaces it (None:
+    its share is done, or it died before it ran any trial, which a new worker would only repeat)."""
+    study = optuna.load_study(study_name=plan.study_name, storage=make_storage(plan.storage_url, plan.config.study))
+    worker, cause = worker_id(pid), exit_cause(exit_code)
+    running = trials_of(study, worker, (TrialState.RUNNING,))
+    outcomes = [fail_and_retry(study, trial, cause, plan.config.study.max_retries) for trial in running]
+    # Its share counts the trials it finished, and those it died on for good, but not the ones queued again.
+    retried = {trial.number for trial, (queued, _) in zip(running, outcomes, strict=True) if queued}
+    ended = trials_of(study, worker, (*FINISHED_STATES, TrialState.FAIL))
+    ran = [trial for trial in ended if trial.number not in retried]
+    left = None if plan.n_trials is None else plan.n_trials - len(ran)
+    replacement = None
+    if (ran or running) and left != 0 and not (plan.deadline is not None and time.time() >= plan.deadline):
+        (seed,) = worker_seeds(plan.seed, 1, generation + 1, plan.config.study.sampler)  # not the dead one's samples
+        replacement = dataclasses.replace(plan, n_trials=left, seed=seed)
+    told = tuple(text for _, text in outcomes)
+    return WorkerDeath(plan.worker_index, pid, cause, told, replacement is not None), replacement
 
 
 def run_study(
@@ -483,10 +563,11 @@ def run_study(
     data_dir: Path,
     limits: RunLimits,
     n_jobs: int,
-    seed: int,
+    seed: int | None,
     force: bool = False,
-) -> optuna.Study:
-    """Add trials to the study with n_jobs worker processes until a limit is reached; returns the study.
+) -> StudyRun:
+    """Add trials to the study with n_jobs worker processes until a limit is reached. Without a seed (--seed)
+    the run draws one, so that runs on other machines sample other recipes.
 
     Raises StudyInterrupted after a Ctrl-C, once the running trials were failed and queued again.
     """
@@ -495,16 +576,22 @@ def run_study(
     from hpo.status import record_run  # which imports this module
 
     started = time.time()
-    study = open_study(study_name, storage_url, config, seed, force)
+    run_seed = draw_run_seed() if seed is None else seed
+    study = open_study(study_name, storage_url, config, run_seed, force)
     counted = len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
     n_trials = limits.trials_to_add(counted)
     if n_trials == 0:
         print(f"study {study_name!r} already has {counted} trials (--max_trials {limits.max_trials}): nothing to add")
-        return study
+        return StudyRun(study)
     where = displayed_url(storage_url)
     queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     so_far = f"{len(study.trials) - queued} trials so far" + (f" ({queued} queued to run first)" if queued else "")
-    print(f"study {study_name!r} in {where}: {so_far}, {limits.describe(n_trials)}, {n_jobs} worker(s)")
+    sampler_seed = study_sampler_seed(study, config.study, run_seed)
+    drawn = " (drawn at random; --seed repeats it)" if seed is None and sampler_seed == run_seed else ""
+    print(
+        f"study {study_name!r} in {where}: {so_far}, {limits.describe(n_trials)}, {n_jobs} worker(s), "
+        f"sampler seed {sampler_seed}{drawn}"
+    )
     record_run(study, n_trials, n_jobs, limits.timeout)
     try:
         # Tokenise (or find the cache) once here, so the workers never race to build it.
@@ -515,7 +602,7 @@ def run_study(
             storage_url,
             config,
             data_dir,
-            seed,
+            sampler_seed,
             parent_pid=os.getpid(),
             deadline=None if limits.timeout is None else started + limits.timeout,
             max_trials=limits.max_trials,
@@ -523,8 +610,9 @@ def run_study(
         plans = worker_plans(common, n_trials, n_jobs, existing=len(study.trials))
         if len(plans) == 1:
             run_worker(plans[0], Interruption())
+            deaths = []
         else:
-            run_processes(plans)
+            deaths = run_processes(plans)
     except KeyboardInterrupt:
         raise StudyInterrupted(len(study.get_trials(deepcopy=False, states=FINISHED_STATES))) from None
-    return optuna.load_study(study_name=study_name, storage=make_storage(storage_url, config.study))
+    return StudyRun(optuna.load_study(study_name=study_name, storage=make_storage(storage_url, config.study)), deaths)

@@ -1,5 +1,5 @@
 """The study command on a real PostgreSQL server, started here in a temporary folder: two worker processes
-share one study through it, as workers on several machines would.
+share one study through it, as workers on several machines would; and four workers add 200 trivial trials.
 
 Without PostgreSQL's server programs the test is skipped, except where CI_REQUIRE_POSTGRES=1 (CI sets it and
 installs them), where it fails.
@@ -101,3 +101,16 @@ def test_two_workers_share_a_study_on_postgresql(postgres_url, tiny_study_flags)
         "[worker 0",
         "[worker 1",
     }
+
+
+@pytest.mark.slow
+def test_four_workers_record_200_trials_on_postgresql(postgres_url, capfd):
+    from trivial_trials import run_load
+
+    study, deaths, seconds = run_load(postgres_url, workers=4, trials_each=50)
+    output = "".join(capfd.readouterr())
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    with capfd.disabled():
+        print(f"\nPostgreSQL, 4 workers x 50 trivial trials: {len(complete)} of 200 recorded in {seconds:.1f} s")
+    assert not deaths and "Traceback" not in output
+    assert len(complete) == 200 == len(study.trials)

@@ -1,0 +1,55 @@
+"""Objectives without pretraining, for tests of the worker processes and the storage: module-level factories
+(WorkerPlan.make_objective), so that a spawned worker imports them by name."""
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+
+from hpo.config import Config
+
+POISON_ATTR = "kills_its_worker"  # user attr of a queued trial whose objective kills its own process
+
+
+def trivial_objective(config: Config, data_dir: Path) -> Callable[[optuna.Trial], float]:
+    """A few storage writes per trial, as a real trial makes: three parameters, three reports, a user attr."""
+
+    def objective(trial: optuna.Trial) -> float:
+        values = [trial.suggest_float(name, 0.0, 1.0) for name in ("x", "y", "z")]
+        for step in range(3):
+            trial.report(sum(values) * (step + 1) / 3, step)
+        trial.set_user_attr("wall_seconds", 0.0)
+        return sum(values)
+
+    return objective
+
+
+def self_killing_objective(config: Config, data_dir: Path) -> Callable[[optuna.Trial], float]:
+    """The trivial objective, except that a trial marked POISON_ATTR kills its worker with SIGKILL, as the
+    out-of-memory killer would."""
+    trivial = trivial_objective(config, data_dir)
+
+    def objective(trial: optuna.Trial) -> float:
+        if trial.user_attrs.get(POISON_ATTR):
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.5)  # the poisoned trial is taken by a worker before the others run out of trials
+        return trivial(trial)
+
+    return objective
+
+
+def run_load(storage_url: str, workers: int, trials_each: int) -> tuple[optuna.Study, list, float]:
+    """`workers` worker processes of the project's own (hpo.study's storage, sampler and worker loop) add
+    `trials_each` trivial trials each to a new study; returns it, the workers that died and the wall time."""
+    from hpo.config import load_config
+    from hpo.study import WorkerPlan, open_study, run_processes, worker_plans
+
+    config = load_config(Path(__file__).resolve().parents[1] / "config.yaml", ["study.baseline_trial=false"])
+    open_study("load", storage_url, config, seed=0)
+    common = WorkerPlan("load", storage_url, config, Path(), 0, os.getpid(), make_objective=trivial_objective)
+    started = time.monotonic()
+    deaths = run_processes(worker_plans(common, workers * trials_each, workers, existing=0))
+    return optuna.load_study(study_name="load", storage=storage_url), deaths, time.monotonic() - started
