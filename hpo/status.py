@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.study import displayed_url, format_value, load_existing_study, objective_name, ranked_trials, value_label
-from hpo.trial_logs import WORKER_ATTR
+from hpo.trial_logs import WORKER_LABEL_ATTR
 
 RUN_ATTR = "last_run"  # the study's user attr describing the latest run, which the estimate is about
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -77,7 +77,7 @@ def running_lines(running: list[FrozenTrial], now: datetime.datetime) -> list[st
         return ["running: none"]
     return ["running:"] + [
         f"  trial {trial.number}: {format_duration((now - trial.datetime_start).total_seconds())} so far, "
-        f"{trial.user_attrs.get(WORKER_ATTR, 'worker unknown')}"
+        f"{trial.user_attrs.get(WORKER_LABEL_ATTR, 'worker unknown')}"
         for trial in running
     ]
 

@@ -14,7 +14,8 @@ from typing import TextIO
 
 import optuna
 
-WORKER_ATTR = "worker"  # the trial's user attr naming the worker that runs it (`main.py status` shows it)
+WORKER_LABEL_ATTR = "worker"  # user attr: the worker in words, for people (status, dashboard); hpo.supervision
+# signs the trial with a system attr of the same name, "host:pid", for the parent that watches the workers
 
 
 def logs_folder(study_name: str, studies_dir: Path = Path("studies")) -> Path:
@@ -81,7 +82,7 @@ class TrialLogs:
         """The objective, run with its output captured in its trial's log and its worker recorded."""
 
         def logged(trial: optuna.Trial) -> float:
-            trial.set_user_attr(WORKER_ATTR, self.worker)
+            trial.set_user_attr(WORKER_LABEL_ATTR, self.worker)
             started = datetime.datetime.now().isoformat(timespec="seconds")
             with self.capture(trial.number) as log:
                 log.write(f"trial {trial.number} started {started} by {self.worker}\n")

@@ -18,7 +18,7 @@ import main
 from hpo.config import load_config
 from hpo.progress import progress_bar
 from hpo.status import RUN_ATTR, describe_status, finish_seconds, format_duration
-from hpo.trial_logs import WORKER_ATTR, TrialLogs
+from hpo.trial_logs import WORKER_LABEL_ATTR, TrialLogs
 
 START = datetime.datetime(2026, 1, 1, 12, 0, 0)
 LEARNING_RATE = FloatDistribution(1e-4, 1e-2, log=True)
@@ -59,7 +59,7 @@ def running_study(tmp_path) -> tuple[str, optuna.Study, datetime.datetime]:
     record = {"started": START.timestamp(), "trials_to_add": 6, "n_jobs": 2, "timeout": None, "host": "h", "pid": 1}
     study.set_user_attr(RUN_ATTR, record)
     running = study.ask({"train.learning_rate": LEARNING_RATE})
-    running.set_user_attr(WORKER_ATTR, "worker 1 (pid 7 on h)")
+    running.set_user_attr(WORKER_LABEL_ATTR, "worker 1 (pid 7 on h)")
     (frozen,) = study.get_trials(states=(TrialState.RUNNING,))
     return storage, study, frozen.datetime_start + datetime.timedelta(seconds=20)
 
@@ -135,7 +135,7 @@ def test_each_trial_logs_its_output_warnings_traceback_and_progress_line(tmp_pat
     assert first.rstrip().endswith("trial 0: complete") and "Traceback" not in first
     assert "Traceback" in second and "RuntimeError: out of memory" in second
     assert second.rstrip().endswith("trial 1: fail")
-    assert study.trials[0].user_attrs[WORKER_ATTR].startswith("worker 1 (pid ")
+    assert study.trials[0].user_attrs[WORKER_LABEL_ATTR].startswith("worker 1 (pid ")
 
 
 def test_a_study_run_writes_trial_logs_and_records_itself(tmp_path, monkeypatch, tiny_study_flags):
