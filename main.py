@@ -90,7 +90,8 @@ def run_study_command(args: argparse.Namespace, storage: str) -> int:
     from data.files_location import resolve_data_dir
     from hpo.config import load_config
     from hpo.inputs import check_study_inputs
-    from hpo.study import WORKER_DIED_EXIT_CODE, RunLimits, format_value, run_study, value_label
+    from hpo.study import WORKER_DIED_EXIT_CODE, RunLimits, run_study
+    from hpo.study_values import format_value, value_label
 
     config = load_config(args.config, args.overrides)
     data_dir = resolve_data_dir(args.data_dir)
@@ -242,7 +243,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from data.files_location import DataError
     from hpo.config import ConfigError
-    from hpo.study import default_storage_url
+    from hpo.storage import default_storage_url
 
     command = COMMANDS[args.command]
     try:

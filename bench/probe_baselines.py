@@ -29,7 +29,8 @@ from data.tokenizer import Tokenizer
 from hpo.export import study_base_config, trial_config
 from hpo.pretrain import Pretrainer, resolve_device
 from hpo.probe import Probe
-from hpo.study import default_storage_url, format_value, load_existing_study, value_label
+from hpo.storage import default_storage_url, load_existing_study
+from hpo.study_values import format_value, value_label
 
 
 def tfidf_accuracy(texts: list[str], labels, folds: int, seed: int) -> float:

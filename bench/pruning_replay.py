@@ -25,7 +25,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.export import study_base_config
-from hpo.study import PRUNERS, default_storage_url, load_existing_study
+from hpo.sampling import PRUNERS
+from hpo.storage import default_storage_url, load_existing_study
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 

@@ -163,7 +163,7 @@ class StudyConfig:
     max_retries: int = 2
 
     def validate(self) -> None:
-        from hpo.study import PRUNERS, SAMPLERS  # the study module owns the registries
+        from hpo.sampling import PRUNERS, SAMPLERS  # the sampling module owns the registries
 
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"study.sampler = {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")

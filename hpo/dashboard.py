@@ -6,7 +6,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna_dashboard
 
 from hpo.config import ConfigError
-from hpo.study import open_existing_storage
+from hpo.storage import open_existing_storage
 
 
 class QuietRequestHandler(WSGIRequestHandler):

@@ -12,7 +12,8 @@ from optuna.trial import FrozenTrial
 
 from hpo.config import Config, ConfigError, from_dict
 from hpo.space import apply_params
-from hpo.study import displayed_url, load_existing_study, objective_name, ranked_trials
+from hpo.storage import displayed_url, load_existing_study
+from hpo.study_values import objective_name, ranked_trials
 from hpo.versions import software_versions
 
 

@@ -22,7 +22,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
-from hpo.study import displayed_url, format_value, load_existing_study, objective_name, ranked_trials, value_label
+from hpo.storage import displayed_url, load_existing_study
+from hpo.study_values import format_value, objective_name, ranked_trials, value_label
 
 MIN_TRIALS_PER_CHOICE = 3  # fewer completed trials than this: no interval, no test
 SIGNIFICANCE_LEVEL = 0.05  # for the Holm-adjusted p-values

@@ -10,7 +10,8 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.study import displayed_url, format_value, load_existing_study, objective_name, ranked_trials, value_label
+from hpo.storage import displayed_url, load_existing_study
+from hpo.study_values import format_value, objective_name, ranked_trials, value_label
 from hpo.trial_logs import WORKER_LABEL_ATTR
 
 RUN_ATTR = "last_run"  # the study's user attr describing the latest run, which the estimate is about

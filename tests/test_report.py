@@ -21,7 +21,7 @@ from hpo.report import (
     render_report,
     slice_row_figure,
 )
-from hpo.study import load_existing_study
+from hpo.storage import load_existing_study
 
 
 def test_holm_adjust_matches_hand_computation():

@@ -152,7 +152,7 @@ def test_a_failing_trial_records_why_and_the_progress_line_says_it(tmp_path, dat
 
     from hpo.objective import Objective, Resources
     from hpo.pretrain import Pretrainer
-    from hpo.study import _format_trial
+    from hpo.workers import _format_trial
 
     config = load_config(CONFIG_PATH, [*TINY_OVERRIDES, f"data.cache_dir={tmp_path}"])
 
@@ -211,7 +211,8 @@ def test_completed_trials_carry_the_random_encoder_line_computed_once_per_archit
 
 
 def test_a_new_study_names_its_objective_and_lines_label_the_value(tmp_path):
-    from hpo.study import format_value, open_study, value_label
+    from hpo.study import open_study
+    from hpo.study_values import format_value, value_label
 
     for target, label, shown in (("gain", "gain over random init", "+0.0500"), ("accuracy", "accuracy", "0.0500")):
         config = load_config(CONFIG_PATH, [f"probe.target={target}"])
@@ -226,7 +227,7 @@ def test_workers_are_spread_over_the_visible_gpus_several_per_gpu(monkeypatch, t
 
     import torch
 
-    from hpo.study import WorkerPlan, visible_gpu, worker_plans
+    from hpo.workers import WorkerPlan, visible_gpu, worker_plans
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     common = WorkerPlan("s", "sqlite://", load_config(CONFIG_PATH), Path(tmp_path), seed=0, parent_pid=os.getpid())

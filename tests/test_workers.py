@@ -17,16 +17,9 @@ from trivial_trials import POISON_ATTR, run_load, self_killing_objective, trivia
 import main
 from hpo.config import load_config
 from hpo.interruption import Interruption
-from hpo.study import (
-    WORKER_DIED_EXIT_CODE,
-    WorkerPlan,
-    open_study,
-    run_processes,
-    run_worker,
-    worker_plans,
-    worker_seeds,
-)
+from hpo.study import WORKER_DIED_EXIT_CODE, open_study
 from hpo.supervision import WORKER_ATTR, WORKER_SEED_ATTR
+from hpo.workers import WorkerPlan, run_processes, run_worker, worker_plans, worker_seeds
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONFIG_PATH = PROJECT_DIR / "config.yaml"

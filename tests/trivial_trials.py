@@ -42,10 +42,11 @@ def self_killing_objective(config: Config, data_dir: Path) -> Callable[[optuna.T
 
 
 def run_load(storage_url: str, workers: int, trials_each: int) -> tuple[optuna.Study, list, float]:
-    """`workers` worker processes of the project's own (hpo.study's storage, sampler and worker loop) add
+    """`workers` worker processes of the project's own (hpo.storage, hpo.sampling, hpo.workers) add
     `trials_each` trivial trials each to a new study; returns it, the workers that died and the wall time."""
     from hpo.config import load_config
-    from hpo.study import WorkerPlan, open_study, run_processes, worker_plans
+    from hpo.study import open_study
+    from hpo.workers import WorkerPlan, run_processes, worker_plans
 
     config = load_config(Path(__file__).resolve().parents[1] / "config.yaml", ["study.baseline_trial=false"])
     open_study("load", storage_url, config, seed=0)

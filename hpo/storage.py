@@ -1,0 +1,81 @@
+"""Study storage: the RDB storage with heartbeats and SQLite's pragmas, storage URLs, and opening a study
+that must already exist (report, export, status, dashboard)."""
+
+import sqlite3
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
+
+from hpo.config import ConfigError, StudyConfig
+
+# Heartbeats and the retry callback are marked experimental; we rely on them knowingly.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
+    """WAL lets readers (the dashboard, other workers) run beside a writer."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+
+def default_storage_url(study_name: str, studies_dir: Path = Path("studies")) -> str:
+    """studies/<name>.db; the folder is made by the run that creates the study (hpo.inputs)."""
+    return f"sqlite:///{(studies_dir / f'{study_name}.db').resolve()}"
+
+
+def make_storage(url: str, config: StudyConfig) -> RDBStorage:
+    """RDB storage with heartbeats: a killed worker's trial is failed and retried."""
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+            heartbeat_interval=config.heartbeat_seconds,
+            grace_period=config.grace_seconds,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=config.max_retries),
+        )
+    except Exception as error:  # SQLAlchemy raises many kinds; the user needs the URL and the reason
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]  # not SQLAlchemy's "Background" line
+        raise ConfigError(f"cannot open study storage {url}: {reason}") from error
+
+
+def open_existing_storage(study_name: str, storage_url: str) -> RDBStorage:
+    """The storage of a study that must already exist; otherwise a ConfigError listing the studies that do."""
+    try:
+        url = make_url(storage_url)
+    except ArgumentError as error:
+        raise ConfigError(f"--storage {storage_url!r} is not a SQLAlchemy URL (e.g. sqlite:///studies/x.db)") from error
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        database = Path(url.database)
+        if not database.exists():  # opening it would create an empty database
+            files = ", ".join(sorted(path.name for path in database.parent.glob("*.db"))) or "none"
+            raise ConfigError(
+                f"no study {study_name!r}: storage {storage_url} does not exist; "
+                f"study files in {database.parent}: {files} (pick one with --study_name or --storage)"
+            )
+    storage = make_storage(storage_url, StudyConfig())
+    names = optuna.get_all_study_names(storage)
+    if study_name not in names:
+        raise ConfigError(
+            f"no study {study_name!r} in {storage_url}; studies there: {', '.join(sorted(names)) or 'none'} "
+            "(pick one with --study_name)"
+        )
+    return storage
+
+
+def displayed_url(storage_url: str) -> str:
+    """The storage URL as printed and written into reports and exported configs: any password masked."""
+    return make_url(storage_url).render_as_string(hide_password=True)
+
+
+def load_existing_study(study_name: str, storage_url: str) -> optuna.Study:
+    """Load a study that must already exist (see open_existing_storage)."""
+    return optuna.load_study(study_name=study_name, storage=open_existing_storage(study_name, storage_url))
