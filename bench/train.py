@@ -39,7 +39,8 @@ import torch
 
 from data.files_location import resolve_data_dir
 from data.tokenizer import Tokenizer
-from model.bert import Encoder, ModelConfig
+from hpo.config import defaults
+from model.bert import Encoder
 
 # name -> (hidden, layers, heads). tiny is config.yaml's smallest preset; small and base are BERT's.
 SIZES = {
@@ -186,8 +187,8 @@ def build_contestants(
 
     def ours() -> Contestant:
         torch.manual_seed(0)
-        config = ModelConfig(
-            hidden_size=hidden, num_layers=layers, num_heads=heads, ffn_multiple=FFN_MULTIPLE, dropout=DROPOUT
+        config = defaults(
+            "model", hidden_size=hidden, num_layers=layers, num_heads=heads, ffn_multiple=FFN_MULTIPLE, dropout=DROPOUT
         )
         encoder = Encoder(config, vocab_size).to(settings.device).train()
         step, persistent = _training_step(

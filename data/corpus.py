@@ -11,47 +11,19 @@ import gzip
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.config import CorpusConfig
 from data.files_location import DataError
+from data.progress import progress_bar
 from data.tokenizer import Tokenizer
-from hpo.progress import progress_bar
 
-ALL_SOURCES = (
-    "austen",
-    "brown",
-    "gcide",
-    "perl_docs",
-    "python_docs",
-    "spamassassin_ham",
-    "wikipedia",
-    "wordnet",
-)
 CACHE_FORMAT_VERSION = 1
 ENCODE_CHUNK_DOCUMENTS = 2000  # documents per batch handed to the tokenizer's threads
-
-
-@dataclass
-class CorpusConfig:
-    """Which corpus files to read and how to pack them."""
-
-    sources: list[str] = field(default_factory=lambda: list(ALL_SOURCES))
-    seq_len: int = 128
-    validation_every: int = 100
-    cache_dir: str = ".cache/tokens"
-
-    def validate(self) -> None:
-        unknown = sorted(set(self.sources) - set(ALL_SOURCES))
-        if unknown or not self.sources:
-            raise ValueError(f"data.sources has {unknown or 'no sources'}; choose from {list(ALL_SOURCES)}")
-        if not 8 <= self.seq_len <= 4096:
-            raise ValueError(f"data.seq_len = {self.seq_len}; expected 8..4096")
-        if self.validation_every < 2:
-            raise ValueError(f"data.validation_every = {self.validation_every}; expected >= 2")
 
 
 def read_documents(path: Path) -> list[str]:

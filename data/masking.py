@@ -23,49 +23,10 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from data.config import MaskingConfig
 from data.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100  # label of a position with nothing to predict (cross_entropy's ignore_index)
-
-
-@dataclass
-class MaskingConfig:
-    """How MLM batches are masked; the strategies are described in ARCHITECTURE.md."""
-
-    strategy: str = "standard"  # standard, dynamic, span or whole_word
-    rate: float = 0.15  # fraction of non-special tokens predicted (standard, span, whole_word)
-    min_rate: float = 0.10  # dynamic: the rate is drawn per batch uniformly in [min_rate, max_rate]
-    max_rate: float = 0.20
-    mask_token_fraction: float = 0.8  # predicted units shown as [MASK]
-    random_token_fraction: float = 0.1  # shown as random non-special tokens; the rest unchanged
-    span_geometric_p: float = 0.2  # span length in words ~ Geometric(p) restricted to 1..span_max_length
-    span_max_length: int = 10
-
-    def validate(self) -> None:
-        """Raise ValueError naming the field, its value and the allowed range."""
-        if self.strategy not in MASKING_STRATEGIES:
-            raise ValueError(f"masking.strategy = {self.strategy!r}; expected one of {', '.join(MASKING_STRATEGIES)}")
-        if not 0 < self.rate < 1:
-            raise ValueError(f"masking.rate = {self.rate}; expected 0 < rate < 1")
-        if not 0 < self.min_rate <= self.max_rate < 1:
-            raise ValueError(
-                f"masking.min_rate = {self.min_rate}, masking.max_rate = {self.max_rate}; "
-                "expected 0 < min_rate <= max_rate < 1"
-            )
-        for name in ("mask_token_fraction", "random_token_fraction"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"masking.{name} = {getattr(self, name)}; expected 0 <= fraction <= 1")
-        if self.mask_token_fraction + self.random_token_fraction > 1:
-            raise ValueError(
-                f"masking.mask_token_fraction + masking.random_token_fraction = "
-                f"{self.mask_token_fraction} + {self.random_token_fraction}; expected a sum <= 1"
-            )
-        if not 0 < self.span_geometric_p < 1:
-            raise ValueError(f"masking.span_geometric_p = {self.span_geometric_p}; expected 0 < p < 1")
-        if isinstance(self.span_max_length, bool) or not isinstance(self.span_max_length, int):
-            raise ValueError(f"masking.span_max_length = {self.span_max_length!r}; expected an integer >= 1")
-        if self.span_max_length < 1:
-            raise ValueError(f"masking.span_max_length = {self.span_max_length}; expected an integer >= 1")
 
 
 @dataclass(frozen=True)

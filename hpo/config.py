@@ -1,4 +1,10 @@
-"""The configuration tree: typed dataclasses built from config.yaml plus `--set a.b=value` overrides.
+"""The configuration tree: typed dataclasses built from a config file plus `--set a.b=value` overrides.
+
+Every default lives in one place, the project's config.yaml (DEFAULT_CONFIG_PATH), the file users read:
+the dataclasses declare types and rules, no values, and a config file names only what it changes (a key
+it leaves out takes config.yaml's value). A configuration stored by an older version (a study's base
+config, an exported file) means what it meant then: a key it lacks takes its value from LEGACY_DEFAULTS,
+the behaviour from before the key existed.
 
 Validated once at start-up; unknown keys and values of the wrong type are errors that name the
 key, the value and what was expected.
@@ -14,12 +20,29 @@ from typing import Any
 
 import yaml
 
-from data.corpus import CorpusConfig
-from data.masking import MaskingConfig
-from model.bert import ModelConfig
+from data.config import CorpusConfig, MaskingConfig
+from model.config import ModelConfig
 
 # Settings that say where things are kept, not what a run computes: changing them changes no result.
 LOCATION_KEYS = ("data.cache_dir",)
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config.yaml"
+TYPED_SECTIONS = ("data", "model", "masking", "train", "probe", "study", "retrain")  # filled from config.yaml
+
+# Keys added after the first stored configurations, each with the behaviour from before it existed, which
+# is what a stored configuration without it means (hpo.study's resume check, hpo.export). A new key of a
+# section that changes what a score means (hpo.study.SCORE_SECTIONS) gets its line here; a stored
+# configuration takes config.yaml's value for any other key it lacks (retrain, study).
+LEGACY_DEFAULTS = {
+    "train.nsp": False,
+    "train.budget_seconds": None,  # budget_tokens only
+    "train.embedding_lr_multiplier": 1.0,
+    "train.sampled_softmax": None,  # the exact softmax
+    "model.embedding_std": 1.0,
+    "model.compile": False,
+    "probe.target": "accuracy",
+    "study.baseline_trial": False,
+}
 
 
 class ConfigError(ValueError):
@@ -30,23 +53,23 @@ class ConfigError(ValueError):
 class TrainConfig:
     """One pretraining run: objective, optimiser, schedule and budget."""
 
-    objective: str = "mlm"
-    nsp: bool = False  # BERT's next-sentence prediction beside MLM (sentence pairs from the corpus); clm ignores it
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    embedding_lr_multiplier: float = 1.0
-    sampled_softmax: int | None = None
-    weight_decay: float = 0.01
-    layer_lr_decay: float = 1.0
-    schedule: str = "linear"
-    warmup_fraction: float = 0.05
-    budget_tokens: int = 300_000
-    budget_seconds: float | None = None
-    grad_clip: float = 1.0
-    report_points: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    validation_sequences: int = 256
-    device: str = "auto"
-    seed: int = 0
+    objective: str
+    nsp: bool  # BERT's next-sentence prediction beside MLM (sentence pairs from the corpus); clm ignores it
+    batch_size: int
+    learning_rate: float
+    embedding_lr_multiplier: float
+    sampled_softmax: int | None
+    weight_decay: float
+    layer_lr_decay: float
+    schedule: str
+    warmup_fraction: float
+    budget_tokens: int
+    budget_seconds: float | None
+    grad_clip: float
+    report_points: list[float]
+    validation_sequences: int
+    device: str
+    seed: int
 
     @property
     def next_sentence(self) -> bool:
@@ -88,15 +111,15 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class RetrainConfig:
     """The full-length run of an exported config (`main.py retrain`); not part of the search space."""
 
-    budget_tokens: int = 20_000_000
-    schedule: str = "cosine"
-    warmup_fraction: float = 0.02
-    grad_accumulation_steps: int = 1
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    checkpoint_every_steps: int = 500
-    log_every_steps: int = 50
-    keep_checkpoints: int = 3
+    budget_tokens: int
+    schedule: str
+    warmup_fraction: float
+    grad_accumulation_steps: int
+    precision: str
+    gradient_checkpointing: bool
+    checkpoint_every_steps: int
+    log_every_steps: int
+    keep_checkpoints: int
 
     def validate(self) -> None:
         for name in ("budget_tokens", "grad_accumulation_steps", "checkpoint_every_steps", "log_every_steps"):
@@ -122,15 +145,15 @@ PROBE_TARGETS = {"accuracy": "probe_accuracy", "gain": "probe_gain_over_random_i
 class ProbeConfig:
     """Linear probe on AG News: stratified k-fold cross-validation over train.csv."""
 
-    folds: int = 5
-    quick_rows: int = 1200
-    quick_folds: int = 3
-    max_length: int = 128
-    batch_size: int = 128
-    regularization: float = 1.0
-    max_iter: int = 300
-    seed: int = 0
-    target: str = "accuracy"
+    folds: int
+    quick_rows: int
+    quick_folds: int
+    max_length: int
+    batch_size: int
+    regularization: float
+    max_iter: int
+    seed: int
+    target: str
 
     @property
     def metric_name(self) -> str:
@@ -152,15 +175,15 @@ class ProbeConfig:
 class StudyConfig:
     """Sampler, pruner and crash-safety settings of the Optuna study."""
 
-    sampler: str = "tpe"
-    sampler_startup_trials: int = 10
-    pruner: str = "median"
-    pruner_startup_trials: int = 2
-    pruner_warmup_steps: int = 0
-    baseline_trial: bool = False  # a new study's first trial runs the base config's own recipe
-    heartbeat_seconds: int = 30
-    grace_seconds: int = 90
-    max_retries: int = 2
+    sampler: str
+    sampler_startup_trials: int
+    pruner: str
+    pruner_startup_trials: int
+    pruner_warmup_steps: int
+    baseline_trial: bool  # a new study's first trial runs the base config's own recipe
+    heartbeat_seconds: int
+    grace_seconds: int
+    max_retries: int
 
     def validate(self) -> None:
         from hpo.sampling import PRUNERS, SAMPLERS  # the sampling module owns the registries
@@ -197,14 +220,14 @@ class ParamSpec:
 class Config:
     """The whole run. `provenance` (study, trial, versions; written by `main.py export`) is for people, not runs."""
 
-    data: CorpusConfig = field(default_factory=CorpusConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    study: StudyConfig = field(default_factory=StudyConfig)
-    retrain: RetrainConfig = field(default_factory=RetrainConfig)
-    search_space: dict[str, dict[str, ParamSpec]] = field(default_factory=dict)
+    data: CorpusConfig
+    model: ModelConfig
+    masking: MaskingConfig
+    train: TrainConfig
+    probe: ProbeConfig
+    study: StudyConfig
+    retrain: RetrainConfig
+    search_space: dict[str, dict[str, ParamSpec]] = field(default_factory=dict)  # a file without one: no search
     provenance: dict[str, Any] | None = None
 
     def validate(self) -> None:
@@ -286,6 +309,13 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         nearest = difflib.get_close_matches(str(unknown[0]), names, n=1)
         suggestion = f" (did you mean {prefix}{nearest[0]}?)" if nearest else ""
         raise ConfigError(f"unknown key {prefix}{unknown[0]}{suggestion}; known keys: {', '.join(sorted(names))}")
+    required = {f.name for f in dataclasses.fields(cls) if f.default is f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(data))
+    if missing:
+        keys = ", ".join(f"{prefix}{key}" for key in missing)
+        raise ConfigError(
+            f"missing {'keys' if len(missing) > 1 else 'key'} {keys}; config.yaml has each with its default"
+        )
     return cls(**{key: _convert(value, hints[key], f"{prefix}{key}") for key, value in data.items()})
 
 
@@ -303,9 +333,8 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[keys[-1]] = yaml.safe_load(text)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """config.yaml + overrides -> validated Config."""
-    path = Path(path)
+def read_config_file(path: Path) -> dict:
+    """The raw mapping of a YAML config file."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except OSError as error:
@@ -314,14 +343,56 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: config = {raw!r}; expected a mapping of sections (data, model, train, ...)")
+    return raw
+
+
+def with_defaults(raw: dict, stored: bool = False) -> dict:
+    """A raw config mapping with the keys it leaves out filled: from LEGACY_DEFAULTS first when it was
+    `stored` by an older version, then from config.yaml. Its own keys and its search space stay as written."""
+    defaults = read_config_file(DEFAULT_CONFIG_PATH)
+    if stored:
+        for dotted, value in LEGACY_DEFAULTS.items():
+            section, key = dotted.split(".")
+            defaults[section][key] = value
+    filled = dict(raw)
+    for section in TYPED_SECTIONS:
+        if isinstance(raw.get(section, {}), dict):  # anything else: from_dict names the mistake
+            filled[section] = {**defaults[section], **(raw.get(section) or {})}
+    return filled
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """A config file + config.yaml's defaults for what it leaves out + overrides -> validated Config.
+
+    A file with `provenance` (written by `main.py export`) was complete when written: a key it lacks
+    takes its legacy default, so that an older export reruns the trial's recipe."""
+    path = Path(path)
+    raw = read_config_file(path)
     for assignment in overrides:
         apply_override(raw, assignment)
     try:
-        config = from_dict(Config, raw)
+        config = from_dict(Config, with_defaults(raw, stored=raw.get("provenance") is not None))
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from error
     config.validate()
     return config
+
+
+def stored_config(stored: dict) -> Config:
+    """A configuration stored by this or an older version (a study's base_config) as a Config."""
+    return from_dict(Config, with_defaults(stored, stored=True))
+
+
+def default_config() -> Config:
+    """config.yaml as it stands: every default."""
+    return load_config(DEFAULT_CONFIG_PATH)
+
+
+def defaults(section: str, **changes: Any) -> Any:
+    """One section of config.yaml (data, model, masking, ...) with `changes`, not validated (no import of
+    the registries, so no torch): what a test, a benchmark or a read-only tool builds a section from."""
+    section_type = typing.get_type_hints(Config)[section]
+    return dataclasses.replace(from_dict(section_type, with_defaults({})[section], section), **changes)
 
 
 def config_to_dict(config: Config) -> dict:

@@ -10,7 +10,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial
 
-from hpo.config import Config, ConfigError, from_dict
+from hpo.config import Config, ConfigError, stored_config
 from hpo.space import apply_params
 from hpo.storage import displayed_url, load_existing_study
 from hpo.study_values import objective_name, ranked_trials
@@ -25,7 +25,7 @@ def study_base_config(study: optuna.Study) -> Config:
             "so its trials cannot be turned into run configurations"
         )
     try:
-        return from_dict(Config, study.user_attrs["base_config"])
+        return stored_config(study.user_attrs["base_config"])
     except ConfigError as error:
         raise ConfigError(
             f"study {study.study_name!r}: its stored base_config no longer matches hpo/config.py: {error}"

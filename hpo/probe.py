@@ -18,9 +18,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from data.agnews import LabelledTexts
+from data.progress import progress_bar
 from data.tokenizer import Tokenizer
 from hpo.config import ProbeConfig
-from hpo.progress import progress_bar
 from model.bert import Encoder
 
 

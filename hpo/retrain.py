@@ -30,11 +30,11 @@ import yaml
 
 from data.agnews import load_agnews
 from data.corpus import load_corpus
+from data.progress import progress_bar
 from data.tokenizer import Tokenizer
 from hpo.config import LOCATION_KEYS, Config, ConfigError, config_to_dict
 from hpo.pretrain import Execution, Pretrainer, StepResult, resolve_device
 from hpo.probe import Probe, cross_validated_accuracy, held_out_accuracy
-from hpo.progress import progress_bar
 from model.bert import Encoder
 
 # Settings that change how often a run reports or saves, not what it learns: a resume may change them.

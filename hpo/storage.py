@@ -11,7 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from hpo.config import ConfigError, StudyConfig
+from hpo.config import ConfigError, StudyConfig, defaults
 
 # Heartbeats and the retry callback are marked experimental; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -61,7 +61,7 @@ def open_existing_storage(study_name: str, storage_url: str) -> RDBStorage:
                 f"no study {study_name!r}: storage {storage_url} does not exist; "
                 f"study files in {database.parent}: {files} (pick one with --study_name or --storage)"
             )
-    storage = make_storage(storage_url, StudyConfig())
+    storage = make_storage(storage_url, defaults("study"))
     names = optuna.get_all_study_names(storage)
     if study_name not in names:
         raise ConfigError(

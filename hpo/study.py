@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from data.corpus import load_corpus
 from data.tokenizer import Tokenizer
-from hpo.config import LOCATION_KEYS, Config, ConfigError, StudyConfig, config_to_dict, from_dict
+from hpo.config import LOCATION_KEYS, Config, ConfigError, StudyConfig, config_to_dict, stored_config
 from hpo.interruption import Interruption
 from hpo.sampling import make_pruner, make_sampler
 from hpo.space import base_params
@@ -51,10 +51,11 @@ def differing_keys(stored: Any, current: Any, prefix: str = "") -> list[str]:
 
 
 def normalised_base_config(stored: dict) -> dict:
-    """The stored base config with fields added to the code since filled in by their defaults, which then
-    do not count as changes; as stored when it no longer loads (a field was removed or retyped)."""
+    """The stored base config with keys added to the code since filled in by what their absence meant
+    (hpo.config.LEGACY_DEFAULTS), which then do not count as changes; as stored when it no longer loads
+    (a key was removed or retyped)."""
     try:
-        return config_to_dict(from_dict(Config, stored))
+        return config_to_dict(stored_config(stored))
     except ConfigError:
         return stored
 

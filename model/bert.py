@@ -5,7 +5,7 @@ kernel and (via model/positions.py) what positions the embedding layer adds.
 """
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,51 +13,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import kernels
+from model.config import ModelConfig
 from model.positions import POSITIONS_BY_ATTENTION_KIND, SinusoidalPositions
-
-POOLINGS = ("mean", "first", "pooler")
-
-
-@dataclass
-class ModelConfig:
-    """Shape and behaviour of the encoder; the vocabulary size comes from the tokenizer."""
-
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 2
-    ffn_multiple: int = 4
-    embedding_std: float = 1.0  # initial scale of the token, segment and learned position tables
-    dropout: float = 0.1
-    attention_kind: str = "standard"
-    attention_backend: str = "auto"
-    pooling: str = "mean"
-    max_seq_len: int = 512
-    gradient_checkpointing: bool = False
-    compile: bool = False  # torch.compile the encoder's forward for training (hpo/pretrain.py)
-
-    def validate(self) -> None:
-        if self.attention_kind not in kernels.ATTENTION_KINDS:
-            raise ValueError(
-                f"model.attention_kind = {self.attention_kind!r}; expected one of {list(kernels.ATTENTION_KINDS)}"
-            )
-        if self.attention_backend not in kernels.BACKENDS:
-            raise ValueError(
-                f"model.attention_backend = {self.attention_backend!r}; expected one of {kernels.BACKENDS}"
-            )
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"model.pooling = {self.pooling!r}; expected one of {POOLINGS}")
-        if self.hidden_size <= 0 or self.num_layers <= 0 or self.num_heads <= 0:
-            raise ValueError("model.hidden_size, model.num_layers and model.num_heads must be positive")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"model.num_heads = {self.num_heads} does not divide model.hidden_size = {self.hidden_size}"
-            )
-        if (self.hidden_size // self.num_heads) % 2:
-            raise ValueError(f"head size {self.hidden_size // self.num_heads} must be even (rotary embedding)")
-        if not self.embedding_std > 0:
-            raise ValueError(f"model.embedding_std = {self.embedding_std}; expected > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout = {self.dropout}; expected 0 <= dropout < 1")
 
 
 class SelfAttention(nn.Module):
@@ -254,14 +211,9 @@ class Encoder(nn.Module):
         return torch.tanh(self.pooler(hidden[:, 0]))
 
     def sentence_embedding(self, input_ids: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
-        """(B, H) embedding for the probe: mean over real tokens, the first token, or BERT's pooler."""
+        """(B, H) embedding for the probe, pooled as model.pooling says (POOLINGS)."""
         hidden = self.encode(input_ids, key_padding_mask)  # (B, S, H)
-        if self.config.pooling == "mean":
-            weights = key_padding_mask.unsqueeze(-1).to(hidden.dtype)  # (B, S, 1)
-            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        if self.config.pooling == "first":
-            return hidden[:, 0]
-        return self.pool(hidden)
+        return POOLINGS[self.config.pooling](self, hidden, key_padding_mask)
 
     def parameter_groups(
         self, learning_rate: float, layer_decay: float, weight_decay: float, embedding_lr_multiplier: float = 1.0
@@ -274,6 +226,8 @@ class Encoder(nn.Module):
         the lowest layer and the output layer, and a short run needs its rows to move far faster than
         the hidden matrices (BENCHMARKS.md, "Trials that learn"). The token table's group comes first, alone.
         Weight decay applies to the matrices of linear layers only, never to tables, norms or biases.
+        The levels come from LAYER_LEVELS; parameters it does not name (final norm, MLM head, pooler,
+        next-sentence head) are the head's level, depth + 1.
         """
         depth = self.config.num_layers
         tables = {id(module.weight) for module in self.modules() if isinstance(module, nn.Embedding)}
@@ -286,14 +240,8 @@ class Encoder(nn.Module):
             if id(parameter) in tables:
                 other_tables.append(parameter)
                 continue
-            if name.startswith("embedding_norm"):
-                level = 0
-            elif name.startswith("blocks."):
-                level = int(name.split(".")[1]) + 1
-            else:
-                level = depth + 1
-            decays = parameter.ndim >= 2
-            groups.setdefault((level, decays), []).append(parameter)
+            level = next((rule(name) for prefix, rule in LAYER_LEVELS.items() if name.startswith(prefix)), depth + 1)
+            groups.setdefault((level, takes_weight_decay(parameter)), []).append(parameter)
         table_rate = learning_rate * embedding_lr_multiplier
         table_groups = [{"params": [token_table], "lr": table_rate, "weight_decay": 0.0}]
         if other_tables:
@@ -306,3 +254,40 @@ class Encoder(nn.Module):
             }
             for (level, decays), params in sorted(groups.items())
         ]
+
+
+# Sentence embeddings for the probe, by model.pooling: (encoder, hidden (B, S, H), key_padding_mask (B, S)) -> (B, H).
+def mean_pooling(encoder: Encoder, hidden: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """The mean over real tokens."""
+    weights = key_padding_mask.unsqueeze(-1).to(hidden.dtype)  # (B, S, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def first_token_pooling(encoder: Encoder, hidden: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """The first token's ([CLS]) state."""
+    return hidden[:, 0]
+
+
+def bert_pooling(encoder: Encoder, hidden: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """BERT's pooler (trained by next-sentence prediction only)."""
+    return encoder.pool(hidden)
+
+
+POOLINGS: dict[str, Callable[[Encoder, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mean": mean_pooling,
+    "first": first_token_pooling,
+    "pooler": bert_pooling,
+}
+
+# Layer-wise LR decay: a parameter's level (0 the lowest) by the start of its name, for the parameters
+# below the head; Encoder.parameter_groups gives each level below the head a factor layer_decay more.
+LAYER_LEVELS: dict[str, Callable[[str], int]] = {
+    "embedding_norm.": lambda name: 0,
+    "blocks.": lambda name: int(name.split(".")[1]) + 1,  # blocks.<i>.… -> i + 1
+}
+
+
+def takes_weight_decay(parameter: nn.Parameter) -> bool:
+    """Weight decay for the matrices of linear layers; never for norms' or biases' vectors (the embedding
+    tables have groups of their own, without decay)."""
+    return parameter.ndim >= 2

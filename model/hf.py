@@ -16,14 +16,19 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutput
 
-from model.bert import Encoder, ModelConfig
+from model.bert import Encoder
+from model.config import ModelConfig
 
 MODEL_TYPE = "bert-pretraining-hpo"
 
 
 class BertHpoConfig(PreTrainedConfig):
-    """ModelConfig's fields (same names and defaults), the vocabulary size, and whether the encoder
-    has the next-sentence parts (segment table and classifier)."""
+    """ModelConfig's fields, the vocabulary size, and whether the encoder has the next-sentence parts
+    (segment table and classifier).
+
+    Hugging Face configs declare their fields with defaults (a default-constructed config is what
+    save_pretrained diffs against), so this class repeats config.yaml's model section: the one place that
+    does, kept equal to it by tests/test_hf.py."""
 
     model_type = MODEL_TYPE
     # Hugging Face's common names for the same settings, for tools that read them.
@@ -39,8 +44,8 @@ class BertHpoConfig(PreTrainedConfig):
     num_layers: int = 2
     num_heads: int = 2
     ffn_multiple: int = 4
-    embedding_std: float = 1.0
-    dropout: float = 0.1
+    embedding_std: float = 0.1
+    dropout: float = 0.0
     attention_kind: str = "standard"
     attention_backend: str = "auto"
     pooling: str = "mean"

@@ -10,7 +10,8 @@ import torch
 import torch._dynamo
 
 import kernels
-from model.bert import Encoder, ModelConfig
+from hpo.config import defaults
+from model.bert import Encoder
 from tests.oracle import INTERPRETED
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -31,8 +32,8 @@ def fresh_dynamo():
 def tiny_encoder(kind: str, backend: str) -> Encoder:
     """One block, no dropout (so compiled and eager runs compute the same thing)."""
     torch.manual_seed(0)
-    config = ModelConfig(
-        hidden_size=64, num_layers=1, num_heads=2, dropout=0.0, attention_kind=kind, attention_backend=backend
+    config = defaults(
+        "model", hidden_size=64, num_layers=1, num_heads=2, dropout=0.0, attention_kind=kind, attention_backend=backend
     )
     return Encoder(config, VOCAB_SIZE).to(DEVICE)
 

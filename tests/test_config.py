@@ -1,9 +1,24 @@
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
-from hpo.config import ConfigError, load_config
+from data.config import CorpusConfig
+from hpo.config import (
+    LEGACY_DEFAULTS,
+    TYPED_SECTIONS,
+    Config,
+    ConfigError,
+    config_to_dict,
+    default_config,
+    from_dict,
+    load_config,
+    stored_config,
+)
 from hpo.space import apply_params, dimensions
+from model.config import ModelConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
@@ -114,3 +129,49 @@ def test_fixed_value_is_set_and_recorded_with_the_trial():
     assert suggest(trial, config).train.batch_size == 16
     assert trial.params["train.batch_size"] == 16
     assert apply_params(config, trial.params).train.batch_size == 16
+
+
+def test_config_yaml_is_the_one_source_of_defaults():
+    """No section dataclass carries a default of its own, and config.yaml names every field: a changed
+    default is changed in config.yaml alone."""
+    sections = typing.get_type_hints(Config)
+    for section in TYPED_SECTIONS:
+        fields = dataclasses.fields(sections[section])
+        assert all(f.default is f.default_factory is dataclasses.MISSING for f in fields), section
+        assert set(yaml.safe_load(CONFIG.read_text())[section]) == {f.name for f in fields}, section
+
+
+def test_a_file_names_only_what_it_changes_and_the_rest_comes_from_config_yaml(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  hidden_size: 64\ntrain:\n  learning_rate: 1.0e-3\n")
+    config, default = load_config(path), default_config()
+    assert (config.model.hidden_size, config.train.learning_rate) == (64, 1e-3)
+    assert config.model.embedding_std == default.model.embedding_std  # not a value kept in hpo/config.py
+    assert (config.masking, config.probe, config.study) == (default.masking, default.probe, default.study)
+    assert config.search_space == {}  # a space is taken whole from the file, never merged
+
+
+def test_a_stored_or_exported_config_without_a_newer_key_means_what_it_meant_then(tmp_path):
+    stored = config_to_dict(default_config())
+    for dotted in LEGACY_DEFAULTS:
+        section, key = dotted.split(".")
+        del stored[section][key]
+    old = stored_config(stored)
+    for dotted, value in LEGACY_DEFAULTS.items():
+        section, key = dotted.split(".")
+        assert getattr(getattr(old, section), key) == value, dotted
+    assert old.model.embedding_std == 1.0 != default_config().model.embedding_std
+
+    exported = tmp_path / "old_export.yaml"  # an export carries provenance: it was complete when written
+    exported.write_text(yaml.safe_dump({**stored, "provenance": {"study": "old", "trial": 3}}, sort_keys=False))
+    assert load_config(exported).model.embedding_std == 1.0
+    written = tmp_path / "mine.yaml"  # a user's file: config.yaml's value
+    written.write_text(yaml.safe_dump(stored, sort_keys=False))
+    assert load_config(written).model.embedding_std == default_config().model.embedding_std
+
+
+def test_a_missing_key_in_a_direct_build_is_named():
+    with pytest.raises(ConfigError, match="missing keys model.attention_backend, .*, model.pooling"):
+        from_dict(ModelConfig, {"hidden_size": 64}, "model")
+    with pytest.raises(ConfigError, match="missing key data.cache_dir;"):
+        from_dict(CorpusConfig, {"sources": ["brown"], "seq_len": 64, "validation_every": 10}, "data")

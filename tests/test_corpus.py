@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.corpus import CorpusConfig, load_corpus, read_documents
+from data.corpus import load_corpus, read_documents
 from data.files_location import resolve_data_dir
+from hpo.config import defaults
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def tiny_data_dir(tmp_path, data_dir):
 
 
 def test_packing_joins_documents_with_eos_and_starts_rows_with_cls(tiny_data_dir, tokenizer, tmp_path):
-    config = CorpusConfig(sources=["wikipedia"], seq_len=16, validation_every=10, cache_dir=str(tmp_path / "c"))
+    config = defaults("data", sources=["wikipedia"], seq_len=16, validation_every=10, cache_dir=str(tmp_path / "c"))
     corpus = load_corpus(tiny_data_dir, config, tokenizer)
     documents = read_documents(tiny_data_dir / "corpus" / "wikipedia.txt.gz")
     train_docs = [d for i, d in enumerate(documents) if i % 10]
@@ -38,18 +39,18 @@ def test_packing_joins_documents_with_eos_and_starts_rows_with_cls(tiny_data_dir
 
 def test_cache_is_reused_and_keyed_by_settings(tiny_data_dir, tokenizer, tmp_path):
     cache = tmp_path / "cache"
-    config = CorpusConfig(sources=["wikipedia"], seq_len=16, cache_dir=str(cache))
+    config = defaults("data", sources=["wikipedia"], seq_len=16, cache_dir=str(cache))
     load_corpus(tiny_data_dir, config, tokenizer)
     first = sorted(p.name for p in cache.glob("*.u16"))
     mtimes = {p: p.stat().st_mtime_ns for p in cache.glob("*.u16")}
     load_corpus(tiny_data_dir, config, tokenizer)
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*.u16")} == mtimes  # not rebuilt
-    load_corpus(tiny_data_dir, CorpusConfig(sources=["wikipedia"], seq_len=32, cache_dir=str(cache)), tokenizer)
+    load_corpus(tiny_data_dir, defaults("data", sources=["wikipedia"], seq_len=32, cache_dir=str(cache)), tokenizer)
     assert len(sorted(p.name for p in cache.glob("*.u16"))) == 2 * len(first)
 
 
 def test_batches_are_deterministic_and_cover_an_epoch(tiny_data_dir, tokenizer, tmp_path):
-    config = CorpusConfig(sources=["wikipedia"], seq_len=16, cache_dir=str(tmp_path / "c"))
+    config = defaults("data", sources=["wikipedia"], seq_len=16, cache_dir=str(tmp_path / "c"))
     corpus = load_corpus(tiny_data_dir, config, tokenizer, seed=3)
     rows = len(corpus.train)
     assert len({tuple(row) for row in corpus.train.tolist()}) == rows  # rows are distinct here
@@ -63,7 +64,7 @@ def test_batches_are_deterministic_and_cover_an_epoch(tiny_data_dir, tokenizer, 
 
 
 def test_missing_corpus_file_is_named(tiny_data_dir, tokenizer, tmp_path):
-    config = CorpusConfig(sources=["brown"], cache_dir=str(tmp_path / "c"))
+    config = defaults("data", sources=["brown"], cache_dir=str(tmp_path / "c"))
     with pytest.raises(FileNotFoundError, match="brown.txt.gz"):
         load_corpus(tiny_data_dir, config, tokenizer)
 

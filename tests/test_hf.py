@@ -11,11 +11,10 @@ from transformers import AutoConfig, AutoModel
 import kernels
 import main
 from hpo import retrain as retrain_module
-from hpo.config import load_config
+from hpo.config import defaults, load_config
 from hpo.export import write_config
 from hpo.probe import embed
 from hpo.retrain import run_config
-from model.bert import ModelConfig
 from model.hf import BertHpoConfig, BertHpoModel
 
 KINDS = list(kernels.ATTENTION_KINDS)
@@ -23,7 +22,7 @@ VOCAB = 100
 
 
 def tiny_model(kind: str, pooling: str = "mean", next_sentence: bool = False, seed: int = 0) -> BertHpoModel:
-    model_config = ModelConfig(hidden_size=32, num_layers=2, attention_kind=kind, pooling=pooling, max_seq_len=64)
+    model_config = defaults("model", hidden_size=32, num_layers=2, attention_kind=kind, pooling=pooling, max_seq_len=64)
     torch.manual_seed(seed)
     return BertHpoModel(BertHpoConfig.from_model_config(model_config, VOCAB, next_sentence)).eval()
 
@@ -79,14 +78,16 @@ def test_embed_is_the_probe_embedding(pooling, tmp_path):
 
 
 def test_config_round_trips_and_speaks_hugging_face_names(tmp_path, tokenizer):
-    assert BertHpoConfig().model_config() == ModelConfig()  # same fields, same defaults
+    assert BertHpoConfig().model_config() == defaults("model")  # same fields, config.yaml's defaults
     assert BertHpoConfig().vocab_size == tokenizer.vocab_size
-    model_config = ModelConfig(
-        hidden_size=48, num_layers=3, num_heads=4, ffn_multiple=2, embedding_std=0.5, dropout=0.0,
+    model_config = defaults(
+        "model",
+        hidden_size=48, num_layers=3, num_heads=4, ffn_multiple=2, embedding_std=0.5, dropout=0.2,
         attention_kind="exposb", attention_backend="reference", pooling="first", max_seq_len=96,
         gradient_checkpointing=True, compile=True,
     )  # fmt: skip
-    assert all(getattr(model_config, f.name) != f.default for f in dataclasses.fields(ModelConfig))
+    default = defaults("model")
+    assert all(getattr(model_config, f.name) != getattr(default, f.name) for f in dataclasses.fields(default))
     config = BertHpoConfig.from_model_config(model_config, vocab_size=321, next_sentence=True)
 
     assert BertHpoConfig.from_dict(config.to_dict()).model_config() == model_config

@@ -13,14 +13,15 @@ from data.masking import (
     IGNORE_INDEX,
     MASKING_STRATEGIES,
     Masker,
-    MaskingConfig,
     causal_lm_labels,
     replace_predicted,
     sample_span_tiling,
     span_length_probabilities,
     word_starts,
 )
+from hpo.config import defaults
 
+RATE = 0.15  # the masked fixture's rate (BERT's), whatever config.yaml's default
 SOURCES = ("austen", "wikipedia", "brown", "python_docs")
 TOKENS_PER_SOURCE = 64_000
 SEQ_LEN = 128
@@ -42,7 +43,7 @@ def masked(tokenizer, corpus_rows):
     """strategy -> (selection, masked ids, labels) over all rows, one fixed seed each."""
     outputs = {}
     for strategy in MASKING_STRATEGIES:
-        masker = Masker(MaskingConfig(strategy=strategy), tokenizer)
+        masker = Masker(defaults("masking", strategy=strategy, rate=RATE), tokenizer)
         generator = torch.Generator().manual_seed(1234)
         selection = masker.select(corpus_rows, generator)
         tables = masker.tables(corpus_rows.device)
@@ -59,7 +60,7 @@ def eligible_tokens(tokenizer, input_ids: torch.Tensor) -> torch.Tensor:
 
 def word_index_and_lengths(tokenizer, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, S) word index of each token, and (B, S) token count of each word index (0 past the last word)."""
-    masker = Masker(MaskingConfig(), tokenizer)
+    masker = Masker(defaults("masking"), tokenizer)
     word_of_token = (word_starts(input_ids, masker.tables(input_ids.device)).cumsum(1) - 1).clamp(min=0)
     lengths = torch.zeros_like(input_ids).scatter_add_(1, word_of_token, eligible_tokens(tokenizer, input_ids).long())
     return word_of_token, lengths
@@ -80,7 +81,7 @@ def test_word_starts_follow_the_tokenizer(tokenizer):
         [0, 1, 0, 1, 0, 1, 1, 0, 1, 1, 0],  # after [CLS]; space; newline token; after newline; after eos
         [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0],  # a row may start mid-word: position 0 still starts one
     ]
-    masker = Masker(MaskingConfig(), tokenizer)
+    masker = Masker(defaults("masking"), tokenizer)
     starts = word_starts(torch.tensor([row, mid_word_row]), masker.tables(torch.device("cpu")))
     assert starts.tolist() == [[bool(flag) for flag in flags] for flags in expected]
 
@@ -88,7 +89,7 @@ def test_word_starts_follow_the_tokenizer(tokenizer):
 @pytest.mark.parametrize("strategy", list(MASKING_STRATEGIES))
 def test_labels_and_replacements_are_consistent(tokenizer, corpus_rows, strategy):
     original = corpus_rows.clone()
-    masker = Masker(MaskingConfig(strategy=strategy), tokenizer)
+    masker = Masker(defaults("masking", strategy=strategy), tokenizer)
     masked_ids, labels = masker(corpus_rows, torch.Generator().manual_seed(7))
     predicted = labels != IGNORE_INDEX
     assert torch.equal(corpus_rows, original), "the input was modified in place"
@@ -102,13 +103,13 @@ def test_labels_and_replacements_are_consistent(tokenizer, corpus_rows, strategy
 
 
 def test_random_replacements_draw_from_every_non_special_id(tokenizer):
-    replacement_ids = Masker(MaskingConfig(), tokenizer).tables(torch.device("cpu")).replacement_ids
+    replacement_ids = Masker(defaults("masking"), tokenizer).tables(torch.device("cpu")).replacement_ids
     assert not tokenizer.is_special.take(replacement_ids).any()
     assert len(replacement_ids.unique()) == tokenizer.vocab_size - len(tokenizer.special_ids)
 
 
 def test_same_seed_same_masks(tokenizer, corpus_rows, masked):
-    masker = Masker(MaskingConfig(strategy="span"), tokenizer)
+    masker = Masker(defaults("masking", strategy="span", rate=RATE), tokenizer)
     first = masker(corpus_rows[:64], torch.Generator().manual_seed(3))
     again = masker(corpus_rows[:64], torch.Generator().manual_seed(3))
     other = masker(corpus_rows[:64], torch.Generator().manual_seed(4))
@@ -126,7 +127,7 @@ def test_standard_rate_is_binomial(tokenizer, corpus_rows, masked):
     trials = int(eligible.sum())
     assert trials >= 200_000
     rate = selection.predicted.sum().item() / trials
-    assert abs(rate - 0.15) <= binomial_tolerance(0.15, trials)
+    assert abs(rate - RATE) <= binomial_tolerance(RATE, trials)
 
 
 @pytest.mark.parametrize("strategy", ["whole_word", "span"])
@@ -135,7 +136,7 @@ def test_word_strategies_meet_the_budget(tokenizer, corpus_rows, masked, strateg
     selection, _, _ = masked[strategy]
     eligible = eligible_tokens(tokenizer, corpus_rows)
     _, word_lengths = word_index_and_lengths(tokenizer, corpus_rows)
-    budget = 0.15 * eligible.sum(1)
+    budget = RATE * eligible.sum(1)
     deviation = selection.predicted.sum(1) - budget  # (B,)
     longest_word = word_lengths.max(1).values
     assert (deviation.abs() < longest_word).all()
@@ -212,7 +213,7 @@ def test_predicted_spans_follow_the_law(tokenizer, corpus_rows):
     resolution. The sampled law itself is tested exactly in test_span_length_law_is_spanbert.
     """
     rows = corpus_rows[: len(corpus_rows) // 8 * 8].reshape(-1, 1024)
-    masker = Masker(MaskingConfig(strategy="span"), tokenizer)
+    masker = Masker(defaults("masking", strategy="span"), tokenizer)
     selection = masker.select(rows, torch.Generator().manual_seed(21))
     starts = word_starts(rows, masker.tables(rows.device))
     word_of_token = (starts.cumsum(1) - 1).clamp(min=0)
@@ -226,7 +227,7 @@ def test_predicted_spans_follow_the_law(tokenizer, corpus_rows):
 
 
 def test_dynamic_rates_spread_over_the_range(tokenizer, corpus_rows):
-    config = MaskingConfig(strategy="dynamic")
+    config = defaults("masking", strategy="dynamic")
     masker = Masker(config, tokenizer)
     generator = torch.Generator().manual_seed(11)
     rates = []
@@ -247,7 +248,7 @@ def test_standard_agrees_with_hugging_face(tokenizer, corpus_rows, masked):
     from transformers import DataCollatorForLanguageModeling
 
     collator = DataCollatorForLanguageModeling(
-        CollatorTokenizer(tokenizer), mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1
+        CollatorTokenizer(tokenizer), mlm_probability=RATE, mask_replace_prob=0.8, random_replace_prob=0.1
     )
     special = tokenizer.is_special.take(corpus_rows)
     with torch.random.fork_rng():
@@ -280,7 +281,7 @@ def test_standard_agrees_with_hugging_face(tokenizer, corpus_rows, masked):
         ({"strategy": "spam"}, "masking.strategy = 'spam'; expected one of standard, dynamic, span, whole_word"),
         ({"rate": 1.5}, "masking.rate = 1.5; expected 0 < rate < 1"),
         ({"rate": 0.0}, "masking.rate = 0.0"),
-        ({"min_rate": 0.3}, "masking.min_rate = 0.3, masking.max_rate = 0.2"),
+        ({"min_rate": 0.3, "max_rate": 0.2}, "masking.min_rate = 0.3, masking.max_rate = 0.2"),
         ({"mask_token_fraction": -0.1}, "masking.mask_token_fraction = -0.1; expected 0 <= fraction <= 1"),
         ({"random_token_fraction": 0.3}, "expected a sum <= 1"),
         ({"span_geometric_p": 0.0}, "masking.span_geometric_p = 0.0; expected 0 < p < 1"),
@@ -290,7 +291,7 @@ def test_standard_agrees_with_hugging_face(tokenizer, corpus_rows, masked):
     ],
 )
 def test_invalid_config_names_field_value_and_range(tokenizer, overrides, message):
-    config = MaskingConfig(**overrides)
+    config = defaults("masking", **overrides)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.").replace("+", r"\+")):
         config.validate()
     with pytest.raises(ValueError, match="masking"):
@@ -298,12 +299,12 @@ def test_invalid_config_names_field_value_and_range(tokenizer, overrides, messag
 
 
 def test_default_config_is_valid():
-    MaskingConfig().validate()
+    defaults("masking").validate()
 
 
 def test_masker_rejects_a_batch_of_the_wrong_shape(tokenizer):
     with pytest.raises(ValueError, match=r"shape \(5,\) and dtype torch.int64; expected \(B, S\) int64"):
-        Masker(MaskingConfig(), tokenizer)(torch.zeros(5, dtype=torch.int64))
+        Masker(defaults("masking"), tokenizer)(torch.zeros(5, dtype=torch.int64))
 
 
 def test_causal_lm_labels_are_the_next_token(tokenizer):
@@ -318,7 +319,7 @@ def test_causal_lm_labels_are_the_next_token(tokenizer):
 @pytest.mark.parametrize("strategy", list(MASKING_STRATEGIES))
 def test_masking_runs_on_the_batch_device(tokenizer, corpus_rows, strategy):
     rows = corpus_rows.cuda()
-    masker = Masker(MaskingConfig(strategy=strategy), tokenizer)
+    masker = Masker(defaults("masking", strategy=strategy), tokenizer)
     masked_ids, labels = masker(rows, torch.Generator("cuda").manual_seed(0))
     assert masked_ids.is_cuda and labels.is_cuda
     predicted = labels != IGNORE_INDEX

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 import kernels
+from hpo.config import defaults
 from kernels import reference
-from model.bert import Encoder, ModelConfig
+from model.bert import Encoder
 from model.positions import LearnedPositions, NoPositions, SinusoidalPositions
 
 KINDS = list(kernels.ATTENTION_KINDS)
@@ -22,7 +23,7 @@ def padded_batch(vocab: int = 100, batch: int = 3, seq_len: int = 12):
 @pytest.mark.parametrize("causal", [False, True])
 def test_forward_backward_every_kind_with_padding(kind, causal):
     torch.manual_seed(0)
-    model = Encoder(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, attention_kind=kind, dropout=0.0), 100)
+    model = Encoder(defaults("model", hidden_size=32, num_layers=2, num_heads=2, attention_kind=kind, dropout=0.0), 100)
     input_ids, key_padding_mask = padded_batch()
     labels = torch.full_like(input_ids, -100)
     labels[:, 1] = input_ids[:, 1]
@@ -48,9 +49,9 @@ def test_position_handling_follows_the_attention_kind():
         "exposb": NoPositions,
     }
     for kind, module in expected.items():
-        model = Encoder(ModelConfig(hidden_size=32, num_heads=2, attention_kind=kind), 50)
+        model = Encoder(defaults("model", hidden_size=32, num_heads=2, attention_kind=kind), 50)
         assert type(model.positions) is module
-    sinusoidal = Encoder(ModelConfig(hidden_size=32, num_heads=2, attention_kind="absolute"), 50)
+    sinusoidal = Encoder(defaults("model", hidden_size=32, num_heads=2, attention_kind="absolute"), 50)
     assert not any("positions" in name for name, _ in sinusoidal.named_parameters())
 
 
@@ -60,20 +61,20 @@ def test_rope_and_exposb_encoders_see_order_without_position_tables():
     mask = torch.ones_like(ids, dtype=torch.bool)
     for kind in ("rope", "exposb", "standard"):
         torch.manual_seed(0)
-        model = Encoder(ModelConfig(hidden_size=32, num_heads=2, attention_kind=kind, dropout=0.0), 50).eval()
+        model = Encoder(defaults("model", hidden_size=32, num_heads=2, attention_kind=kind, dropout=0.0), 50).eval()
         with torch.no_grad():
             for block in model.blocks:
                 block.attention.qkv.weight.mul_(30)  # sharp attention, so order effects are visible
         first_token = model.encode(ids, mask)[0, 0]
         assert not torch.allclose(first_token, model.encode(swapped, mask)[0, 0], atol=1e-4)
     # Without any position signal the first token could not tell the two orders apart.
-    model = Encoder(ModelConfig(hidden_size=32, num_heads=2, attention_kind="rope", dropout=0.0), 50).eval()
+    model = Encoder(defaults("model", hidden_size=32, num_heads=2, attention_kind="rope", dropout=0.0), 50).eval()
     model.config.attention_kind = "standard"
     torch.testing.assert_close(model.encode(ids, mask)[0, 0], model.encode(swapped, mask)[0, 0])
 
 
 def test_head_computes_logits_only_at_predicted_positions(monkeypatch):
-    model = Encoder(ModelConfig(hidden_size=32, num_heads=2), 100)
+    model = Encoder(defaults("model", hidden_size=32, num_heads=2), 100)
     input_ids, key_padding_mask = padded_batch()
     labels = torch.full_like(input_ids, -100)
     labels[0, 2], labels[1, 4] = 5, 6
@@ -92,7 +93,7 @@ def test_head_computes_logits_only_at_predicted_positions(monkeypatch):
 
 @pytest.mark.parametrize("pooling", ["mean", "first", "pooler"])
 def test_sentence_embedding_ignores_padding(pooling):
-    model = Encoder(ModelConfig(hidden_size=32, num_heads=2, pooling=pooling), 100).eval()
+    model = Encoder(defaults("model", hidden_size=32, num_heads=2, pooling=pooling), 100).eval()
     input_ids, key_padding_mask = padded_batch()
     embedding = model.sentence_embedding(input_ids, key_padding_mask)
     changed = model.sentence_embedding(input_ids.masked_fill(~key_padding_mask, 9), key_padding_mask)
@@ -101,7 +102,7 @@ def test_sentence_embedding_ignores_padding(pooling):
 
 
 def test_layer_wise_learning_rate_decay_and_embedding_tables_outside_it():
-    model = Encoder(ModelConfig(hidden_size=32, num_layers=3, num_heads=2), 50)
+    model = Encoder(defaults("model", hidden_size=32, num_layers=3, num_heads=2), 50)
     groups = model.parameter_groups(learning_rate=1.0, layer_decay=0.5, weight_decay=0.1, embedding_lr_multiplier=30)
     rate_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
@@ -129,7 +130,7 @@ def test_sampled_softmax_that_draws_every_id_is_the_exact_softmax():
     """With every id among the candidates and each included for sure, the corrections vanish."""
     torch.manual_seed(0)
     vocab = 40
-    model = Encoder(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab)
+    model = Encoder(defaults("model", hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab)
     model.set_output_prior(torch.arange(vocab) + 5)
     input_ids, labels, key_padding_mask = masked_batch(vocab)
     exact = model.prediction_loss(input_ids, labels, key_padding_mask)
@@ -141,7 +142,7 @@ def test_sampled_softmax_that_draws_every_id_is_the_exact_softmax():
 def test_sampled_softmax_estimates_the_exact_loss_and_gradient_and_touches_only_candidate_rows():
     torch.manual_seed(0)
     vocab = 2000
-    model = Encoder(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab)
+    model = Encoder(defaults("model", hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab)
     counts = (10_000 / torch.arange(1, vocab + 1)).round()  # Zipf's law, as text
     model.set_output_prior(counts)
     proposal = model.unigram_log_probs.exp()
@@ -179,7 +180,7 @@ def test_sampled_softmax_estimates_the_exact_loss_and_gradient_and_touches_only_
 def test_sparse_and_dense_token_table_gradients_agree():
     torch.manual_seed(0)
     vocab = 300
-    model = Encoder(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab)
+    model = Encoder(defaults("model", hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab)
     input_ids, labels, key_padding_mask = masked_batch(vocab)
     sampled_ids = torch.randint(0, vocab, (50,))
     gradients = []
@@ -223,7 +224,7 @@ def test_softmax_reference_fully_padded_row_is_zero_without_nan():
 def test_output_prior_makes_the_first_prediction_the_unigram_law():
     torch.manual_seed(0)
     counts = torch.tensor([0, 5, 100, 20, 1000, 0, 3, 1])
-    model = Encoder(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab_size=len(counts))
+    model = Encoder(defaults("model", hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab_size=len(counts))
     model.set_output_prior(counts)
     smoothed = (counts.double() + 1) / (counts.sum() + len(counts))
     # Softmax is shift-invariant: the bias alone reproduces the add-one unigram law exactly.
@@ -253,11 +254,13 @@ def test_pretraining_starts_from_the_corpus_unigram_law(data_dir, tokenizer, tmp
     assert trainer.train_step().loss < math.log(tokenizer.vocab_size) - 2.0
 
 
-def test_embedding_tables_have_unit_scale_and_linear_layers_bert_scale():
+@pytest.mark.parametrize("embedding_std", [1.0, 0.1])
+def test_embedding_tables_have_their_scale_and_linear_layers_bert_scale(embedding_std):
     torch.manual_seed(0)
-    model = Encoder(ModelConfig(hidden_size=64, num_layers=1, num_heads=2), vocab_size=5000)
-    assert abs(model.token_embedding.weight.std().item() - 1.0) < 0.02
-    assert abs(model.positions.table.weight.std().item() - 1.0) < 0.05
+    config = defaults("model", hidden_size=64, num_layers=1, num_heads=2, embedding_std=embedding_std)
+    model = Encoder(config, vocab_size=5000)
+    assert abs(model.token_embedding.weight.std().item() / embedding_std - 1.0) < 0.02
+    assert abs(model.positions.table.weight.std().item() / embedding_std - 1.0) < 0.05
     assert abs(model.blocks[0].attention.qkv.weight.std().item() - 0.02) < 0.002
 
 

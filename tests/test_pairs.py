@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from bench.masking import corpus_sample
 from data.pairs import IS_NEXT, NOT_NEXT, next_sentence_pairs
-from model.bert import Encoder, ModelConfig
+from hpo.config import defaults
+from model.bert import Encoder
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 SEQ_LEN = 128
@@ -98,7 +99,9 @@ def test_too_short_rows_or_single_row_batches_are_refused(tokenizer):
 
 def test_encoder_loss_adds_the_next_sentence_cross_entropy(rows, tokenizer):
     torch.manual_seed(0)
-    model = Encoder(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, dropout=0.0), tokenizer.vocab_size, True)
+    model = Encoder(
+        defaults("model", hidden_size=32, num_layers=1, num_heads=2, dropout=0.0), tokenizer.vocab_size, True
+    )
     made = next_sentence_pairs(rows[:8], tokenizer.sep_id, torch.Generator().manual_seed(0))
     labels = torch.full_like(made.input_ids, -100)
     labels[:, 5] = made.input_ids[:, 5]
@@ -114,7 +117,7 @@ def test_encoder_loss_adds_the_next_sentence_cross_entropy(rows, tokenizer):
 
 
 def test_encoder_without_next_sentence_refuses_its_labels(rows, tokenizer):
-    model = Encoder(ModelConfig(hidden_size=32, num_layers=1, num_heads=2), tokenizer.vocab_size)
+    model = Encoder(defaults("model", hidden_size=32, num_layers=1, num_heads=2), tokenizer.vocab_size)
     assert model.segment_embedding is None and model.next_sentence_head is None
     ids = rows[:2]
     labels = torch.full_like(ids, -100)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from hpo.config import ProbeConfig
+from hpo.config import defaults
 from hpo.probe import cross_validated_accuracy, held_out_accuracy
 
 
@@ -9,7 +9,7 @@ def test_probe_separates_a_toy_separable_set_and_not_noise():
     labels = np.repeat(np.arange(4), 100)
     centres = rng.normal(size=(4, 16)) * 0.8  # overlapping a little, so accuracy is high but not 1
     separable = centres[labels] + rng.normal(size=(400, 16))
-    config = ProbeConfig(folds=5)
+    config = defaults("probe", folds=5)
     result = cross_validated_accuracy(separable, labels, 5, config)
     assert result.accuracy > 0.85
     assert 0 < result.standard_error < 0.02
@@ -23,5 +23,5 @@ def test_probe_separates_a_toy_separable_set_and_not_noise():
 
 def test_probe_reports_nan_for_non_finite_embeddings():
     features = np.full((40, 4), np.nan, dtype=np.float32)
-    result = cross_validated_accuracy(features, np.repeat(np.arange(4), 10), 2, ProbeConfig())
+    result = cross_validated_accuracy(features, np.repeat(np.arange(4), 10), 2, defaults("probe"))
     assert np.isnan(result.accuracy)

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 import hpo.objective
 from bench.pruning_replay import replay
-from hpo.config import StudyConfig, load_config
+from hpo.config import defaults, load_config
 from hpo.objective import Objective, Resources
 from hpo.pretrain import Pretrainer
 from hpo.probe import ProbeResult
@@ -66,14 +66,14 @@ def test_replay_counts_false_prunes_and_the_budget_saved():
     # Trial 2 looks poor early but finishes best: the median pruner stops it, a false prune.
     finals = [0.50, 0.52, 0.70, 0.40, 0.45]
     quick = [[0.50, 0.50], [0.52, 0.52], [0.30, 0.60], [0.35, 0.36], [0.60, 0.61]]
-    result = replay(unpruned_trials(finals, quick), "median", StudyConfig(pruner_startup_trials=2), [0.25, 0.5])
+    result = replay(unpruned_trials(finals, quick), "median", defaults("study", pruner_startup_trials=2), [0.25, 0.5])
     assert result.pruned == [2, 3]
     assert result.false_prunes == [2] and result.best_pruned
     assert result.budget_saved == pytest.approx(2 * 0.75 / 5)
     assert result.regret == pytest.approx(0.70 - 0.52)  # the best trial left to finish is trial 1
-    nothing = replay(unpruned_trials(finals, quick), "none", StudyConfig(), [0.25, 0.5])
+    nothing = replay(unpruned_trials(finals, quick), "none", defaults("study"), [0.25, 0.5])
     assert nothing.pruned == [] and nothing.budget_saved == 0 and nothing.regret == 0
     # Warm-up: with one report point of warm-up, trial 2 (0.60 at the second point) survives.
-    warm_config = StudyConfig(pruner_startup_trials=2, pruner_warmup_steps=1)
+    warm_config = defaults("study", pruner_startup_trials=2, pruner_warmup_steps=1)
     warm = replay(unpruned_trials(finals, quick), "median", warm_config, [0.25, 0.5])
     assert 2 not in warm.pruned and not warm.best_pruned

@@ -4,6 +4,8 @@ objective named by the report and the dashboard."""
 import datetime
 import io
 import json
+import subprocess
+import sys
 import threading
 import urllib.request
 import warnings
@@ -15,8 +17,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import main
+from data.progress import progress_bar
 from hpo.config import load_config
-from hpo.progress import progress_bar
 from hpo.status import RUN_ATTR, describe_status, finish_seconds, format_duration
 from hpo.trial_logs import WORKER_LABEL_ATTR, TrialLogs
 
@@ -181,3 +183,19 @@ def test_report_and_dashboard_name_the_objective(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_study_tools_start_without_torch(tmp_path):
+    """status, report, export and dashboard read a study and its stored config; none of them loads torch
+    (seconds of start-up), and `main.py status` answers without it."""
+    storage = f"sqlite:///{tmp_path / 'quiet.db'}"
+    optuna.create_study(study_name="quiet", storage=storage, direction="maximize")
+    script = (
+        "import sys, main, hpo.status, hpo.report, hpo.export, hpo.dashboard\n"
+        f"code = main.main(['status', '--study_name', 'quiet', '--storage', {storage!r}])\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'triton', 'transformers', 'tiktoken') if m in sys.modules))\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=main.PROJECT_DIR, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout, result.stdout
