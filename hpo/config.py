@@ -2,9 +2,9 @@
 
 Every default lives in one place, the project's config.yaml (DEFAULT_CONFIG_PATH), the file users read:
 the dataclasses declare types and rules, no values, and a config file names only what it changes (a key
-it leaves out takes config.yaml's value). A configuration stored by an older version (a study's base
-config, an exported file) means what it meant then: a key it lacks takes its value from LEGACY_DEFAULTS,
-the behaviour from before the key existed.
+it leaves out takes config.yaml's value; a search space it gives replaces config.yaml's whole). A
+configuration stored by an older version (a study's base config, an exported file) means what it meant
+then: a key it lacks takes its value from LEGACY_DEFAULTS, the behaviour from before the key existed.
 
 Validated once at start-up; unknown keys and values of the wrong type are errors that name the
 key, the value and what was expected.
@@ -227,7 +227,7 @@ class Config:
     probe: ProbeConfig
     study: StudyConfig
     retrain: RetrainConfig
-    search_space: dict[str, dict[str, ParamSpec]] = field(default_factory=dict)  # a file without one: no search
+    search_space: dict[str, dict[str, ParamSpec]] = field(default_factory=dict)  # none: every trial the same
     provenance: dict[str, Any] | None = None
 
     def validate(self) -> None:
@@ -348,13 +348,14 @@ def read_config_file(path: Path) -> dict:
 
 def with_defaults(raw: dict, stored: bool = False) -> dict:
     """A raw config mapping with the keys it leaves out filled: from LEGACY_DEFAULTS first when it was
-    `stored` by an older version, then from config.yaml. Its own keys and its search space stay as written."""
+    `stored` by an older version, then from config.yaml. A search space is taken whole: the file's own
+    replaces config.yaml's, never merges with it."""
     defaults = read_config_file(DEFAULT_CONFIG_PATH)
     if stored:
         for dotted, value in LEGACY_DEFAULTS.items():
             section, key = dotted.split(".")
             defaults[section][key] = value
-    filled = dict(raw)
+    filled = {"search_space": defaults["search_space"], **raw}
     for section in TYPED_SECTIONS:
         if isinstance(raw.get(section, {}), dict):  # anything else: from_dict names the mistake
             filled[section] = {**defaults[section], **(raw.get(section) or {})}

@@ -148,7 +148,10 @@ def test_a_file_names_only_what_it_changes_and_the_rest_comes_from_config_yaml(t
     assert (config.model.hidden_size, config.train.learning_rate) == (64, 1e-3)
     assert config.model.embedding_std == default.model.embedding_std  # not a value kept in hpo/config.py
     assert (config.masking, config.probe, config.study) == (default.masking, default.probe, default.study)
-    assert config.search_space == {}  # a space is taken whole from the file, never merged
+    assert config.search_space == default.search_space
+
+    path.write_text("search_space:\n  train:\n    learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
+    assert list(load_config(path).search_space) == ["train"]  # a file's space replaces config.yaml's whole
 
 
 def test_a_stored_or_exported_config_without_a_newer_key_means_what_it_meant_then(tmp_path):
