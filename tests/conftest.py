@@ -95,3 +95,11 @@ def tiny_study_flags(tmp_path_factory) -> list[str]:
     cache_dir = tmp_path_factory.mktemp("tiny-cache")
     overrides = [*TINY_OVERRIDES, f"data.cache_dir={cache_dir}"]
     return [flag for override in overrides for flag in ("--set", override)]
+
+
+@pytest.fixture
+def in_tmp_path(tmp_path, monkeypatch) -> Path:
+    """Run in tmp_path, so that what a study writes under the working folder (studies/NAME/logs/, its
+    report and exports) stays out of the project."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

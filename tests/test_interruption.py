@@ -17,6 +17,8 @@ from optuna.trial import TrialState
 
 from hpo.interruption import InterruptibleObjective, Interruption
 
+pytestmark = pytest.mark.usefixtures("in_tmp_path")  # study files and logs go to tmp_path
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 LONG_TRIAL = ["--set", "train.budget_seconds=600"]  # 10 minutes of training: a trial is surely running when we stop it
 STARTUP_SECONDS = 300  # to import torch, load the data and start the trials on a loaded 2-core machine
@@ -28,10 +30,19 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="fi
 @contextlib.contextmanager
 def study_command(storage: str, n_jobs: int, tiny_study_flags: list[str]) -> Iterator[subprocess.Popen]:
     """`main.py` with a long trial budget in a new process group; whatever is left of the group is killed after."""
-    command = [sys.executable, "main.py", "--study_name", "stop", "--storage", storage, "--n_trials", "4"]
+    command = [
+        sys.executable,
+        str(PROJECT_DIR / "main.py"),
+        "--study_name",
+        "stop",
+        "--storage",
+        storage,
+        "--n_trials",
+        "4",
+    ]
     command += ["--n_jobs", str(n_jobs), *tiny_study_flags, *LONG_TRIAL]
     process = subprocess.Popen(
-        command, cwd=PROJECT_DIR, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, cwd=Path.cwd(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         yield process

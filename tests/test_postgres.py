@@ -20,6 +20,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+pytestmark = pytest.mark.usefixtures("in_tmp_path")  # study files and logs go to tmp_path
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SERVER_USER = "postgres"  # PostgreSQL refuses to run as root; Debian's package creates this user
 
@@ -89,9 +91,9 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_two_workers_share_a_study_on_postgresql(postgres_url, tiny_study_flags):
-    command = [sys.executable, "main.py", "--study_name", "pg", "--n_trials", "2", "--n_jobs", "2"]
+    command = [sys.executable, str(PROJECT_DIR / "main.py"), "--study_name", "pg", "--n_trials", "2", "--n_jobs", "2"]
     command += ["--storage", postgres_url, *tiny_study_flags]
-    result = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=Path.cwd(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
 
     study = optuna.load_study(study_name="pg", storage=postgres_url)

@@ -9,6 +9,8 @@ import main
 from hpo.config import ConfigError, config_to_dict, load_config
 from hpo.study import RunLimits, differing_keys, open_study
 
+pytestmark = pytest.mark.usefixtures("in_tmp_path")  # study files and logs go to tmp_path
+
 CONFIG_PATH = main.PROJECT_DIR / "config.yaml"
 
 

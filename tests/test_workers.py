@@ -21,6 +21,8 @@ from hpo.study import WORKER_DIED_EXIT_CODE, open_study
 from hpo.supervision import WORKER_ATTR, WORKER_SEED_ATTR
 from hpo.workers import WorkerPlan, run_processes, run_worker, worker_plans, worker_seeds
 
+pytestmark = pytest.mark.usefixtures("in_tmp_path")  # study files and logs go to tmp_path
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONFIG_PATH = PROJECT_DIR / "config.yaml"
 STARTUP_SECONDS = 300  # to import torch, load the data and start the trials on a loaded 2-core machine
@@ -45,9 +47,18 @@ def running_trial(process: subprocess.Popen, storage: str) -> optuna.trial.Froze
 @pytest.mark.slow
 def test_a_killed_worker_has_its_trial_retried_at_once_and_is_replaced(tmp_path, tiny_study_flags):
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
-    command = [sys.executable, "main.py", "--study_name", "killed", "--storage", storage, "--n_trials", "4"]
+    command = [
+        sys.executable,
+        str(PROJECT_DIR / "main.py"),
+        "--study_name",
+        "killed",
+        "--storage",
+        storage,
+        "--n_trials",
+        "4",
+    ]
     command += ["--n_jobs", "2", *tiny_study_flags, "--set", "train.budget_seconds=4"]  # 4 s of training a trial
-    process = subprocess.Popen(command, cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=Path.cwd(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         victim = running_trial(process, storage)
         os.kill(int(victim.system_attrs[WORKER_ATTR].rsplit(":", 1)[1]), signal.SIGKILL)
