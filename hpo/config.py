@@ -41,7 +41,7 @@ LEGACY_DEFAULTS = {
     "model.embedding_std": 1.0,
     "model.compile": False,
     "probe.target": "accuracy",
-    "study.baseline_trial": False,
+    "study.baseline_trial": False,  # (not a score key: how an old study began, so its resume notes the change)
 }
 
 
