@@ -33,7 +33,7 @@ from data.corpus import load_corpus
 from data.progress import progress_bar
 from data.tokenizer import Tokenizer
 from hpo.config import LOCATION_KEYS, Config, ConfigError, config_to_dict
-from hpo.pretrain import Execution, Pretrainer, StepResult, resolve_device
+from hpo.pretrain import Execution, Pretrainer, StepResult, initial_encoder, resolve_device
 from hpo.probe import Probe, cross_validated_accuracy, held_out_accuracy
 from model.bert import Encoder
 
@@ -247,20 +247,36 @@ class ProgressLine:
 
 
 def evaluate(trainer: Pretrainer, data_dir: Path) -> dict:
-    """Validation loss, the study's selection score (k-fold CV over train.csv) and the AG News test score."""
-    config, model, device = trainer.config, trainer.model, trainer.device
+    """Validation loss, the study's selection score (k-fold CV over train.csv) and the AG News test score,
+    each beside the same scores of the encoder the run started from (same architecture and seed, before
+    any pretraining) and the gain over them: what the pretraining bought."""
+    config, device = trainer.config, trainer.device
     selection, test = load_agnews(data_dir)
-    train_features = Probe(selection, trainer.tokenizer, config.probe).features(model, device)
-    test_features = Probe(test, trainer.tokenizer, config.probe).features(model, device)
-    cross_validated = cross_validated_accuracy(train_features, selection.labels, config.probe.folds, config.probe)
-    tested = held_out_accuracy(train_features, selection.labels, test_features, test.labels, config.probe)
+    probes = Probe(selection, trainer.tokenizer, config.probe), Probe(test, trainer.tokenizer, config.probe)
+
+    def scores(model: Encoder) -> dict:
+        train_features, test_features = (probe.features(model, device) for probe in probes)
+        cross_validated = cross_validated_accuracy(train_features, selection.labels, config.probe.folds, config.probe)
+        tested = held_out_accuracy(train_features, selection.labels, test_features, test.labels, config.probe)
+        return {
+            "selection_accuracy": {
+                "split": f"AG News train.csv, stratified {config.probe.folds}-fold cross-validation",
+                **dataclasses.asdict(cross_validated),
+            },
+            "test_accuracy": {"split": "AG News fit on train.csv, scored on test.csv", **dataclasses.asdict(tested)},
+        }
+
+    pretrained = scores(trainer.model)
+    saved_state = torch.get_rng_state()
+    random_init = scores(initial_encoder(config, trainer.tokenizer.vocab_size).to(device))
+    torch.set_rng_state(saved_state)
     return {
         "validation_loss": trainer.validation_loss(),
-        "selection_accuracy": {
-            "split": f"AG News train.csv, stratified {config.probe.folds}-fold cross-validation",
-            **dataclasses.asdict(cross_validated),
+        **pretrained,
+        "random_init": random_init,
+        "gain_over_random_init": {
+            split: pretrained[split]["accuracy"] - random_init[split]["accuracy"] for split in pretrained
         },
-        "test_accuracy": {"split": "AG News fit on train.csv, scored on test.csv", **dataclasses.asdict(tested)},
     }
 
 
@@ -294,11 +310,17 @@ def write_outputs(trainer: Pretrainer, results: dict, output_dir: Path) -> None:
 
 
 def summary(results: dict, output_dir: Path) -> str:
-    selection, test = results["selection_accuracy"], results["test_accuracy"]
+    def accuracy(split: str) -> str:
+        score, start = results[split], results["random_init"][split]
+        return (
+            f"{score['accuracy']:.4f} ± {score['standard_error']:.4f} (random init {start['accuracy']:.4f}: "
+            f"gain {results['gain_over_random_init'][split]:+.4f})"
+        )
+
     return (
         f"validation loss {results['validation_loss']:.4f} | AG News selection (CV) accuracy "
-        f"{selection['accuracy']:.4f} ± {selection['standard_error']:.4f} | test accuracy "
-        f"{test['accuracy']:.4f} ± {test['standard_error']:.4f}\nwrote {output_dir / 'results.yaml'}, model.pt"
+        f"{accuracy('selection_accuracy')} | test accuracy {accuracy('test_accuracy')}\n"
+        f"wrote {output_dir / 'results.yaml'}, model.pt"
         + (
             ", config.json and model.safetensors (AutoModel.from_pretrained after `import model.hf`)"
             if (output_dir / "model.safetensors").exists()

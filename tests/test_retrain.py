@@ -30,6 +30,7 @@ TINY = [
     "model.hidden_size=32",
     "model.num_layers=1",
     "model.num_heads=2",
+    "model.dropout=0.1",  # so that a resumed run must restore the random state its dropout draws from
     f"train.batch_size={BATCH_SIZE}",
     "train.budget_seconds=null",
     "train.validation_sequences=16",
@@ -116,6 +117,10 @@ def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(config_file, tm
     assert first["validation_loss"] == second["validation_loss"] and first["steps"] == second["steps"] == 6
     assert first["test_accuracy"] == second["test_accuracy"] and first["test_accuracy"]["rows"] == 7600
     assert first["selection_accuracy"]["rows"] == 4983 and 0.25 < first["selection_accuracy"]["accuracy"] < 1
+    for split in ("selection_accuracy", "test_accuracy"):  # each score stands beside the encoder's starting point
+        start = first["random_init"][split]
+        assert start["rows"] == first[split]["rows"] and start["accuracy"] != first[split]["accuracy"]
+        assert first["gain_over_random_init"][split] == first[split]["accuracy"] - start["accuracy"]
 
 
 @pytest.mark.slow  # two processes started by torchrun: about 30 s on a loaded 2-core machine
