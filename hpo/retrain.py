@@ -285,17 +285,23 @@ def write_hugging_face_files(encoder: Encoder, output_dir: Path) -> None:
     folder: AutoModel.from_pretrained(OUTPUT) after `import model.hf`. save_pretrained writes into a
     staging folder; each file then moves in by atomic_write, as the other outputs do."""
     try:
+        from transformers.utils import logging as transformers_logging
+
         from model.hf import BertHpoModel  # imported here: transformers costs seconds, and only this needs it
     except ImportError as error:  # e.g. a machine with an older transformers: model.pt still holds the weights
         print(f"note: no Hugging Face folder written ({type(error).__name__}: {error})", file=sys.stderr)
         return
     staging = output_dir / f".hugging_face.{os.getpid()}.tmp"
+    bar_was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # its one shard is written in a blink: a bar would only clutter logs
     try:
         BertHpoModel.from_encoder(encoder).save_pretrained(staging)
         for path in sorted(staging.iterdir()):
             atomic_write(output_dir / path.name, lambda handle, path=path: handle.write(path.read_bytes()))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if bar_was_on:
+            transformers_logging.enable_progress_bar()
 
 
 def write_outputs(trainer: Pretrainer, results: dict, output_dir: Path) -> None:

@@ -110,7 +110,7 @@ def test_from_encoder_copies_the_weights_and_draws_nothing():
     assert all(torch.equal(tensor, expected[name]) for name, tensor in copied.encoder.state_dict().items())
 
 
-def test_retrain_output_folder_loads_with_automodel(tmp_path, monkeypatch):
+def test_retrain_output_folder_loads_with_automodel(tmp_path, monkeypatch, capfd):
     config_file = tmp_path / "best_config.yaml"
     overrides = [*TINY, f"data.cache_dir={tmp_path / 'cache'}"]
     write_config(load_config(main.PROJECT_DIR / "config.yaml", overrides), config_file)
@@ -120,6 +120,7 @@ def test_retrain_output_folder_loads_with_automodel(tmp_path, monkeypatch):
     output = tmp_path / "retrain"
 
     assert main.main(["retrain", "--config", str(config_file), "--output", str(output)]) == 0
+    assert "Writing model shards" not in capfd.readouterr().err  # no Hugging Face progress bar in the log
 
     assert {"config.json", "model.safetensors", "model.pt", "results.yaml"} <= {p.name for p in output.iterdir()}
     assert not list(output.glob(".*"))  # no staging folder or temporary file left behind
