@@ -279,13 +279,28 @@ def top_trials_section(study: optuna.Study) -> str:
                 str(rank),
                 str(trial.number),
                 f"{format_value(study, trial.value)} ± {attrs.get('probe_standard_error', math.nan):.4f}",
+                _accuracy(attrs.get("probe_accuracy")),
+                _accuracy(attrs.get("random_init_accuracy")),
                 params,
                 f"{attrs.get('tokens_per_second', math.nan):,.0f}",
                 f"{attrs.get('wall_seconds', math.nan):.0f}",
             ]
         )
-    header = ["rank", "trial", f"{html.escape(value_label(study))} ± s.e.", "parameters", "tokens/s", "wall time (s)"]
+    header = [
+        "rank",
+        "trial",
+        f"{html.escape(value_label(study))} ± s.e.",
+        "probe accuracy",
+        "random init accuracy",  # the same encoder before pretraining: what the accuracy is read against
+        "parameters",
+        "tokens/s",
+        "wall time (s)",
+    ]
     return _table(header, rows)
+
+
+def _accuracy(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def _choice_row(summary: ChoiceSummary) -> list[str]:
