@@ -178,3 +178,39 @@ def test_a_missing_key_in_a_direct_build_is_named():
         from_dict(ModelConfig, {"hidden_size": 64}, "model")
     with pytest.raises(ConfigError, match="missing key data.cache_dir;"):
         from_dict(CorpusConfig, {"sources": ["brown"], "seq_len": 64, "validation_every": 10}, "data")
+
+
+# The keys of the first stored configurations (the first release's config.yaml, commit e7cb328), by section.
+FIRST_RELEASE_KEYS = {
+    "data": ("cache_dir", "seq_len", "sources", "validation_every"),
+    "model": (
+        *("attention_backend", "attention_kind", "dropout", "ffn_multiple", "gradient_checkpointing"),
+        *("hidden_size", "max_seq_len", "num_heads", "num_layers", "pooling"),
+    ),
+    "masking": (
+        *("mask_token_fraction", "max_rate", "min_rate", "random_token_fraction", "rate"),
+        *("span_geometric_p", "span_max_length", "strategy"),
+    ),
+    "train": (
+        *("batch_size", "budget_tokens", "device", "grad_clip", "layer_lr_decay", "learning_rate", "objective"),
+        *("report_points", "schedule", "seed", "validation_sequences", "warmup_fraction", "weight_decay"),
+    ),
+    "probe": ("batch_size", "folds", "max_iter", "max_length", "quick_folds", "quick_rows", "regularization", "seed"),
+}
+
+
+def test_every_score_key_added_since_the_first_studies_says_what_its_absence_meant():
+    """A key added to a section that changes what a score means must say, in LEGACY_DEFAULTS, how runs
+    behaved before it existed; otherwise an older study would resume as if it had config.yaml's value."""
+    from hpo.study import SCORE_SECTIONS
+
+    sections = typing.get_type_hints(Config)
+    added = {
+        f"{section}.{field.name}"
+        for section in SCORE_SECTIONS
+        if section != "search_space"
+        for field in dataclasses.fields(sections[section])
+        if field.name not in FIRST_RELEASE_KEYS[section]
+    }
+    missing = sorted(added - set(LEGACY_DEFAULTS))
+    assert not missing, f"add to hpo.config.LEGACY_DEFAULTS the behaviour from before {', '.join(missing)}"
