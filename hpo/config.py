@@ -357,8 +357,9 @@ def with_defaults(raw: dict, stored: bool = False) -> dict:
             defaults[section][key] = value
     filled = {"search_space": defaults["search_space"], **raw}
     for section in TYPED_SECTIONS:
-        if isinstance(raw.get(section, {}), dict):  # anything else: from_dict names the mistake
-            filled[section] = {**defaults[section], **(raw.get(section) or {})}
+        given = raw.get(section) or {}  # an empty section (`model:` alone) reads as None
+        if isinstance(given, dict):  # anything else: from_dict names the mistake
+            filled[section] = {**defaults[section], **given}
     return filled
 
 

@@ -150,6 +150,12 @@ def test_a_file_names_only_what_it_changes_and_the_rest_comes_from_config_yaml(t
     assert (config.masking, config.probe, config.study) == (default.masking, default.probe, default.study)
     assert config.search_space == default.search_space
 
+    path.write_text("model:\ntrain: {}\n")  # empty sections: every value from config.yaml
+    assert (load_config(path).model, load_config(path).train) == (default.model, default.train)
+    path.write_text("model: 5\n")
+    with pytest.raises(ConfigError, match="model = 5; expected a mapping"):
+        load_config(path)
+
     path.write_text("search_space:\n  train:\n    learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
     assert list(load_config(path).search_space) == ["train"]  # a file's space replaces config.yaml's whole
 
