@@ -327,7 +327,9 @@ def apply_override(raw: dict, assignment: str) -> None:
     keys = path.strip().split(".")
     node = raw
     for key in keys[:-1]:
-        node = node.setdefault(key, {})
+        if node.get(key) is None:  # absent, or an empty section (`model:` alone)
+            node[key] = {}
+        node = node[key]
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: {key} = {node!r} is not a section; expected a mapping")
     node[keys[-1]] = yaml.safe_load(text)

@@ -152,6 +152,7 @@ def test_a_file_names_only_what_it_changes_and_the_rest_comes_from_config_yaml(t
 
     path.write_text("model:\ntrain: {}\n")  # empty sections: every value from config.yaml
     assert (load_config(path).model, load_config(path).train) == (default.model, default.train)
+    assert load_config(path, ["model.dropout=0.05"]).model.dropout == 0.05
     path.write_text("model: 5\n")
     with pytest.raises(ConfigError, match="model = 5; expected a mapping"):
         load_config(path)
