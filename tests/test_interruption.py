@@ -30,16 +30,8 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="fi
 @contextlib.contextmanager
 def study_command(storage: str, n_jobs: int, tiny_study_flags: list[str]) -> Iterator[subprocess.Popen]:
     """`main.py` with a long trial budget in a new process group; whatever is left of the group is killed after."""
-    command = [
-        sys.executable,
-        str(PROJECT_DIR / "main.py"),
-        "--study_name",
-        "stop",
-        "--storage",
-        storage,
-        "--n_trials",
-        "4",
-    ]
+    command = [sys.executable, str(PROJECT_DIR / "main.py"), "--study_name", "stop", "--storage", storage]
+    command += ["--n_trials", "4"]
     command += ["--n_jobs", str(n_jobs), *tiny_study_flags, *LONG_TRIAL]
     process = subprocess.Popen(
         command, cwd=Path.cwd(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

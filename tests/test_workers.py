@@ -47,16 +47,8 @@ def running_trial(process: subprocess.Popen, storage: str) -> optuna.trial.Froze
 @pytest.mark.slow
 def test_a_killed_worker_has_its_trial_retried_at_once_and_is_replaced(tmp_path, tiny_study_flags):
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
-    command = [
-        sys.executable,
-        str(PROJECT_DIR / "main.py"),
-        "--study_name",
-        "killed",
-        "--storage",
-        storage,
-        "--n_trials",
-        "4",
-    ]
+    command = [sys.executable, str(PROJECT_DIR / "main.py"), "--study_name", "killed", "--storage", storage]
+    command += ["--n_trials", "4"]
     command += ["--n_jobs", "2", *tiny_study_flags, "--set", "train.budget_seconds=4"]  # 4 s of training a trial
     process = subprocess.Popen(command, cwd=Path.cwd(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
