@@ -44,6 +44,17 @@ def study_command(storage: str, n_jobs: int, tiny_study_flags: list[str]) -> Ite
         process.wait()
 
 
+def communicate_or_fail(process: subprocess.Popen, seconds: float) -> str:
+    """The stopped command's stderr; a command still running after `seconds` is killed and the test fails
+    with what it printed, so that a slow stop says where it hung."""
+    try:
+        return process.communicate(timeout=seconds)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, error = process.communicate()
+        pytest.fail(f"still running {seconds} s after the signal; stdout:\n{output}\nstderr:\n{error}")
+
+
 def wait_for_running_trials(process: subprocess.Popen, storage: str, count: int) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
@@ -76,7 +87,7 @@ def test_ctrl_c_stops_every_process_and_queues_the_running_trials(tmp_path, tiny
         wait_for_running_trials(process, storage, n_jobs)
         os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
         stopped = time.monotonic()
-        _, error = process.communicate(timeout=STOP_SECONDS)
+        error = communicate_or_fail(process, STOP_SECONDS)
         print(f"stopped {time.monotonic() - stopped:.1f} s after SIGINT")
 
     assert process.returncode == 130, error
