@@ -3,14 +3,12 @@
 import os
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from data.agnews import load_agnews
 from data.corpus import load_corpus
 from data.tokenizer import Tokenizer
 from hpo.config import Config, ConfigError
 from hpo.space import dimensions
+from hpo.storage import sqlite_database
 
 
 def check_search_space(config: Config) -> None:
@@ -26,19 +24,6 @@ def check_data(config: Config, data_dir: Path) -> None:
     """The corpus (tokenised once here, then cached for the workers) and the AG News splits the probes read."""
     load_corpus(data_dir, config.data, Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken"))
     load_agnews(data_dir)
-
-
-def sqlite_database(storage_url: str) -> Path | None:
-    """The file of a SQLite storage URL; None for another database or an in-memory one."""
-    try:
-        url = make_url(storage_url)
-    except ArgumentError as error:
-        raise ConfigError(
-            f"--storage {storage_url!r} is not a SQLAlchemy URL; expected e.g. sqlite:///studies/NAME.db"
-        ) from error
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database)
 
 
 def prepare_storage_folder(storage_url: str) -> None:

@@ -17,7 +17,7 @@ from data.agnews import load_agnews, stratified_subset
 from data.corpus import PackedCorpus, load_corpus
 from data.tokenizer import Tokenizer
 from hpo.config import Config
-from hpo.pretrain import Pretrainer, initial_encoder, resolve_device
+from hpo.pretrain import Pretrainer, random_init_encoder, resolve_device
 from hpo.probe import Probe
 from hpo.space import suggest
 
@@ -81,9 +81,7 @@ def random_init_scores(study: optuna.Study, config: Config, resources: Resources
     key = architecture_key(config)
     final_key, quick_key = RANDOM_INIT_ATTR_PREFIX + key, RANDOM_INIT_QUICK_ATTR_PREFIX + key
     if final_key not in study.user_attrs or quick_key not in study.user_attrs:
-        saved_state = torch.get_rng_state()  # the trial's own random stream stays as it was
-        encoder = initial_encoder(config, resources.tokenizer.vocab_size).to(device)
-        torch.set_rng_state(saved_state)
+        encoder = random_init_encoder(config, resources.tokenizer.vocab_size, device)
         if final_key not in study.user_attrs:
             study.set_user_attr(final_key, resources.probe.score(encoder, device, config.probe.folds).accuracy)
         if quick_key not in study.user_attrs:

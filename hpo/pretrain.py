@@ -68,6 +68,16 @@ def initial_encoder(config: Config, vocab_size: int, seed: int | None = None) ->
     return Encoder(config.model, vocab_size, next_sentence=config.train.next_sentence)
 
 
+def random_init_encoder(config: Config, vocab_size: int, device: torch.device) -> Encoder:
+    """The encoder a run of `config` starts from, on `device`, built without moving torch's random stream:
+    the random-init reference that the run's probe scores are read against."""
+    saved_state = torch.get_rng_state()
+    try:
+        return initial_encoder(config, vocab_size).to(device)
+    finally:
+        torch.set_rng_state(saved_state)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

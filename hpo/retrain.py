@@ -33,7 +33,7 @@ from data.corpus import load_corpus
 from data.progress import progress_bar
 from data.tokenizer import Tokenizer
 from hpo.config import LOCATION_KEYS, Config, ConfigError, config_to_dict
-from hpo.pretrain import Execution, Pretrainer, StepResult, initial_encoder, resolve_device
+from hpo.pretrain import Execution, Pretrainer, StepResult, random_init_encoder, resolve_device
 from hpo.probe import Probe, cross_validated_accuracy, held_out_accuracy
 from model.bert import Encoder
 
@@ -267,9 +267,7 @@ def evaluate(trainer: Pretrainer, data_dir: Path) -> dict:
         }
 
     pretrained = scores(trainer.model)
-    saved_state = torch.get_rng_state()
-    random_init = scores(initial_encoder(config, trainer.tokenizer.vocab_size).to(device))
-    torch.set_rng_state(saved_state)
+    random_init = scores(random_init_encoder(config, trainer.tokenizer.vocab_size, device))
     return {
         "validation_loss": trainer.validation_loss(),
         **pretrained,

@@ -32,6 +32,19 @@ def default_storage_url(study_name: str, studies_dir: Path = Path("studies")) ->
     return f"sqlite:///{(studies_dir / f'{study_name}.db').resolve()}"
 
 
+def sqlite_database(storage_url: str) -> Path | None:
+    """The file of a SQLite storage URL; None for another database or an in-memory one."""
+    try:
+        url = make_url(storage_url)
+    except ArgumentError as error:
+        raise ConfigError(
+            f"--storage {storage_url!r} is not a SQLAlchemy URL; expected e.g. sqlite:///studies/NAME.db"
+        ) from error
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
 def make_storage(url: str, config: StudyConfig) -> RDBStorage:
     """RDB storage with heartbeats: a killed worker's trial is failed and retried."""
     try:
@@ -49,18 +62,13 @@ def make_storage(url: str, config: StudyConfig) -> RDBStorage:
 
 def open_existing_storage(study_name: str, storage_url: str) -> RDBStorage:
     """The storage of a study that must already exist; otherwise a ConfigError listing the studies that do."""
-    try:
-        url = make_url(storage_url)
-    except ArgumentError as error:
-        raise ConfigError(f"--storage {storage_url!r} is not a SQLAlchemy URL (e.g. sqlite:///studies/x.db)") from error
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        database = Path(url.database)
-        if not database.exists():  # opening it would create an empty database
-            files = ", ".join(sorted(path.name for path in database.parent.glob("*.db"))) or "none"
-            raise ConfigError(
-                f"no study {study_name!r}: storage {storage_url} does not exist; "
-                f"study files in {database.parent}: {files} (pick one with --study_name or --storage)"
-            )
+    database = sqlite_database(storage_url)
+    if database is not None and not database.exists():  # opening it would create an empty database
+        files = ", ".join(sorted(path.name for path in database.parent.glob("*.db"))) or "none"
+        raise ConfigError(
+            f"no study {study_name!r}: storage {storage_url} does not exist; "
+            f"study files in {database.parent}: {files} (pick one with --study_name or --storage)"
+        )
     storage = make_storage(storage_url, defaults("study"))
     names = optuna.get_all_study_names(storage)
     if study_name not in names:

@@ -176,7 +176,7 @@ def test_completed_trials_carry_the_random_encoder_line_computed_once_per_archit
 
     import hpo.objective
     from hpo.objective import RANDOM_INIT_ATTR_PREFIX, Objective, Resources
-    from hpo.pretrain import initial_encoder
+    from hpo.pretrain import random_init_encoder
     from model.bert import Encoder
 
     overrides = [*TINY_OVERRIDES, f"data.cache_dir={tmp_path}", "search_space={}", "model.hidden_size=32"]
@@ -184,11 +184,11 @@ def test_completed_trials_carry_the_random_encoder_line_computed_once_per_archit
     resources = Resources.load(config, data_dir)
     built = []
 
-    def counting_initial_encoder(*args, **kwargs):
+    def counting_random_init_encoder(*args, **kwargs):
         built.append(args)
-        return initial_encoder(*args, **kwargs)
+        return random_init_encoder(*args, **kwargs)
 
-    monkeypatch.setattr(hpo.objective, "initial_encoder", counting_initial_encoder)
+    monkeypatch.setattr(hpo.objective, "random_init_encoder", counting_random_init_encoder)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     study.optimize(Objective(config, resources), n_trials=2)
 
