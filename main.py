@@ -147,7 +147,7 @@ def run_dashboard_command(args: argparse.Namespace, storage: str) -> int:
 def run_retrain_command(args: argparse.Namespace, storage: str | None) -> int:
     from data.files_location import resolve_data_dir
     from hpo.config import load_config
-    from hpo.retrain import retrain
+    from training.retrain import retrain
 
     overrides = list(args.overrides)
     if args.budget_tokens is not None:

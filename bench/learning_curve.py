@@ -36,8 +36,8 @@ from data.corpus import load_corpus
 from data.files_location import resolve_data_dir
 from data.tokenizer import Tokenizer
 from hpo.config import Config, load_config
-from hpo.pretrain import Pretrainer, resolve_device
-from hpo.probe import Probe, ProbeResult, cross_validated_accuracy
+from training.pretrain import Pretrainer, resolve_device
+from training.probe import Probe, ProbeResult, cross_validated_accuracy
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 TOKENS = (300_000, 1_000_000, 3_000_000, 10_000_000)

@@ -27,10 +27,10 @@ from data.corpus import load_corpus
 from data.files_location import resolve_data_dir
 from data.tokenizer import Tokenizer
 from hpo.export import study_base_config, trial_config
-from hpo.pretrain import Pretrainer, resolve_device
-from hpo.probe import Probe
 from hpo.storage import default_storage_url, load_existing_study
 from hpo.study_values import format_value, value_label
+from training.pretrain import Pretrainer, resolve_device
+from training.probe import Probe
 
 
 def tfidf_accuracy(texts: list[str], labels, folds: int, seed: int) -> float:

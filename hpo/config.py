@@ -20,11 +20,7 @@ from typing import Any
 
 import yaml
 
-from data.config import CorpusConfig, MaskingConfig
-from model.config import ModelConfig
-
-# Settings that say where things are kept, not what a run computes: changing them changes no result.
-LOCATION_KEYS = ("data.cache_dir",)
+from training.config import ConfigError, RunConfig
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config.yaml"
 TYPED_SECTIONS = ("data", "model", "masking", "train", "probe", "study", "retrain")  # filled from config.yaml
@@ -43,132 +39,6 @@ LEGACY_DEFAULTS = {
     "probe.target": "accuracy",
     "study.baseline_trial": False,  # (not a score key: how an old study began, so its resume notes the change)
 }
-
-
-class ConfigError(ValueError):
-    """A user's configuration mistake; main.py prints it as one line."""
-
-
-@dataclass
-class TrainConfig:
-    """One pretraining run: objective, optimiser, schedule and budget."""
-
-    objective: str
-    nsp: bool  # BERT's next-sentence prediction beside MLM (sentence pairs from the corpus); clm ignores it
-    batch_size: int
-    learning_rate: float
-    embedding_lr_multiplier: float
-    sampled_softmax: int | None
-    weight_decay: float
-    layer_lr_decay: float
-    schedule: str
-    warmup_fraction: float
-    budget_tokens: int
-    budget_seconds: float | None
-    grad_clip: float
-    report_points: list[float]
-    validation_sequences: int
-    device: str
-    seed: int
-
-    @property
-    def next_sentence(self) -> bool:
-        """Next-sentence prediction is part of the run: asked for, and the objective is masked LM."""
-        return self.nsp and self.objective == "mlm"
-
-    def validate(self) -> None:
-        if self.objective not in ("mlm", "clm"):
-            raise ConfigError(f"train.objective = {self.objective!r}; expected 'mlm' or 'clm'")
-        if self.schedule not in ("linear", "cosine", "constant"):
-            raise ConfigError(f"train.schedule = {self.schedule!r}; expected linear, cosine or constant")
-        for name in ("learning_rate", "batch_size", "budget_tokens"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} = {getattr(self, name)}; expected a positive number")
-        if self.budget_seconds is not None and self.budget_seconds <= 0:
-            raise ConfigError(
-                f"train.budget_seconds = {self.budget_seconds}; expected a positive number of seconds, "
-                "or null to use train.budget_tokens"
-            )
-        if self.embedding_lr_multiplier <= 0:
-            raise ConfigError(f"train.embedding_lr_multiplier = {self.embedding_lr_multiplier}; expected > 0")
-        if self.sampled_softmax is not None and self.sampled_softmax < 1:
-            raise ConfigError(
-                f"train.sampled_softmax = {self.sampled_softmax}; expected a number of sampled ids >= 1, "
-                "or null for the exact softmax"
-            )
-        if not 0 < self.layer_lr_decay <= 1:
-            raise ConfigError(f"train.layer_lr_decay = {self.layer_lr_decay}; expected 0 < decay <= 1")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError(f"train.warmup_fraction = {self.warmup_fraction}; expected 0 <= fraction < 1")
-        if any(not 0 < point < 1 for point in self.report_points):
-            raise ConfigError(f"train.report_points = {self.report_points}; each must lie strictly between 0 and 1")
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-@dataclass
-class RetrainConfig:
-    """The full-length run of an exported config (`main.py retrain`); not part of the search space."""
-
-    budget_tokens: int
-    schedule: str
-    warmup_fraction: float
-    grad_accumulation_steps: int
-    precision: str
-    gradient_checkpointing: bool
-    checkpoint_every_steps: int
-    log_every_steps: int
-    keep_checkpoints: int
-
-    def validate(self) -> None:
-        for name in ("budget_tokens", "grad_accumulation_steps", "checkpoint_every_steps", "log_every_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"retrain.{name} = {getattr(self, name)}; expected a positive integer")
-        if self.keep_checkpoints < 1:
-            raise ConfigError(
-                f"retrain.keep_checkpoints = {self.keep_checkpoints}; expected at least 1 (a resume needs the newest)"
-            )
-        if self.schedule not in ("cosine", "linear"):
-            raise ConfigError(f"retrain.schedule = {self.schedule!r}; expected cosine or linear")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError(f"retrain.warmup_fraction = {self.warmup_fraction}; expected 0 <= fraction < 1")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"retrain.precision = {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
-
-
-# probe.target -> the name of the value a study maximises
-PROBE_TARGETS = {"accuracy": "probe_accuracy", "gain": "probe_gain_over_random_init"}
-
-
-@dataclass
-class ProbeConfig:
-    """Linear probe on AG News: stratified k-fold cross-validation over train.csv."""
-
-    folds: int
-    quick_rows: int
-    quick_folds: int
-    max_length: int
-    batch_size: int
-    regularization: float
-    max_iter: int
-    seed: int
-    target: str
-
-    @property
-    def metric_name(self) -> str:
-        """The study's objective as Optuna records it (dashboard, report): what probe.target maximises."""
-        return PROBE_TARGETS[self.target]
-
-    def validate(self) -> None:
-        if self.target not in PROBE_TARGETS:
-            raise ConfigError(f"probe.target = {self.target!r}; expected one of {', '.join(PROBE_TARGETS)}")
-        if self.folds < 2 or self.quick_folds < 2:
-            raise ConfigError("probe.folds and probe.quick_folds must be at least 2")
-        if self.quick_rows < 40 * self.quick_folds:
-            raise ConfigError(f"probe.quick_rows = {self.quick_rows} is too few for {self.quick_folds} folds")
-        if self.regularization <= 0:
-            raise ConfigError(f"probe.regularization = {self.regularization}; expected > 0")
 
 
 @dataclass
@@ -217,16 +87,11 @@ class ParamSpec:
 
 
 @dataclass
-class Config:
-    """The whole run. `provenance` (study, trial, versions; written by `main.py export`) is for people, not runs."""
+class Config(RunConfig):
+    """A study's whole configuration: what a run reads (RunConfig) plus the study's own sections.
+    `provenance` (study, trial, versions; written by `main.py export`) is for people, not runs."""
 
-    data: CorpusConfig
-    model: ModelConfig
-    masking: MaskingConfig
-    train: TrainConfig
-    probe: ProbeConfig
     study: StudyConfig
-    retrain: RetrainConfig
     search_space: dict[str, dict[str, ParamSpec]] = field(default_factory=dict)  # none: every trial the same
     provenance: dict[str, Any] | None = None
 
@@ -397,7 +262,3 @@ def defaults(section: str, **changes: Any) -> Any:
     the registries, so no torch): what a test, a benchmark or a read-only tool builds a section from."""
     section_type = typing.get_type_hints(Config)[section]
     return dataclasses.replace(from_dict(section_type, with_defaults({})[section], section), **changes)
-
-
-def config_to_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)

@@ -17,9 +17,9 @@ from data.agnews import load_agnews, stratified_subset
 from data.corpus import PackedCorpus, load_corpus
 from data.tokenizer import Tokenizer
 from hpo.config import Config
-from hpo.pretrain import Pretrainer, random_init_encoder, resolve_device
-from hpo.probe import Probe
 from hpo.space import suggest
+from training.pretrain import Pretrainer, random_init_encoder, resolve_device
+from training.probe import Probe
 
 FAIL_REASON_CHARS = 500  # of an exception's text kept with a failed trial
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from data.corpus import load_corpus
 from data.tokenizer import Tokenizer
-from hpo.config import LOCATION_KEYS, Config, ConfigError, StudyConfig, config_to_dict, stored_config
+from hpo.config import Config, ConfigError, StudyConfig, stored_config
 from hpo.interruption import Interruption
 from hpo.sampling import make_pruner, make_sampler
 from hpo.space import base_params
@@ -23,6 +23,7 @@ from hpo.storage import displayed_url, make_storage
 from hpo.supervision import WorkerDeath
 from hpo.versions import software_versions
 from hpo.workers import COUNTED_STATES, FINISHED_STATES, WorkerPlan, run_processes, run_worker, worker_plans
+from training.config import LOCATION_KEYS, config_to_dict
 
 DEFAULT_N_TRIALS = 10
 WORKER_DIED_EXIT_CODE = 3  # the run finished, but a worker process died on the way (2: a user's error)

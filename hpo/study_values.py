@@ -3,7 +3,7 @@
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.config import PROBE_TARGETS
+from training.config import PROBE_TARGETS
 
 
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:

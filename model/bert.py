@@ -91,7 +91,7 @@ class Encoder(nn.Module):
         With BERT's 0.02 tables, a tied head, the exact softmax and Adam, every rare token's row is
         pushed by about one learning rate per step in a shared direction: in a short trial those
         rows lost what told them apart, and the probe scored below a random encoder (0.4975 against
-        0.52 at LR 3e-3, 300k tokens). With the sampled softmax and lazy Adam (hpo/pretrain.py) a
+        0.52 at LR 3e-3, 300k tokens). With the sampled softmax and lazy Adam (training/pretrain.py) a
         row moves only when its token is seen, so the table's scale sets how far a few sightings
         carry a row from its random start: config.yaml records the measured choice.
         """

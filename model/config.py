@@ -19,7 +19,7 @@ class ModelConfig:
     pooling: str  # a key of model.bert.POOLINGS
     max_seq_len: int
     gradient_checkpointing: bool
-    compile: bool  # torch.compile the encoder's forward for training (hpo/pretrain.py)
+    compile: bool  # torch.compile the encoder's forward for training (training/pretrain.py)
 
     def validate(self) -> None:
         import kernels  # the registries live with the kernels and the model (and torch)

@@ -11,7 +11,6 @@ from hpo.config import (
     TYPED_SECTIONS,
     Config,
     ConfigError,
-    config_to_dict,
     default_config,
     from_dict,
     load_config,
@@ -19,6 +18,7 @@ from hpo.config import (
 )
 from hpo.space import apply_params, dimensions
 from model.config import ModelConfig
+from training.config import config_to_dict
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 

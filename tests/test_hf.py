@@ -10,12 +10,12 @@ from transformers import AutoConfig, AutoModel
 
 import kernels
 import main
-from hpo import retrain as retrain_module
 from hpo.config import defaults, load_config
 from hpo.export import write_config
-from hpo.probe import embed
-from hpo.retrain import run_config
 from model.hf import BertHpoConfig, BertHpoModel
+from training import retrain as retrain_module
+from training.probe import embed
+from training.retrain import run_config
 
 KINDS = list(kernels.ATTENTION_KINDS)
 VOCAB = 100

@@ -237,7 +237,7 @@ def test_pretraining_starts_from_the_corpus_unigram_law(data_dir, tokenizer, tmp
 
     from data.corpus import load_corpus
     from hpo.config import load_config
-    from hpo.pretrain import Pretrainer
+    from training.pretrain import Pretrainer
 
     config_path = Path(__file__).resolve().parents[1] / "config.yaml"
     overrides = ["search_space={}", "data.sources=[austen]", f"data.cache_dir={tmp_path}", "model.dropout=0.0"]
@@ -272,12 +272,12 @@ def test_model_compile_trains_as_eager(data_dir, tokenizer, tmp_path, monkeypatc
 
     import torch._dynamo
 
-    import hpo.pretrain
+    import training.pretrain
     from data.corpus import load_corpus
     from hpo.config import load_config
-    from hpo.pretrain import Pretrainer
+    from training.pretrain import Pretrainer
 
-    monkeypatch.setattr(hpo.pretrain, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(training.pretrain, "COMPILE_BACKEND", "aot_eager")
     config_path = Path(__file__).resolve().parents[1] / "config.yaml"
     overrides = ["search_space={}", "data.sources=[austen]", f"data.cache_dir={tmp_path}", "train.budget_seconds=null"]
     losses, state_keys, graphs = [], [], []

@@ -129,7 +129,7 @@ def test_encoder_without_next_sentence_refuses_its_labels(rows, tokenizer):
 def test_pretraining_with_next_sentence_prediction_trains_its_head(data_dir, tokenizer, tmp_path):
     from data.corpus import load_corpus
     from hpo.config import load_config
-    from hpo.pretrain import Pretrainer
+    from training.pretrain import Pretrainer
 
     overrides = [
         "train.batch_size=16",

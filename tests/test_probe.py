@@ -1,7 +1,7 @@
 import numpy as np
 
 from hpo.config import defaults
-from hpo.probe import cross_validated_accuracy, held_out_accuracy
+from training.probe import cross_validated_accuracy, held_out_accuracy
 
 
 def test_probe_separates_a_toy_separable_set_and_not_noise():

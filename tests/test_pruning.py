@@ -12,8 +12,8 @@ import hpo.objective
 from bench.pruning_replay import replay
 from hpo.config import defaults, load_config
 from hpo.objective import Objective, Resources
-from hpo.pretrain import Pretrainer
-from hpo.probe import ProbeResult
+from training.pretrain import Pretrainer
+from training.probe import ProbeResult
 
 
 def test_trials_with_a_time_budget_are_pruned_at_the_same_report_point(tmp_path, data_dir, monkeypatch):

@@ -18,8 +18,8 @@ from data.corpus import load_corpus
 from hpo.config import load_config
 from hpo.export import write_config
 from hpo.objective import Objective, Resources
-from hpo.pretrain import FIRST_STEP_SHARE, Execution, Pretrainer, learning_rate_multiplier
-from hpo.retrain import CheckpointFolder, run_config
+from training.pretrain import FIRST_STEP_SHARE, Execution, Pretrainer, learning_rate_multiplier
+from training.retrain import CheckpointFolder, run_config
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONFIG_PATH = PROJECT_DIR / "config.yaml"

@@ -6,8 +6,9 @@ import pytest
 from optuna.trial import TrialState
 
 import main
-from hpo.config import ConfigError, config_to_dict, load_config
+from hpo.config import ConfigError, load_config
 from hpo.study import RunLimits, differing_keys, open_study
+from training.config import config_to_dict
 
 pytestmark = pytest.mark.usefixtures("in_tmp_path")  # study files and logs go to tmp_path
 
@@ -153,8 +154,8 @@ def test_a_failing_trial_records_why_and_the_progress_line_says_it(tmp_path, dat
     from conftest import TINY_OVERRIDES
 
     from hpo.objective import Objective, Resources
-    from hpo.pretrain import Pretrainer
     from hpo.workers import _format_trial
+    from training.pretrain import Pretrainer
 
     config = load_config(CONFIG_PATH, [*TINY_OVERRIDES, f"data.cache_dir={tmp_path}"])
 
@@ -176,8 +177,8 @@ def test_completed_trials_carry_the_random_encoder_line_computed_once_per_archit
 
     import hpo.objective
     from hpo.objective import RANDOM_INIT_ATTR_PREFIX, Objective, Resources
-    from hpo.pretrain import random_init_encoder
     from model.bert import Encoder
+    from training.pretrain import random_init_encoder
 
     overrides = [*TINY_OVERRIDES, f"data.cache_dir={tmp_path}", "search_space={}", "model.hidden_size=32"]
     config = load_config(CONFIG_PATH, overrides)

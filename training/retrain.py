@@ -32,10 +32,10 @@ from data.agnews import load_agnews
 from data.corpus import load_corpus
 from data.progress import progress_bar
 from data.tokenizer import Tokenizer
-from hpo.config import LOCATION_KEYS, Config, ConfigError, config_to_dict
-from hpo.pretrain import Execution, Pretrainer, StepResult, random_init_encoder, resolve_device
-from hpo.probe import Probe, cross_validated_accuracy, held_out_accuracy
 from model.bert import Encoder
+from training.config import LOCATION_KEYS, ConfigError, RunConfig, config_to_dict
+from training.pretrain import Execution, Pretrainer, StepResult, random_init_encoder, resolve_device
+from training.probe import Probe, cross_validated_accuracy, held_out_accuracy
 
 # Settings that change how often a run reports or saves, not what it learns: a resume may change them.
 CADENCE_FIELDS = ("checkpoint_every_steps", "log_every_steps", "keep_checkpoints")
@@ -45,7 +45,7 @@ UNHASHED_SECTIONS = ("provenance", "study", "search_space", "probe")
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)
 
 
-def run_config(config: Config) -> Config:
+def run_config(config: RunConfig) -> RunConfig:
     """The trial's recipe with the retrain's budget, schedule and gradient checkpointing in place of the trial's."""
     retrain = config.retrain
     train = dataclasses.replace(
@@ -59,11 +59,11 @@ def run_config(config: Config) -> Config:
     return dataclasses.replace(config, train=train, model=model)
 
 
-def run_hash(config: Config) -> str:
+def run_hash(config: RunConfig) -> str:
     """Fingerprint of everything that shapes the trained weights; a resumed run must have the same."""
     identity = config_to_dict(config)
     for section in UNHASHED_SECTIONS:
-        identity.pop(section)
+        identity.pop(section, None)  # a RunConfig has no study, search space or provenance
     for key in LOCATION_KEYS:
         section, name = key.split(".")
         identity[section].pop(name)
@@ -346,7 +346,7 @@ def train(trainer: Pretrainer, checkpoints: CheckpointFolder, config_hash: str, 
         progress.close()
 
 
-def retrain(config: Config, data_dir: Path, output_dir: Path, resume: bool = False) -> dict | None:
+def retrain(config: RunConfig, data_dir: Path, output_dir: Path, resume: bool = False) -> dict | None:
     """Run the full pretraining of `config`; returns the results on rank 0, None on the other ranks."""
     config = run_config(config)
     config_hash = run_hash(config)

@@ -20,8 +20,8 @@ from sklearn.preprocessing import StandardScaler
 from data.agnews import LabelledTexts
 from data.progress import progress_bar
 from data.tokenizer import Tokenizer
-from hpo.config import ProbeConfig
 from model.bert import Encoder
+from training.config import ProbeConfig
 
 
 @dataclass

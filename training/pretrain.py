@@ -22,8 +22,8 @@ from data.corpus import PackedCorpus
 from data.masking import Masker, causal_lm_labels
 from data.pairs import next_sentence_pairs
 from data.tokenizer import Tokenizer
-from hpo.config import Config, ConfigError
 from model.bert import Encoder
+from training.config import ConfigError, RunConfig
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32 runs without autocast
 # A time budget's first step cannot know its share of the budget; runs take thousands of steps on any device.
@@ -61,14 +61,14 @@ OBJECTIVES: dict[str, Callable[["Pretrainer", torch.Tensor], Batch]] = {
 }
 
 
-def initial_encoder(config: Config, vocab_size: int, seed: int | None = None) -> Encoder:
+def initial_encoder(config: RunConfig, vocab_size: int, seed: int | None = None) -> Encoder:
     """The encoder a run starts from, built after seeding torch with train.seed (or `seed`): a run and
     the random-init baseline of its architecture get the same weights."""
     torch.manual_seed(config.train.seed if seed is None else seed)
     return Encoder(config.model, vocab_size, next_sentence=config.train.next_sentence)
 
 
-def random_init_encoder(config: Config, vocab_size: int, device: torch.device) -> Encoder:
+def random_init_encoder(config: RunConfig, vocab_size: int, device: torch.device) -> Encoder:
     """The encoder a run of `config` starts from, on `device`, built without moving torch's random stream:
     the random-init reference that the run's probe scores are read against."""
     saved_state = torch.get_rng_state()
@@ -181,7 +181,7 @@ class Pretrainer:
 
     def __init__(
         self,
-        config: Config,
+        config: RunConfig,
         corpus: PackedCorpus,
         tokenizer: Tokenizer,
         device: torch.device,
