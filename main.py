@@ -147,6 +147,7 @@ def run_dashboard_command(args: argparse.Namespace, storage: str) -> int:
 def run_retrain_command(args: argparse.Namespace, storage: str | None) -> int:
     from data.files_location import resolve_data_dir
     from hpo.config import load_config
+    from hpo.export import exported_trial_score
     from training.retrain import retrain
 
     overrides = list(args.overrides)
@@ -156,7 +157,7 @@ def run_retrain_command(args: argparse.Namespace, storage: str | None) -> int:
         overrides.append(f"retrain.checkpoint_every_steps={args.checkpoint_every}")
     config = load_config(args.config, overrides)
     output_dir = Path(args.output) if args.output else Path(args.config).parent / "retrain"
-    retrain(config, resolve_data_dir(args.data_dir), output_dir, args.resume)
+    retrain(config, resolve_data_dir(args.data_dir), output_dir, args.resume, exported_trial_score(config))
     return 0
 
 

@@ -34,6 +34,7 @@ LEGACY_DEFAULTS = {
     "train.budget_seconds": None,  # budget_tokens only
     "train.embedding_lr_multiplier": 1.0,
     "train.sampled_softmax": None,  # the exact softmax
+    "train.decay_fraction": 0.2,  # (only the wsd schedule, added with it, reads it)
     "model.embedding_std": 1.0,
     "model.compile": False,
     "probe.target": "accuracy",

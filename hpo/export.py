@@ -15,6 +15,7 @@ from hpo.space import apply_params
 from hpo.storage import displayed_url, load_existing_study
 from hpo.study_values import objective_name, ranked_trials
 from hpo.versions import software_versions
+from training.results import TrialScore
 
 
 def study_base_config(study: optuna.Study) -> Config:
@@ -93,3 +94,20 @@ def export_best(study_name: str, storage_url: str, output_dir: Path, top_k: int 
     if top_k > len(ranked):
         print(f"note: only {len(ranked)} completed trial(s), so top_{top_k}/ holds {len(ranked)}", file=sys.stderr)
     return [path for path, _, _ in targets]
+
+
+def exported_trial_score(config: Config) -> TrialScore | None:
+    """The score of the trial an exported config comes from (its provenance); None for another config, or an
+    export from before the trials recorded their random-init accuracy."""
+    source = config.provenance or {}
+    attributes = source.get("trial_attributes", {})
+    needed = ("probe_accuracy", "random_init_accuracy", "budget_tokens")
+    if not all(name in attributes for name in needed):
+        return None
+    return TrialScore(
+        study=source.get("study"),
+        trial=source.get("trial"),
+        tokens=attributes["budget_tokens"],
+        accuracy=attributes["probe_accuracy"],
+        random_init_accuracy=attributes["random_init_accuracy"],
+    )

@@ -22,13 +22,12 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
+from hpo.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_mean_interval, holm_adjust
 from hpo.storage import displayed_url, load_existing_study
 from hpo.study_values import format_value, objective_name, ranked_trials, value_label
 
 MIN_TRIALS_PER_CHOICE = 3  # fewer completed trials than this: no interval, no test
 SIGNIFICANCE_LEVEL = 0.05  # for the Holm-adjusted p-values
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
 TOP_TRIALS = 10
 PED_ANOVA_RELIABLE_TRIALS = 20  # PED-ANOVA contrasts the top 10% with all: below this it is a hint
 SLICE_COLUMNS = 3  # slice plots per row, so that each keeps a readable width inside the page (body max-width)
@@ -36,26 +35,6 @@ SLICE_HEIGHT = 360  # pixels
 
 
 # Statistics of the categorical choices -----------------------------------------------------------
-
-
-def bootstrap_mean_interval(
-    values: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
-) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the mean."""
-    rng = np.random.default_rng(seed)
-    means = rng.choice(np.asarray(values, dtype=float), size=(resamples, len(values)), replace=True).mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def holm_adjust(p_values: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values, in the order given."""
-    adjusted = [0.0] * len(p_values)
-    running = 0.0
-    for rank, index in enumerate(np.argsort(p_values, kind="stable")):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
-        adjusted[index] = running
-    return adjusted
 
 
 @dataclass

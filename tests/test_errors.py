@@ -121,6 +121,16 @@ CASES = [
         r"train\.warmup_fraction = 1\.0; expected 0 <= fraction < 1",
     ),
     Case(
+        "config wsd phases overlap",
+        [*STUDY, "--set", "train.schedule=wsd", "--set", "train.warmup_fraction=0.9"],
+        r"train\.warmup_fraction \+ train\.decay_fraction = 0\.9 \+ 0\.2; the wsd schedule needs a sum <= 1",
+    ),
+    Case(
+        "retrain unknown schedule",
+        [*RETRAIN, "--set", "retrain.schedule=sine"],
+        r"retrain\.schedule = 'sine'; expected one of inherit, constant, linear, cosine, wsd",
+    ),
+    Case(
         "config heads do not divide hidden",
         [*STUDY, "--set", "model.num_heads=3"],
         r"model\.num_heads = 3 does not divide model\.hidden_size = 128",

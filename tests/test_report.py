@@ -16,29 +16,11 @@ from hpo.report import (
     MIN_TRIALS_PER_CHOICE,
     SLICE_COLUMNS,
     ChoiceSummary,
-    bootstrap_mean_interval,
     compare_choices,
-    holm_adjust,
     render_report,
     slice_row_figure,
 )
 from hpo.storage import load_existing_study
-
-
-def test_holm_adjust_matches_hand_computation():
-    # Sorted p: 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> kept monotone at 0.06.
-    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
-    assert holm_adjust([]) == []
-
-
-def test_bootstrap_interval_is_seeded_and_as_wide_as_the_standard_error_says():
-    values = np.random.default_rng(1).normal(0.55, 0.02, size=40).tolist()
-    low, high = bootstrap_mean_interval(values)
-    assert (low, high) == bootstrap_mean_interval(values)
-    assert low < np.mean(values) < high
-    expected_width = 2 * 1.96 * np.std(values) / np.sqrt(len(values))
-    assert high - low == pytest.approx(expected_width, rel=0.15)
 
 
 def summary(choice: str, values: list[float]) -> ChoiceSummary:

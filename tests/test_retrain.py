@@ -66,7 +66,10 @@ def tiny_overrides(tmp_path_factory) -> list[str]:
 def config_file(tmp_path, tiny_overrides) -> Path:
     """A tiny exported config, as `main.py export` writes it; a retrain writes beside it by default."""
     path = tmp_path / "best_config.yaml"
-    write_config(load_config(CONFIG_PATH, tiny_overrides), path)
+    config = load_config(CONFIG_PATH, tiny_overrides)
+    attributes = {"probe_accuracy": 0.55, "random_init_accuracy": 0.5, "budget_tokens": 1024}
+    config.provenance = {"study": "demo", "trial": 7, "trial_attributes": attributes}
+    write_config(config, path)
     return path
 
 
@@ -88,6 +91,9 @@ def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(config_file, tm
     assert retrain(config_file) == 0  # default output: retrain/ beside the config
     uninterrupted = tmp_path / "retrain"
     printed = capsys.readouterr().out
+    trial = "trial 7 of study 'demo': gain +0.0500 (accuracy 0.5500, random init 0.5000) after 1,024 tokens"
+    assert f"the recipe's {trial}" in printed  # from the export's provenance, before and after the run
+    assert re.search(rf"gain [+-]0\.\d{{4}} \(CV\) after 1,536 tokens, where the study's {re.escape(trial)}", printed)
     assert re.search(
         r"step 2/6 \| loss \d+\.\d{4} \| lr \d\.\d{3}e-0\d \| [\d,]+ tokens/s \| ETA \d:\d\d:\d\d", printed
     )
@@ -114,6 +120,7 @@ def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(config_file, tm
     # Dropout (0.1 here) draws from the restored random state; masking is reseeded per step.
     assert_same_weights(weights(resumed / "model.pt"), weights(uninterrupted / "model.pt"))
     first, second = (yaml.safe_load((folder / "results.yaml").read_text()) for folder in (uninterrupted, resumed))
+    assert first["study_trial"] == {**first["study_trial"], "trial": 7, "tokens": 1024, "gain": pytest.approx(0.05)}
     assert first["validation_loss"] == second["validation_loss"] and first["steps"] == second["steps"] == 6
     assert first["test_accuracy"] == second["test_accuracy"] and first["test_accuracy"]["rows"] == 7600
     assert first["selection_accuracy"]["rows"] == 4983 and 0.25 < first["selection_accuracy"]["accuracy"] < 1
@@ -237,9 +244,27 @@ def test_time_budget_schedule_follows_elapsed_training_time(tiny_overrides, data
     peak = config.train.learning_rate
     # Each step runs at the rate of its end: 1/16 of the budget per step, estimated from the steps before.
     ends = [FIRST_STEP_SHARE] + [(step + 1) / 16 for step in range(1, 16)]
-    assert rates == pytest.approx([peak * learning_rate_multiplier("linear", end, 0.25) for end in ends])
+    assert rates == pytest.approx([peak * learning_rate_multiplier("linear", end, 0.25, 0.2) for end in ends])
     assert rates[:4] == pytest.approx([peak * FIRST_STEP_SHARE / 0.25, peak / 2, 3 * peak / 4, peak])  # warm-up
-    assert learning_rate_multiplier("cosine", 0.625, 0.25) == pytest.approx(0.5)  # half-way through the decay
+    assert learning_rate_multiplier("cosine", 0.625, 0.25, 0.2) == pytest.approx(0.5)  # half-way through the decay
+
+
+@pytest.mark.parametrize(
+    ("progress", "expected"),
+    [(0.05, 0.5), (0.1, 1.0), (0.5, 1.0), (0.8, 1.0), (0.9, 0.5), (0.95, 0.25), (1.0, 0.0), (1.2, 0.0)],
+)
+def test_wsd_warms_up_holds_the_peak_then_decays_linearly_to_zero(progress, expected):
+    assert learning_rate_multiplier("wsd", progress, 0.1, 0.2) == pytest.approx(expected)
+
+
+def test_retrain_schedule_inherit_keeps_the_trials_schedule_and_the_others_replace_it(config_file):
+    trial = ["train.schedule=constant", "train.warmup_fraction=0.05", "train.decay_fraction=0.3"]
+    inherited = run_config(load_config(config_file, [*trial, "retrain.schedule=inherit"])).train
+    assert (inherited.schedule, inherited.warmup_fraction, inherited.decay_fraction) == ("constant", 0.05, 0.3)
+    assert inherited.budget_seconds is None and inherited.budget_tokens == 6 * BATCH_SIZE * SEQ_LEN
+    replaced = ["retrain.schedule=wsd", "retrain.warmup_fraction=0.02", "retrain.decay_fraction=0.1"]
+    wsd = run_config(load_config(config_file, [*trial, *replaced])).train
+    assert (wsd.schedule, wsd.warmup_fraction, wsd.decay_fraction) == ("wsd", 0.02, 0.1)
 
 
 def test_trial_with_a_time_budget_trains_for_its_seconds(tiny_overrides, data_dir):

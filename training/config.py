@@ -17,6 +17,12 @@ class ConfigError(ValueError):
     """A user's configuration mistake; main.py prints it as one line."""
 
 
+# LR schedules after the linear warm-up (training.pretrain.learning_rate_multiplier): constant; linear or
+# cosine decay to zero at the end; wsd: warm-up, stable at the peak, then a linear decay to zero over the
+# last decay_fraction of the budget (Hägele et al. 2024).
+SCHEDULES = ("constant", "linear", "cosine", "wsd")
+
+
 @dataclass
 class TrainConfig:
     """One pretraining run: objective, optimiser, schedule and budget."""
@@ -31,6 +37,7 @@ class TrainConfig:
     layer_lr_decay: float
     schedule: str
     warmup_fraction: float
+    decay_fraction: float  # wsd: the share of the budget, at its end, over which the LR decays to zero
     budget_tokens: int
     budget_seconds: float | None
     grad_clip: float
@@ -47,8 +54,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.objective not in ("mlm", "clm"):
             raise ConfigError(f"train.objective = {self.objective!r}; expected 'mlm' or 'clm'")
-        if self.schedule not in ("linear", "cosine", "constant"):
-            raise ConfigError(f"train.schedule = {self.schedule!r}; expected linear, cosine or constant")
+        check_schedule("train", self.schedule, self.warmup_fraction, self.decay_fraction, SCHEDULES)
         for name in ("learning_rate", "batch_size", "budget_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} = {getattr(self, name)}; expected a positive number")
@@ -66,13 +72,28 @@ class TrainConfig:
             )
         if not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"train.layer_lr_decay = {self.layer_lr_decay}; expected 0 < decay <= 1")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError(f"train.warmup_fraction = {self.warmup_fraction}; expected 0 <= fraction < 1")
         if any(not 0 < point < 1 for point in self.report_points):
             raise ConfigError(f"train.report_points = {self.report_points}; each must lie strictly between 0 and 1")
 
 
+def check_schedule(section: str, schedule: str, warmup: float, decay: float, allowed: tuple[str, ...]) -> None:
+    """The rules of a schedule's settings in `section` (train or retrain)."""
+    if schedule not in allowed:
+        raise ConfigError(f"{section}.schedule = {schedule!r}; expected one of {', '.join(allowed)}")
+    if not 0 <= warmup < 1:
+        raise ConfigError(f"{section}.warmup_fraction = {warmup}; expected 0 <= fraction < 1")
+    if not 0 < decay <= 1:
+        raise ConfigError(f"{section}.decay_fraction = {decay}; expected 0 < fraction <= 1")
+    if schedule == "wsd" and warmup + decay > 1:
+        raise ConfigError(
+            f"{section}.warmup_fraction + {section}.decay_fraction = {warmup} + {decay}; the wsd schedule needs "
+            "a sum <= 1 (warm-up, then the stable phase, then the decay)"
+        )
+
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# retrain.schedule: the trial's own schedule (train.schedule, warmup_fraction and decay_fraction), or one of SCHEDULES
+RETRAIN_SCHEDULES = ("inherit", *SCHEDULES)
 
 
 @dataclass
@@ -80,8 +101,9 @@ class RetrainConfig:
     """The full-length run of an exported config (`main.py retrain`); not part of the search space."""
 
     budget_tokens: int
-    schedule: str
+    schedule: str  # inherit (the trial's schedule) or one of SCHEDULES, with the two fractions below
     warmup_fraction: float
+    decay_fraction: float
     grad_accumulation_steps: int
     precision: str
     gradient_checkpointing: bool
@@ -97,10 +119,7 @@ class RetrainConfig:
             raise ConfigError(
                 f"retrain.keep_checkpoints = {self.keep_checkpoints}; expected at least 1 (a resume needs the newest)"
             )
-        if self.schedule not in ("cosine", "linear"):
-            raise ConfigError(f"retrain.schedule = {self.schedule!r}; expected cosine or linear")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError(f"retrain.warmup_fraction = {self.warmup_fraction}; expected 0 <= fraction < 1")
+        check_schedule("retrain", self.schedule, self.warmup_fraction, self.decay_fraction, RETRAIN_SCHEDULES)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"retrain.precision = {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
 

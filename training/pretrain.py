@@ -89,14 +89,17 @@ def derived_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
 
 
-def learning_rate_multiplier(schedule: str, progress: float, warmup_fraction: float) -> float:
-    """Linear warm-up from zero over the first `warmup_fraction` of the budget, then constant,
-    linear decay to zero or cosine decay to zero at progress 1. A step takes the multiplier of the
-    progress at its end (Pretrainer.step_end_progress), so the first step does not run at zero."""
+def learning_rate_multiplier(schedule: str, progress: float, warmup_fraction: float, decay_fraction: float) -> float:
+    """Linear warm-up from zero over the first `warmup_fraction` of the budget, then constant, linear decay
+    to zero or cosine decay to zero at progress 1, or (wsd) constant until the last `decay_fraction` of the
+    budget and a linear decay to zero over it. A step takes the multiplier of the progress at its end
+    (Pretrainer.step_end_progress), so the first step does not run at zero."""
     if progress < warmup_fraction:
         return progress / warmup_fraction
     if schedule == "constant":
         return 1.0
+    if schedule == "wsd":
+        return min(1.0, max(0.0, (1.0 - progress) / decay_fraction))
     decay = min(1.0, (progress - warmup_fraction) / (1.0 - warmup_fraction))
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * decay))
@@ -236,7 +239,9 @@ class Pretrainer:
         self.schedulers = [
             torch.optim.lr_scheduler.LambdaLR(
                 optimizer,
-                lambda _: learning_rate_multiplier(train.schedule, self.step_end_progress, train.warmup_fraction),
+                lambda _: learning_rate_multiplier(
+                    train.schedule, self.step_end_progress, train.warmup_fraction, train.decay_fraction
+                ),
             )
             for optimizer in self.optimizers
         ]

@@ -36,6 +36,7 @@ from model.bert import Encoder
 from training.config import LOCATION_KEYS, ConfigError, RunConfig, config_to_dict
 from training.pretrain import Execution, Pretrainer, StepResult, random_init_encoder, resolve_device
 from training.probe import Probe, cross_validated_accuracy, held_out_accuracy
+from training.results import TrialScore
 
 # Settings that change how often a run reports or saves, not what it learns: a resume may change them.
 CADENCE_FIELDS = ("checkpoint_every_steps", "log_every_steps", "keep_checkpoints")
@@ -46,15 +47,17 @@ PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)
 
 
 def run_config(config: RunConfig) -> RunConfig:
-    """The trial's recipe with the retrain's budget, schedule and gradient checkpointing in place of the trial's."""
+    """The trial's recipe with the retrain's budget and gradient checkpointing in place of the trial's, and its
+    schedule too unless retrain.schedule is inherit (the trial's schedule over the retrain's budget)."""
     retrain = config.retrain
-    train = dataclasses.replace(
-        config.train,
-        budget_tokens=retrain.budget_tokens,
-        budget_seconds=None,
-        schedule=retrain.schedule,
-        warmup_fraction=retrain.warmup_fraction,
-    )
+    train = dataclasses.replace(config.train, budget_tokens=retrain.budget_tokens, budget_seconds=None)
+    if retrain.schedule != "inherit":
+        train = dataclasses.replace(
+            train,
+            schedule=retrain.schedule,
+            warmup_fraction=retrain.warmup_fraction,
+            decay_fraction=retrain.decay_fraction,
+        )
     model = dataclasses.replace(config.model, gradient_checkpointing=retrain.gradient_checkpointing)
     return dataclasses.replace(config, train=train, model=model)
 
@@ -333,6 +336,19 @@ def summary(results: dict, output_dir: Path) -> str:
     )
 
 
+def describe_schedule(config: RunConfig) -> str:
+    """The run's LR schedule in words, e.g. "constant after a 5% warm-up"."""
+    train = config.train
+    shape = {
+        "constant": "constant",
+        "linear": "linear decay to zero",
+        "cosine": "cosine decay to zero",
+        "wsd": f"stable, then a linear decay to zero over the last {train.decay_fraction:.0%}",
+    }[train.schedule]
+    inherited = " (the trial's)" if config.retrain.schedule == "inherit" else ""
+    return f"{train.schedule}{inherited}: {shape} after a {train.warmup_fraction:.0%} warm-up"
+
+
 def train(trainer: Pretrainer, checkpoints: CheckpointFolder, config_hash: str, world: World) -> None:
     retrain = trainer.config.retrain
     progress = ProgressLine(trainer, retrain.log_every_steps) if world.is_main else None
@@ -346,8 +362,11 @@ def train(trainer: Pretrainer, checkpoints: CheckpointFolder, config_hash: str, 
         progress.close()
 
 
-def retrain(config: RunConfig, data_dir: Path, output_dir: Path, resume: bool = False) -> dict | None:
-    """Run the full pretraining of `config`; returns the results on rank 0, None on the other ranks."""
+def retrain(
+    config: RunConfig, data_dir: Path, output_dir: Path, resume: bool = False, trial: TrialScore | None = None
+) -> dict | None:
+    """Run the full pretraining of `config`; returns the results on rank 0, None on the other ranks. `trial`,
+    the score of the study's trial that the recipe comes from, is printed and recorded beside the run's."""
     config = run_config(config)
     config_hash = run_hash(config)
     with process_group(config.train.device) as (world, device):
@@ -364,9 +383,11 @@ def retrain(config: RunConfig, data_dir: Path, output_dir: Path, resume: bool = 
             print(
                 f"retrain: {trainer.num_parameters:,} parameters, {trainer.total_steps} steps of "
                 f"{trainer.tokens_per_step:,} tokens, {precision}, {world.world_size} process(es) on {device}, "
-                f"from step {trainer.step}; output {output_dir}",
+                f"from step {trainer.step}; schedule {describe_schedule(config)}; output {output_dir}",
                 flush=True,
             )
+            if trial is not None:
+                print(f"the recipe's {trial.describe()}", flush=True)
         train(trainer, checkpoints, config_hash, world)
         results = None
         if world.is_main:
@@ -381,8 +402,16 @@ def retrain(config: RunConfig, data_dir: Path, output_dir: Path, resume: bool = 
                 "config_hash": config_hash,
                 "config": config_to_dict(config),
             }
+            if trial is not None:
+                results["study_trial"] = {**dataclasses.asdict(trial), "gain": trial.gain}
             write_outputs(trainer, results, output_dir)
             print(summary(results, output_dir), flush=True)
+            if trial is not None:
+                print(
+                    f"gain {results['gain_over_random_init']['selection_accuracy']:+.4f} (CV) after "
+                    f"{results['tokens']:,} tokens, where the study's {trial.describe()}",
+                    flush=True,
+                )
         if world.world_size > 1:
             dist.barrier()
         return results
