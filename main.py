@@ -10,6 +10,12 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent
 
 
+def add_data_dir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", dest="data_dir", help="data folder (default: $HPO_DATA_DIR, else the bundled data)"
+    )
+
+
 def add_override_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
@@ -19,9 +25,7 @@ def add_override_flags(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.budget_tokens=200000 (repeatable)",
     )
-    parser.add_argument(
-        "--data-dir", dest="data_dir", help="data folder (default: $HPO_DATA_DIR, else the bundled data)"
-    )
+    add_data_dir_flag(parser)
 
 
 def add_study_flags(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +68,15 @@ def add_export_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top_k", type=int, default=0, help="also write the K best trials to studies/<name>/top_K/rank_N.yaml"
     )
+
+
+def add_confirm_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--top_k", type=int, default=5, help="re-run the K best recipes of the study (default 5)")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="train.seed values every recipe runs with (default 3: the study's + 1..3)"
+    )
+    parser.add_argument("--n_jobs", type=int, default=1, help="worker processes (default 1)")
+    add_data_dir_flag(parser)
 
 
 def add_dashboard_flags(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +124,22 @@ def run_study_command(args: argparse.Namespace, storage: str) -> int:
     if not run.worker_deaths:
         return 0
     for death in run.worker_deaths:  # the last lines: what the run lost, and what became of it
+        print(f"warning: {death.describe()}", file=sys.stderr)
+    return WORKER_DIED_EXIT_CODE
+
+
+def run_confirm_command(args: argparse.Namespace, storage: str) -> int:
+    from data.files_location import resolve_data_dir
+    from hpo.confirm import print_confirmation, run_confirmation
+    from hpo.study import WORKER_DIED_EXIT_CODE
+
+    run = run_confirmation(
+        args.study_name, storage, resolve_data_dir(args.data_dir), args.top_k, args.seeds, args.n_jobs
+    )
+    print_confirmation(args.study_name, storage)
+    if run is None or not run.worker_deaths:
+        return 0
+    for death in run.worker_deaths:
         print(f"warning: {death.describe()}", file=sys.stderr)
     return WORKER_DIED_EXIT_CODE
 
@@ -175,6 +204,12 @@ class Command:
 
 COMMANDS = {
     "study": Command("add trials to a study (the default command)", run_study_command, add_study_flags),
+    "confirm": Command(
+        "re-run the study's top recipes over paired seeds (companion study <name>-confirm); export then takes the "
+        "confirmed leader",
+        run_confirm_command,
+        add_confirm_flags,
+    ),
     "report": Command("write studies/<name>/report.html: plots, importances, statistics", run_report_command),
     "export": Command("write studies/<name>/best_config.yaml for a retrain", run_export_command, add_export_flags),
     "status": Command(
@@ -237,6 +272,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--port ({args.port}) must be 0 (any free port) to 65535")
     if args.command == "export" and args.top_k < 0:
         parser.error(f"--top_k ({args.top_k}) must be 0 (best trial only) or more")
+    if args.command == "confirm":
+        for flag, value in (("top_k", args.top_k), ("seeds", args.seeds), ("n_jobs", args.n_jobs)):
+            if value < 1:
+                parser.error(f"--{flag} ({value}) must be at least 1")
     return args
 
 

@@ -138,7 +138,7 @@ def recipe_config(config_path: Path, recipe: str, overrides: list[str], checkpoi
 def run_curve(config: Config, recipe: str, overrides: list[str], data_dir: Path, checkpoints, device) -> Curve:
     """One pretraining run of `config`, probed at each checkpoint (tokens, or fractions of a time budget)."""
     tokenizer = Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken")
-    corpus = load_corpus(data_dir, config.data, tokenizer, seed=config.train.seed)
+    corpus = load_corpus(data_dir, config.data, tokenizer)
     selection, _ = load_agnews(data_dir)
     probe = Probe(selection, tokenizer, config.probe)
     folds = config.probe.folds
@@ -152,7 +152,10 @@ def run_curve(config: Config, recipe: str, overrides: list[str], data_dir: Path,
     for checkpoint in checkpoints:
         while not trainer.finished and not _reached(trainer, checkpoint):
             trainer.train_step()
-        consumed = [corpus.batch(step, config.train.batch_size).numpy() for step in range(counted_steps, trainer.step)]
+        consumed = [
+            corpus.batch(step, config.train.batch_size, config.train.seed).numpy()
+            for step in range(counted_steps, trainer.step)
+        ]
         if consumed:
             reference.add(np.concatenate(consumed))
         counted_steps = trainer.step

@@ -74,9 +74,9 @@ def main() -> None:
     print("| train.seed | random init | pretrained | gain | validation loss | seconds |")
     print("|---:|---:|---:|---:|---:|---:|")
     gains = []
+    corpus = load_corpus(data_dir, config.data, tokenizer)
     for seed in range(args.seeds):
         seeded = replace(config, train=replace(config.train, seed=seed))
-        corpus = load_corpus(data_dir, config.data, tokenizer, seed=seed)  # row order follows the seed too
         started = time.perf_counter()
         trainer = Pretrainer(seeded, corpus, tokenizer, device)
         random_init = probe.score(trainer.model, device, config.probe.folds)

@@ -58,13 +58,13 @@ def _pack(streams: list[list[int]], seq_len: int, cls_id: int, eos_id: int) -> n
 
 
 class PackedCorpus:
-    """Packed train and validation sequences; batch(step) is a pure function of (seed, step)."""
+    """Packed train and validation sequences; batch(step, batch_size, seed) is a pure function of its arguments,
+    so runs with the same seed see the same data in the same order, whatever else differs."""
 
-    def __init__(self, train: np.ndarray, validation: np.ndarray, seed: int = 0):
+    def __init__(self, train: np.ndarray, validation: np.ndarray):
         self.train = train  # (N, S) uint16
         self.validation = validation  # (M, S) uint16
-        self.seed = seed
-        self._orders: dict[int, np.ndarray] = {}  # the current epoch's row order
+        self._orders: dict[tuple[int, int], np.ndarray] = {}  # the current (seed, epoch)'s row order
         self._counts: np.ndarray | None = None
 
     @property
@@ -77,16 +77,17 @@ class PackedCorpus:
             self._counts = np.bincount(np.asarray(self.train).ravel(), minlength=vocab_size).astype(np.int64)
         return self._counts
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.train))}
-        return self._orders[epoch]
+    def _epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        if (seed, epoch) not in self._orders:
+            self._orders = {(seed, epoch): np.random.default_rng([seed, epoch]).permutation(len(self.train))}
+        return self._orders[seed, epoch]
 
-    def batch(self, step: int, batch_size: int) -> torch.Tensor:
-        """(B, S) int64 training batch number `step`: epochs are seeded permutations of rows."""
+    def batch(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
+        """(B, S) int64 training batch number `step` of the data order `seed`: epochs are seeded permutations
+        of the rows."""
         global_index = np.arange(step * batch_size, (step + 1) * batch_size)
         epochs, positions = np.divmod(global_index, len(self.train))
-        rows = np.array([self._epoch_order(e)[p] for e, p in zip(epochs, positions, strict=True)])
+        rows = np.array([self._epoch_order(seed, e)[p] for e, p in zip(epochs, positions, strict=True)])
         return torch.from_numpy(self.train[np.sort(rows)].astype(np.int64))
 
     def validation_batches(self, batch_size: int, max_sequences: int):
@@ -96,7 +97,7 @@ class PackedCorpus:
             yield torch.from_numpy(rows[start : start + batch_size].astype(np.int64))
 
 
-def load_corpus(data_dir: Path, config: CorpusConfig, tokenizer: Tokenizer, seed: int = 0) -> PackedCorpus:
+def load_corpus(data_dir: Path, config: CorpusConfig, tokenizer: Tokenizer) -> PackedCorpus:
     """Packed corpus from the cache, tokenizing and caching first if needed (safe across processes)."""
     config.validate()
     paths = [Path(data_dir) / "corpus" / f"{name}.txt.gz" for name in sorted(config.sources)]
@@ -129,7 +130,6 @@ def load_corpus(data_dir: Path, config: CorpusConfig, tokenizer: Tokenizer, seed
     return PackedCorpus(
         _open_rows(train_path, meta["train_rows"], config.seq_len),
         _open_rows(validation_path, meta["validation_rows"], config.seq_len),
-        seed=seed,
     )
 
 

@@ -11,6 +11,7 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from hpo.config import Config, ConfigError, stored_config
+from hpo.confirmation import load_confirmation
 from hpo.space import apply_params
 from hpo.storage import displayed_url, load_existing_study
 from hpo.study_values import objective_name, ranked_trials
@@ -45,9 +46,10 @@ def trial_config(base: Config, trial: FrozenTrial) -> Config:
     return config
 
 
-def provenance(study: optuna.Study, storage_url: str, trial: FrozenTrial, rank: int) -> dict[str, Any]:
-    """Where a configuration came from: study, trial, its score, and the software that produced it."""
+def provenance(study: optuna.Study, storage_url: str, trial: FrozenTrial, rank: int, rule: str) -> dict[str, Any]:
+    """Where a configuration came from: study, trial, its score, the rule that chose it, and the software."""
     return {
+        "selection": rule,
         "study": study.study_name,
         "storage": displayed_url(storage_url),
         "trial": trial.number,
@@ -69,13 +71,48 @@ def write_config(config: Config, path: Path) -> None:
     source = config.provenance or {}
     header = (
         f"# Full run configuration of trial {source.get('trial')} of study {source.get('study')!r}, "
-        "exported by `python main.py export`.\n# Use it as the --config of a run; `provenance` is for people.\n"
+        "exported by `python main.py export`.\n"
+        f"# Chosen as: {source.get('selection', 'not recorded')}.\n"
+        "# Use it as the --config of a run; `provenance` is for people.\n"
     )
     path.write_text(header + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), encoding="utf-8")
 
 
+MIN_CONFIRMED_SEEDS = 2  # a confirmation with fewer seeds finished by every recipe has no standard error
+BEST_TRIAL_RULE = "the best single trial value (no confirmation over seeds: see `main.py confirm`)"
+
+
+def chosen_best(study: optuna.Study, ranked: list[FrozenTrial]) -> tuple[FrozenTrial, str, dict | None]:
+    """The trial best_config.yaml is made of, the rule that chose it, and the confirmation's figures: the
+    confirmed leader when a confirmation holds at least two seeds finished by every recipe, else the best trial."""
+    summary = load_confirmation(study)
+    if summary is None:
+        return ranked[0], BEST_TRIAL_RULE, None
+    if not summary.finished:
+        print(
+            f"note: the confirmation of study {study.study_name!r} is unfinished ({summary.runs_done} of "
+            f"{summary.runs_planned} runs); run `main.py confirm` again to finish it",
+            file=sys.stderr,
+        )
+    leader = summary.leader
+    if leader is None or len(summary.complete_seeds) < MIN_CONFIRMED_SEEDS:
+        return ranked[0], BEST_TRIAL_RULE + f"; its confirmation has fewer than {MIN_CONFIRMED_SEEDS} seeds done", None
+    trial = next(trial for trial in ranked if trial.number == leader.recipe.trial)
+    figures = {
+        "study": summary.study_name,
+        "seeds": summary.complete_seeds,
+        "values": leader.values,
+        "mean": leader.mean,
+        "standard_error": leader.standard_error,
+        "probability_best": leader.probability_best,
+        "recipes": {str(line.recipe.trial): line.mean for line in summary.recipes},
+    }
+    return trial, summary.rule(), figures
+
+
 def export_best(study_name: str, storage_url: str, output_dir: Path, top_k: int = 0) -> list[Path]:
-    """Write output_dir/best_config.yaml and, with top_k, output_dir/top_K/rank_N.yaml; returns the paths."""
+    """Write output_dir/best_config.yaml (the confirmed leader, or the best trial) and, with top_k,
+    output_dir/top_K/rank_N.yaml (by trial value); returns the paths."""
     study = load_existing_study(study_name, storage_url)
     ranked = ranked_trials(study)
     if not ranked:
@@ -84,16 +121,19 @@ def export_best(study_name: str, storage_url: str, output_dir: Path, top_k: int 
             f"study {study_name!r} has no completed trial yet ({states}); run more trials before exporting"
         )
     base = study_base_config(study)
-    targets = [(output_dir / "best_config.yaml", 1, ranked[0])]
+    best, rule, confirmation = chosen_best(study, ranked)
+    targets = [(output_dir / "best_config.yaml", best, rule, confirmation)]
     for rank, trial in enumerate(ranked[:top_k], start=1):
-        targets.append((output_dir / f"top_{top_k}" / f"rank_{rank}.yaml", rank, trial))
-    for path, rank, trial in targets:
+        targets.append((output_dir / f"top_{top_k}" / f"rank_{rank}.yaml", trial, f"rank {rank} by trial value", None))
+    for path, trial, why, figures in targets:
         config = trial_config(base, trial)
-        config.provenance = provenance(study, storage_url, trial, rank)
+        config.provenance = provenance(study, storage_url, trial, ranked.index(trial) + 1, why)
+        if figures is not None:
+            config.provenance["confirmation"] = figures
         write_config(config, path)
     if top_k > len(ranked):
         print(f"note: only {len(ranked)} completed trial(s), so top_{top_k}/ holds {len(ranked)}", file=sys.stderr)
-    return [path for path, _, _ in targets]
+    return [path for path, _, _, _ in targets]
 
 
 def exported_trial_score(config: Config) -> TrialScore | None:

@@ -36,7 +36,7 @@ class Resources:
     @classmethod
     def load(cls, config: Config, data_dir: Path) -> "Resources":
         tokenizer = Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken")
-        corpus = load_corpus(data_dir, config.data, tokenizer, seed=config.train.seed)
+        corpus = load_corpus(data_dir, config.data, tokenizer)
         selection, _ = load_agnews(data_dir)
         quick = stratified_subset(selection, config.probe.quick_rows, config.probe.seed)
         return cls(tokenizer, corpus, Probe(selection, tokenizer, config.probe), Probe(quick, tokenizer, config.probe))

@@ -22,6 +22,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
+from hpo.confirmation import load_confirmation
 from hpo.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_mean_interval, holm_adjust
 from hpo.storage import displayed_url, load_existing_study
 from hpo.study_values import format_value, objective_name, ranked_trials, value_label
@@ -325,6 +326,50 @@ def choices_section(study: optuna.Study) -> str:
     return "".join(parts)
 
 
+def confirmation_section(study: optuna.Study) -> str:
+    summary = load_confirmation(study)
+    if summary is None:
+        return _note(
+            "No confirmation yet: `python main.py confirm --study_name NAME` re-runs the top recipes over paired "
+            "seeds, and export then takes the confirmed leader rather than the best single trial."
+        )
+    about = (
+        f"The top recipes re-run in study {summary.study_name!r} with train.seed "
+        f"{', '.join(map(str, summary.seeds))} (the same seeds for every recipe: paired), each on the tokens its "
+        f"trial consumed, each against its own random-init encoder; {summary.runs_done} of {summary.runs_planned} "
+        f"runs done. Statistics over the {len(summary.complete_seeds)} seed(s) every recipe has finished: the mean "
+        "± its standard error, the paired difference to the leader ± its standard error (seed by seed), and the "
+        f"share of {BOOTSTRAP_RESAMPLES} bootstrap resamples of the seeds in which the recipe has the best mean."
+    )
+    if not summary.recipes:
+        return _note(about) + _note("No seed is finished by every recipe yet.")
+    label = html.escape(value_label(study))
+    rows = [
+        [
+            str(line.recipe.trial),
+            format_value(study, line.recipe.value),
+            ", ".join(format_value(study, value) for value in line.values),
+            f"{format_value(study, line.mean)} ± {line.standard_error:.4f}",
+            "leader"
+            if line is summary.leader
+            else f"{line.difference_to_leader:+.4f} ± {line.difference_standard_error:.4f}",
+            f"{line.probability_best:.2f}",
+            f"{line.recipe.tokens:,}",
+        ]
+        for line in summary.recipes
+    ]
+    header = [
+        "trial",
+        f"study {label} (one seed)",
+        "by seed",
+        f"mean {label} ± s.e.",
+        "paired difference to the leader ± s.e.",
+        "P(best)",
+        "tokens",
+    ]
+    return _note(about) + _table(header, rows)
+
+
 SECTIONS: dict[str, Callable[[optuna.Study], str]] = {
     "Summary": summary_section,
     "Optimisation history": history_section,
@@ -334,6 +379,7 @@ SECTIONS: dict[str, Callable[[optuna.Study], str]] = {
     "Slices": slice_section,
     "Intermediate values (pruning curves)": intermediate_section,
     f"Top {TOP_TRIALS} trials": top_trials_section,
+    "Confirmation over seeds": confirmation_section,
     "Categorical choices: which is better?": choices_section,
 }
 

@@ -10,6 +10,7 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.confirmation import describe, load_confirmation
 from hpo.storage import displayed_url, load_existing_study
 from hpo.study_values import format_value, objective_name, ranked_trials, value_label
 from hpo.trial_logs import WORKER_LABEL_ATTR
@@ -132,10 +133,12 @@ def describe_status(study: optuna.Study, storage_url: str, now: datetime.datetim
     """The status report as lines of text."""
     now = now or datetime.datetime.now()  # Optuna's trial times are naive local times
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    confirmation = load_confirmation(study)
     lines = [
         f"study {study.study_name!r} in {displayed_url(storage_url)}, maximising {objective_name(study)}",
         counts_line(study),
         *best_lines(study),
+        *(describe(confirmation, value_label(study)) if confirmation else ["confirmation: none (`main.py confirm`)"]),
         *running_lines(running, now),
         estimate_line(study, running, now),
     ]

@@ -142,7 +142,7 @@ def test_pretraining_with_next_sentence_prediction_trains_its_head(data_dir, tok
     ]
     plain_config = load_config(CONFIG, overrides)
     nsp_config = load_config(CONFIG, [*overrides, "train.nsp=true"])
-    corpus = load_corpus(data_dir, nsp_config.data, tokenizer, seed=0)
+    corpus = load_corpus(data_dir, nsp_config.data, tokenizer)
     plain = Pretrainer(plain_config, corpus, tokenizer, torch.device("cpu"))
     trainer = Pretrainer(nsp_config, corpus, tokenizer, torch.device("cpu"))
     head_before = trainer.model.next_sentence_head.weight.detach().clone()

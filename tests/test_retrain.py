@@ -146,7 +146,7 @@ def test_two_process_ddp_matches_one_process_with_two_micro_batches(config_file,
     assert [path.name for path in (output / "checkpoints").iterdir()] == ["step_4.pt"]
 
     config = run_config(load_config(config_file, ["model.dropout=0.0", "train.device=cpu"]))
-    corpus = load_corpus(data_dir, config.data, tokenizer, seed=config.train.seed)
+    corpus = load_corpus(data_dir, config.data, tokenizer)
     execution = Execution(accumulation_steps=2, dense_embedding_gradients=True)  # as DDP has them
     single = Pretrainer(config, corpus, tokenizer, torch.device("cpu"), execution)
     while not single.finished:
@@ -231,7 +231,7 @@ def test_missing_config_file_is_a_one_line_error(tmp_path, capsys):
 def test_time_budget_schedule_follows_elapsed_training_time(tiny_overrides, data_dir, tokenizer):
     overrides = [*tiny_overrides, "train.budget_seconds=1.0", "train.schedule=linear", "train.warmup_fraction=0.25"]
     config = load_config(CONFIG_PATH, overrides)
-    corpus = load_corpus(data_dir, config.data, tokenizer, seed=config.train.seed)
+    corpus = load_corpus(data_dir, config.data, tokenizer)
     trainer = Pretrainer(config, corpus, tokenizer, torch.device("cpu"))
     ticks = itertools.count()
     trainer.clock = lambda: next(ticks) * 0.0625  # read twice a step: every step lasts 0.0625 s

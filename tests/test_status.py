@@ -76,11 +76,12 @@ def test_status_counts_states_and_shows_the_best_the_running_trial_and_an_estima
         "(accuracy 0.7000, gain +0.0800 over random init 0.6200)"
     )
     assert lines[3] == "  train.learning_rate = 0.002"
-    assert lines[4:6] == ["running:", "  trial 3: 20s so far, worker 1 (pid 7 on h)"]
+    assert lines[4] == "confirmation: none (`main.py confirm`)"
+    assert lines[5:7] == ["running:", "  trial 3: 20s so far, worker 1 (pid 7 on h)"]
     # Mean of finished trials 50 s; 2 to start (6 - 4 since the run began); the running one needs 30 s more:
     # worker A takes one at 0 (ends 50), worker B at 30 (ends 80).
-    assert lines[6].startswith("estimate: about 1m 20s to finish the run started 2026-01-01 12:00 on h: ")
-    assert "2 trial(s) to start and 1 running, 2 worker(s), at the mean 50s of 3 finished" in lines[6]
+    assert lines[7].startswith("estimate: about 1m 20s to finish the run started 2026-01-01 12:00 on h: ")
+    assert "2 trial(s) to start and 1 running, 2 worker(s), at the mean 50s of 3 finished" in lines[7]
 
 
 def test_status_command_prints_it(running_study, capsys):
@@ -96,8 +97,9 @@ def test_estimate_is_honest_about_what_it_lacks(running_study):
     # The timeout ended 100 s after the start, long ago: only the running trial's 30 s remain.
     assert "about 30s to finish" in describe_status(study, storage, now)
     empty = optuna.create_study(study_name="e", storage=storage)
-    assert describe_status(empty, storage).splitlines()[-3:] == [
+    assert describe_status(empty, storage).splitlines()[-4:] == [
         "best so far: no completed trial yet",
+        "confirmation: none (`main.py confirm`)",
         "running: none",
         "estimate: none (no run of this study was recorded by main.py)",
     ]

@@ -336,7 +336,7 @@ class Pretrainer:
         self.model.train()
         execution = self.execution
         learning_rate = self.optimizers[0].param_groups[-1]["lr"]
-        global_batch = self.corpus.batch(self.step, self.config.train.batch_size)  # (B, S)
+        global_batch = self.corpus.batch(self.step, self.config.train.batch_size, self.config.train.seed)  # (B, S)
         rows = len(global_batch) // execution.micro_batches
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)

@@ -374,7 +374,7 @@ def retrain(
         checkpoints = CheckpointFolder(output_dir / "checkpoints", config.retrain.keep_checkpoints)
         checkpoint = checkpoint_to_resume(checkpoints, config_hash, world, resume)
         tokenizer = Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken")
-        corpus = load_corpus(data_dir, config.data, tokenizer, seed=config.train.seed)
+        corpus = load_corpus(data_dir, config.data, tokenizer)
         execution = Execution(config.retrain.grad_accumulation_steps, precision, world.rank, world.world_size)
         trainer = Pretrainer(config, corpus, tokenizer, device, execution)
         if checkpoint is not None:

@@ -1,0 +1,91 @@
+"""`main.py confirm`: re-run a study's top recipes over paired seeds, in its companion study (hpo/confirmation.py),
+with the study's workers; then print what the confirmation found."""
+
+import dataclasses
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.config import ConfigError
+from hpo.confirmation import (
+    PARENT_ATTR,
+    RECIPES_ATTR,
+    SEEDS_ATTR,
+    Recipe,
+    companion_name,
+    confirmation_config,
+    describe,
+    summarise,
+    top_recipes,
+)
+from hpo.export import study_base_config
+from hpo.storage import load_existing_study
+from hpo.study import RunLimits, StudyRun, open_study, run_study
+from hpo.study_values import ranked_trials, value_label
+
+# Runs in these states need no new copy: done, running (or failed and queued again by the heartbeat), queued,
+# or pruned (a non-finite loss, which the same seed and data would only repeat).
+PRESENT_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
+
+
+def confirmation_seeds(study_seed: int, count: int) -> list[int]:
+    """Fresh train.seed values: not the study's own, whose draws chose the top trials (the winner's curse)."""
+    return [study_seed + 1 + index for index in range(count)]
+
+
+def merge_recipes(companion: optuna.Study, recipes: list[Recipe]) -> list[Recipe]:
+    """The recipes recorded by earlier runs of confirm, then the new ones: a later, larger --top_k adds recipes."""
+    recorded = [Recipe(**recipe) for recipe in companion.user_attrs.get(RECIPES_ATTR, [])]
+    return recorded + [recipe for recipe in recipes if all(recipe.params != old.params for old in recorded)]
+
+
+def enqueue_missing(companion: optuna.Study, recipes: list[Recipe], seeds: list[int]) -> int:
+    """Queue every (recipe, seed) run the companion does not hold yet; returns how many were queued."""
+    present = [
+        trial.params or trial.system_attrs.get("fixed_params", {})
+        for trial in companion.get_trials(deepcopy=False, states=PRESENT_STATES)
+    ]
+    queued = 0
+    for recipe in recipes:
+        for seed in seeds:
+            params = recipe.run_params(seed)
+            if params not in present:
+                companion.enqueue_trial(params)
+                queued += 1
+    return queued
+
+
+def run_confirmation(
+    study_name: str, storage_url: str, data_dir: Path, top_k: int, seeds: int, n_jobs: int
+) -> StudyRun | None:
+    """Confirm the study's top_k recipes over `seeds` paired seeds; returns the companion's run (None when every
+    run was done already). Run it again to resume, or with a larger --top_k or --seeds to extend it."""
+    study = load_existing_study(study_name, storage_url)
+    ranked = ranked_trials(study)
+    if not ranked:
+        raise ConfigError(f"study {study_name!r} has no completed trial yet; run trials before confirming them")
+    base = study_base_config(study)
+    config = confirmation_config(base)
+    companion = open_study(companion_name(study_name), storage_url, config, seed=0)
+    recipes = merge_recipes(companion, top_recipes(ranked, top_k))
+    all_seeds = sorted({*companion.user_attrs.get(SEEDS_ATTR, []), *confirmation_seeds(base.train.seed, seeds)})
+    companion.set_user_attr(PARENT_ATTR, study_name)
+    companion.set_user_attr(RECIPES_ATTR, [dataclasses.asdict(recipe) for recipe in recipes])
+    companion.set_user_attr(SEEDS_ATTR, all_seeds)
+    queued = enqueue_missing(companion, recipes, all_seeds)
+    waiting = len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    print(
+        f"confirming {len(recipes)} recipe(s) of study {study_name!r} (trials "
+        f"{', '.join(str(recipe.trial) for recipe in recipes)}) with train.seed {', '.join(map(str, all_seeds))}: "
+        f"{queued} run(s) queued now, {waiting} to run, in study {companion.study_name!r}"
+    )
+    if waiting == 0:
+        return None
+    return run_study(companion.study_name, storage_url, config, data_dir, RunLimits(n_trials=waiting), n_jobs, 0)
+
+
+def print_confirmation(study_name: str, storage_url: str) -> None:
+    study = load_existing_study(study_name, storage_url)
+    companion = optuna.load_study(study_name=companion_name(study_name), storage=study._storage)
+    print("\n".join(describe(summarise(companion), value_label(study))))
