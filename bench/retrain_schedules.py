@@ -16,96 +16,26 @@ Writes OUTPUT/retrain_schedules.md and .json.
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
+from bench.retrain_runs import PROJECT_DIR, RetrainResult, RetrainRun, retrain_all
 from hpo.statistics import mean_and_standard_error
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 SCHEDULES = ("inherit", "cosine", "wsd")
 TOKENS = (3_000_000, 10_000_000)
 SEEDS = (0, 1)
-CHECKPOINT_EVERY = 2_000  # steps; one checkpoint kept, so an interrupted run resumes without filling the disk
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
     schedule: str
-    tokens: int
     seed: int
-    validation_loss: float
-    accuracy: float
-    random_init_accuracy: float
-    test_accuracy: float
-    test_random_init_accuracy: float
-    train_seconds: float
+    result: RetrainResult
 
     @property
-    def gain(self) -> float:
-        return self.accuracy - self.random_init_accuracy
-
-    @property
-    def test_gain(self) -> float:
-        return self.test_accuracy - self.test_random_init_accuracy
-
-
-def run_folder(work: Path, schedule: str, tokens: int, seed: int) -> Path:
-    return work / f"{schedule}_{tokens}_{seed}"
-
-
-def retrain_once(config: Path, work: Path, schedule: str, tokens: int, seed: int, extra: list[str]) -> Run:
-    """One `main.py retrain` (resumed if an earlier benchmark was interrupted), read back from its results.yaml."""
-    folder = run_folder(work, schedule, tokens, seed)
-    results_path = folder / "results.yaml"
-    if not results_path.exists():
-        command = [
-            sys.executable,
-            str(PROJECT_DIR / "main.py"),
-            "retrain",
-            "--config",
-            str(config),
-            "--output",
-            str(folder),
-            "--budget_tokens",
-            str(tokens),
-            "--checkpoint_every",
-            str(CHECKPOINT_EVERY),
-            "--set",
-            f"retrain.schedule={schedule}",
-            "--set",
-            f"train.seed={seed}",
-            "--set",
-            "retrain.keep_checkpoints=1",
-            *[flag for assignment in extra for flag in ("--set", assignment)],
-        ]
-        if (folder / "checkpoints").exists():
-            command.append("--resume")
-        folder.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        print(f"start {folder.name}", flush=True)
-        with open(folder / "retrain.log", "a") as log:
-            environment = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}  # one thread; no progress bars
-            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment, check=True)
-        print(f"done  {folder.name} in {time.perf_counter() - started:.0f} s", flush=True)
-    results = yaml.safe_load(results_path.read_text())
-    return Run(
-        schedule=schedule,
-        tokens=results["tokens"],
-        seed=seed,
-        validation_loss=results["validation_loss"],
-        accuracy=results["selection_accuracy"]["accuracy"],
-        random_init_accuracy=results["random_init"]["selection_accuracy"]["accuracy"],
-        test_accuracy=results["test_accuracy"]["accuracy"],
-        test_random_init_accuracy=results["random_init"]["test_accuracy"]["accuracy"],
-        train_seconds=results["train_seconds"],
-    )
+    def tokens(self) -> int:
+        return self.result.tokens
 
 
 def learning_curve_gains(path: Path) -> dict[int, float]:
@@ -140,21 +70,21 @@ def markdown(runs: list[Run], schedules: list[str], curve: dict[int, float], see
             schedule: sorted((run for run in runs if run.schedule == schedule and run.tokens == tokens), key=seed_of)
             for schedule in schedules
         }
-        reference = {run.seed: run.gain for run in by_schedule[schedules[0]]}
+        reference = {run.seed: run.result.gain for run in by_schedule[schedules[0]]}
         for schedule, group in by_schedule.items():
             if not group:
                 continue
-            mean, error = mean_and_standard_error([run.gain for run in group])
-            paired = [run.gain - reference[run.seed] for run in group if run.seed in reference]
+            mean, error = mean_and_standard_error([run.result.gain for run in group])
+            paired = [run.result.gain - reference[run.seed] for run in group if run.seed in reference]
             if schedule == schedules[0]:
                 paired_text = "–"
             else:
                 difference, difference_error = mean_and_standard_error(paired)
                 paired_text = f"{points(difference)} ± {100 * difference_error:.1f}"
-            test_mean, _ = mean_and_standard_error([run.test_gain for run in group])
-            loss, _ = mean_and_standard_error([run.validation_loss for run in group])
+            test_mean, _ = mean_and_standard_error([run.result.test_gain for run in group])
+            loss, _ = mean_and_standard_error([run.result.validation_loss for run in group])
             lines.append(
-                f"| {schedule} | {tokens:,} | {', '.join(points(run.gain) for run in group)} "
+                f"| {schedule} | {tokens:,} | {', '.join(points(run.result.gain) for run in group)} "
                 f"| {points(mean)} ± {100 * error:.1f} | {paired_text} | {points(test_mean)} | {loss:.3f} "
                 f"| {nearest_curve_point(curve, tokens)} |"
             )
@@ -177,18 +107,36 @@ def main() -> None:
     parser.add_argument("--output", default="bench/results", help="folder for retrain_schedules.md and .json")
     args = parser.parse_args()
     schedules = args.schedules.split(",")
-    tokens = sorted((int(float(value)) for value in args.tokens.split(",")), reverse=True)  # longest first
     seeds = [int(value) for value in args.seeds.split(",")]
     work, config = Path(args.work).resolve(), Path(args.config).resolve()
-    plan = [(schedule, budget, seed) for budget in tokens for seed in seeds for schedule in schedules]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda item: retrain_once(config, work, *item, args.set), plan))
+    plan = [
+        (schedule, seed, int(float(tokens)))
+        for tokens in args.tokens.split(",")
+        for seed in seeds
+        for schedule in schedules
+    ]
+    requests = [
+        RetrainRun(
+            config,
+            work / f"{schedule}_{tokens}_{seed}",
+            tokens,
+            (f"retrain.schedule={schedule}", f"train.seed={seed}", *args.set),
+        )
+        for schedule, seed, tokens in plan
+    ]
+    results = retrain_all(requests, args.jobs)
+    runs = [Run(schedule, seed, result) for (schedule, seed, _), result in zip(plan, results, strict=True)]
     curve = learning_curve_gains(PROJECT_DIR / "bench" / "results" / "learning_curve.json")
     table = markdown(runs, schedules, curve, seeds)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "retrain_schedules.md").write_text(table)
-    saved = {"config": str(config), "overrides": args.set, "runs": [asdict(run) for run in runs], "table": table}
+    saved = {
+        "config": str(config),
+        "overrides": args.set,
+        "runs": [{"schedule": run.schedule, "seed": run.seed, **asdict(run.result)} for run in runs],
+        "table": table,
+    }
     (output / "retrain_schedules.json").write_text(json.dumps(saved, indent=1))
     print(table)
     print(f"wrote {output}/retrain_schedules.md and .json")

@@ -4,6 +4,9 @@ without loading the model; their defaults live in config.yaml (hpo.config.load_c
 
 from dataclasses import dataclass
 
+# The masking strategies' names (data.masking.MASKING_STRATEGIES), kept here so that validating a config loads
+# no torch (tests/test_registries.py checks they equal the registry's keys).
+MASKING_STRATEGIES = ("standard", "dynamic", "span", "whole_word")
 ALL_SOURCES = (
     "austen",
     "brown",
@@ -51,8 +54,6 @@ class MaskingConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field, its value and the allowed range."""
-        from data.masking import MASKING_STRATEGIES  # the registry lives with the strategies (and torch)
-
         if self.strategy not in MASKING_STRATEGIES:
             raise ValueError(f"masking.strategy = {self.strategy!r}; expected one of {', '.join(MASKING_STRATEGIES)}")
         if not 0 < self.rate < 1:

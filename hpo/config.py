@@ -10,10 +10,13 @@ Validated once at start-up; unknown keys and values of the wrong type are errors
 key, the value and what was expected.
 """
 
+import copy
 import dataclasses
 import difflib
+import itertools
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,12 @@ LEGACY_DEFAULTS = {
 }
 
 
+# The names of hpo.sampling's registries, kept here so that hpo.config needs no sampling module (and the
+# sampling module may import this one); tests/test_registries.py checks each equals its registry's keys.
+SAMPLERS = ("tpe", "random", "qmc")
+PRUNERS = ("median", "successive_halving", "hyperband", "none")
+
+
 @dataclass
 class StudyConfig:
     """Sampler, pruner and crash-safety settings of the Optuna study."""
@@ -57,8 +66,6 @@ class StudyConfig:
     max_retries: int
 
     def validate(self) -> None:
-        from hpo.sampling import PRUNERS, SAMPLERS  # the sampling module owns the registries
-
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"study.sampler = {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
@@ -97,6 +104,11 @@ class Config(RunConfig):
     provenance: dict[str, Any] | None = None
 
     def validate(self) -> None:
+        self.validate_sections()
+        validate_space(self)
+
+    def validate_sections(self) -> None:
+        """Each section's rules, and the rules across sections."""
         for section in (self.data, self.model, self.masking, self.train, self.probe, self.study, self.retrain):
             try:
                 section.validate()
@@ -109,9 +121,152 @@ class Config(RunConfig):
                 f"model.max_seq_len = {self.model.max_seq_len} is below data.seq_len = {self.data.seq_len} "
                 f"or probe.max_length = {self.probe.max_length}"
             )
-        from hpo.space import validate_space  # the space module owns the rules of the search space
 
-        validate_space(self)
+
+# The rules of the search space (hpo/space.py samples it) -------------------------------------------------
+
+SEARCHABLE_SECTIONS = ("data", "model", "masking", "train", "probe")
+PARAM_TYPES = ("float", "int", "categorical", "fixed")
+FIXED_VALUE_TYPES = (bool, int, float, str)  # what Optuna can record as a one-choice categorical
+
+
+def dimensions(config: Config) -> list[tuple[str, str, str, ParamSpec]]:
+    """(name, section, field, spec) for every dimension, in declaration order."""
+    return [
+        (f"{section}.{name}", section, name, spec)
+        for section, params in config.search_space.items()
+        for name, spec in params.items()
+    ]
+
+
+def validate_space(config: Config) -> None:
+    """The rules of the search space: known sections and fields, well-formed ranges, conditions on dimensions
+    declared above, and every choice and fixed value giving a valid configuration."""
+    declared: dict[str, ParamSpec] = {}
+    for name, section, field_name, spec in dimensions(config):
+        where = f"search_space.{name}"
+        if section not in SEARCHABLE_SECTIONS:
+            raise ConfigError(f"{where}: section {section!r} is not searchable; use one of {SEARCHABLE_SECTIONS}")
+        fields = {f.name for f in dataclasses.fields(getattr(config, section))}
+        if spec.type not in PARAM_TYPES:
+            raise ConfigError(f"{where}.type = {spec.type!r}; expected one of {PARAM_TYPES}")
+        if spec.type == "categorical":
+            if isinstance(spec.choices, dict):
+                for preset, values in spec.choices.items():
+                    if not isinstance(values, dict) or not set(values) <= fields:
+                        raise ConfigError(
+                            f"{where}.choices.{preset} must map fields of {section} to values; got {values!r}"
+                        )
+            elif not isinstance(spec.choices, list) or not spec.choices:
+                raise ConfigError(f"{where}.choices must be a non-empty list or a mapping of presets")
+            elif field_name not in fields:
+                raise ConfigError(f"{where}: {section} has no field {field_name!r}")
+        elif spec.type == "fixed":
+            if field_name not in fields:
+                raise ConfigError(f"{where}: {section} has no field {field_name!r}")
+            if not isinstance(spec.value, FIXED_VALUE_TYPES):
+                raise ConfigError(f"{where}.value = {spec.value!r}; a fixed value must be a number, string or bool")
+            spec.value = convert_field(type(getattr(config, section)), field_name, spec.value, f"{where}.value")
+        else:
+            if field_name not in fields:
+                raise ConfigError(f"{where}: {section} has no field {field_name!r}")
+            if spec.low is None or spec.high is None or not spec.low < spec.high:
+                raise ConfigError(f"{where}: needs low < high; got low={spec.low}, high={spec.high}")
+            if spec.log and spec.low <= 0:
+                raise ConfigError(f"{where}: log scale needs low > 0; got {spec.low}")
+        for other, allowed in (spec.condition or {}).items():
+            if other not in declared:
+                raise ConfigError(f"{where}.condition names {other!r}, which is not a dimension declared above it")
+            _check_condition_values(where, other, allowed, declared[other])
+        declared[name] = spec
+    _check_all_presets(config)
+
+
+def _check_condition_values(where: str, other: str, allowed: list, spec: ParamSpec) -> None:
+    """A condition on a choice or a constant must name values it can take, or the dimension is never sampled."""
+    if spec.type not in ("categorical", "fixed"):
+        return
+    options = list(spec.choices) if spec.type == "categorical" else [spec.value]
+    never = [value for value in allowed if value not in options]
+    if never:
+        raise ConfigError(f"{where}.condition: {other} never takes {never}; it takes one of {options}")
+
+
+# An int range with at most this many values is checked value by value, a longer one (and a float range) at its
+# two ends: the rules on numbers are intervals, so the ends decide. Each dimension's values are checked alone,
+# then every combination of them, unless there are more than MAX_CHECKED_COMBINATIONS.
+ENUMERATED_INT_VALUES = 64
+MAX_CHECKED_COMBINATIONS = 20_000
+
+
+def _checked_values(spec: ParamSpec) -> list:
+    if spec.type == "categorical":
+        return list(spec.choices)
+    if spec.type == "fixed":
+        return [spec.value]
+    if spec.type == "int":
+        values = list(range(int(spec.low), int(spec.high) + 1, int(spec.step or 1)))
+        return values if len(values) <= ENUMERATED_INT_VALUES else [values[0], values[-1]]
+    return [spec.low, spec.high]
+
+
+def _combinations(dims: list, chosen: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every combination of the dimensions' checked values that the space can produce (conditions respected)."""
+    if not dims:
+        yield dict(chosen)
+        return
+    (name, _, _, spec), rest = dims[0], dims[1:]
+    if any(chosen.get(other) not in allowed for other, allowed in (spec.condition or {}).items()):
+        yield from _combinations(rest, chosen)
+        return
+    for value in _checked_values(spec):
+        yield from _combinations(rest, {**chosen, name: value})
+
+
+def _check_all_presets(config: Config) -> None:
+    """Every combination of choices, fixed values and range ends the space can produce must give a valid
+    configuration (e.g. heads that divide the hidden size of every size preset); checked once, at start-up.
+    A failing combination is named by its smallest failing part: one dimension's value, or the few together."""
+    dims = dimensions(config)
+    by_name = {name: (section, field_name, spec) for name, section, field_name, spec in dims}
+
+    def problem(chosen: dict[str, Any]) -> ConfigError | None:
+        sections = {by_name[name][0] for name in chosen}
+        trial_config = dataclasses.replace(config, **{s: copy.copy(getattr(config, s)) for s in sections})
+        for name, value in chosen.items():
+            set_dimension(trial_config, *by_name[name], value)
+        try:
+            trial_config.validate_sections()
+        except ConfigError as error:
+            return error
+        return None
+
+    alone = [{name: value} for name, _, _, spec in dims for value in _checked_values(spec)]
+    together = list(itertools.islice(_combinations(dims, {}), MAX_CHECKED_COMBINATIONS + 1))
+    for chosen in alone + (together if len(together) <= MAX_CHECKED_COMBINATIONS else []):
+        error = problem(chosen)
+        if error is None:
+            continue
+        for name in list(chosen):  # drop each dimension the failure does not need
+            smaller = {other: value for other, value in chosen.items() if other != name}
+            if smaller and problem(smaller) is not None:
+                chosen = smaller
+        error = problem(chosen)
+        if len(chosen) == 1:
+            ((name, value),) = chosen.items()
+            raise ConfigError(f"search_space.{name} choice {value!r} gives an invalid config: {error}") from error
+        shown = ", ".join(f"{name}={value!r}" for name, value in chosen.items())
+        raise ConfigError(f"search_space: {shown} together give an invalid config: {error}") from error
+
+
+def set_dimension(config: Config, section: str, field_name: str, spec: ParamSpec, value: Any) -> None:
+    """Set one dimension's value in `config` (a preset's value sets each of its fields)."""
+    target = getattr(config, section)
+    if spec.type == "categorical" and isinstance(spec.choices, dict):
+        for key, preset_value in spec.choices[value].items():
+            setattr(target, key, preset_value)
+    else:
+        setattr(target, field_name, value)
 
 
 def _convert(value: Any, annotation: Any, where: str) -> Any:

@@ -6,8 +6,7 @@ from pathlib import Path
 from data.agnews import load_agnews
 from data.corpus import load_corpus
 from data.tokenizer import Tokenizer
-from hpo.config import Config, ConfigError
-from hpo.space import dimensions
+from hpo.config import Config, ConfigError, dimensions
 from hpo.storage import sqlite_database
 
 

@@ -103,16 +103,17 @@ class Objective:
         self.resources = resources
 
     def __call__(self, trial: optuna.Trial) -> float:
-        config = suggest(trial, self.config)
-        device = resolve_device(config.train.device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
-        random_init = random_init_scores(trial.study, config, self.resources, device)
-        trial.set_user_attr("random_init_accuracy", random_init.accuracy)
-        trainer = Pretrainer(config, self.resources.corpus, self.resources.tokenizer, device)
-        trial.set_user_attr("parameters", trainer.num_parameters)
+        trainer, device = None, None
         try:
+            config = suggest(trial, self.config)
+            device = resolve_device(config.train.device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            random_init = random_init_scores(trial.study, config, self.resources, device)
+            trial.set_user_attr("random_init_accuracy", random_init.accuracy)
+            trainer = Pretrainer(config, self.resources.corpus, self.resources.tokenizer, device)
+            trial.set_user_attr("parameters", trainer.num_parameters)
             self.pretrain(trial, config, trainer, random_init)
             return self.final_score(trial, config, trainer, random_init)
         except optuna.TrialPruned:
@@ -121,7 +122,8 @@ class Objective:
             trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:FAIL_REASON_CHARS])
             raise
         finally:
-            record_run(trial, trainer, device, time.perf_counter() - started)
+            if trainer is not None:
+                record_training(trial, trainer, device, time.perf_counter() - started)
 
     def pretrain(self, trial: optuna.Trial, config: Config, trainer: Pretrainer, random_init: RandomInit) -> None:
         """Train for the budget; at each report point, report the quick score and prune if told to.
@@ -162,7 +164,7 @@ class Objective:
         return target_value(config, final.accuracy, random_init.accuracy)
 
 
-def record_run(trial: optuna.Trial, trainer: Pretrainer, device: torch.device, wall_seconds: float) -> None:
+def record_training(trial: optuna.Trial, trainer: Pretrainer, device: torch.device, wall_seconds: float) -> None:
     """What a person wants to see beside any trial, finished or not, in the dashboard."""
     trial.set_user_attr("budget_tokens", trainer.budget_tokens)
     trial.set_user_attr("train_loss", trainer.last_loss)

@@ -6,100 +6,12 @@ the parameter, and its mapping sets several fields of the section (e.g. model si
 """
 
 import copy
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 
-from hpo.config import Config, ConfigError, ParamSpec, convert_field
-
-SEARCHABLE_SECTIONS = ("data", "model", "masking", "train", "probe")
-PARAM_TYPES = ("float", "int", "categorical", "fixed")
-FIXED_VALUE_TYPES = (bool, int, float, str)  # what Optuna can record as a one-choice categorical
-
-
-def dimensions(config: Config) -> list[tuple[str, str, str, ParamSpec]]:
-    """(name, section, field, spec) for every dimension, in declaration order."""
-    return [
-        (f"{section}.{name}", section, name, spec)
-        for section, params in config.search_space.items()
-        for name, spec in params.items()
-    ]
-
-
-def validate_space(config: Config) -> None:
-    declared: dict[str, ParamSpec] = {}
-    for name, section, field_name, spec in dimensions(config):
-        where = f"search_space.{name}"
-        if section not in SEARCHABLE_SECTIONS:
-            raise ConfigError(f"{where}: section {section!r} is not searchable; use one of {SEARCHABLE_SECTIONS}")
-        fields = {f.name for f in dataclasses.fields(getattr(config, section))}
-        if spec.type not in PARAM_TYPES:
-            raise ConfigError(f"{where}.type = {spec.type!r}; expected one of {PARAM_TYPES}")
-        if spec.type == "categorical":
-            if isinstance(spec.choices, dict):
-                for preset, values in spec.choices.items():
-                    if not isinstance(values, dict) or not set(values) <= fields:
-                        raise ConfigError(
-                            f"{where}.choices.{preset} must map fields of {section} to values; got {values!r}"
-                        )
-            elif not isinstance(spec.choices, list) or not spec.choices:
-                raise ConfigError(f"{where}.choices must be a non-empty list or a mapping of presets")
-            elif field_name not in fields:
-                raise ConfigError(f"{where}: {section} has no field {field_name!r}")
-        elif spec.type == "fixed":
-            if field_name not in fields:
-                raise ConfigError(f"{where}: {section} has no field {field_name!r}")
-            if not isinstance(spec.value, FIXED_VALUE_TYPES):
-                raise ConfigError(f"{where}.value = {spec.value!r}; a fixed value must be a number, string or bool")
-            spec.value = convert_field(type(getattr(config, section)), field_name, spec.value, f"{where}.value")
-        else:
-            if field_name not in fields:
-                raise ConfigError(f"{where}: {section} has no field {field_name!r}")
-            if spec.low is None or spec.high is None or not spec.low < spec.high:
-                raise ConfigError(f"{where}: needs low < high; got low={spec.low}, high={spec.high}")
-            if spec.log and spec.low <= 0:
-                raise ConfigError(f"{where}: log scale needs low > 0; got {spec.low}")
-        for other, allowed in (spec.condition or {}).items():
-            if other not in declared:
-                raise ConfigError(f"{where}.condition names {other!r}, which is not a dimension declared above it")
-            _check_condition_values(where, other, allowed, declared[other])
-        declared[name] = spec
-    _check_all_presets(config)
-
-
-def _check_condition_values(where: str, other: str, allowed: list, spec: ParamSpec) -> None:
-    """A condition on a choice or a constant must name values it can take, or the dimension is never sampled."""
-    if spec.type not in ("categorical", "fixed"):
-        return
-    options = list(spec.choices) if spec.type == "categorical" else [spec.value]
-    never = [value for value in allowed if value not in options]
-    if never:
-        raise ConfigError(f"{where}.condition: {other} never takes {never}; it takes one of {options}")
-
-
-def _check_all_presets(config: Config) -> None:
-    """Every choice and fixed value the space can produce must give a valid configuration (e.g. heads | hidden)."""
-    for name, section, field_name, spec in dimensions(config):
-        if spec.type not in ("categorical", "fixed"):
-            continue
-        for choice in spec.choices if spec.type == "categorical" else [spec.value]:
-            trial_config = copy.deepcopy(config)
-            _set(trial_config, section, field_name, spec, choice)
-            try:
-                getattr(trial_config, section).validate()
-            except ValueError as error:
-                raise ConfigError(f"search_space.{name} choice {choice!r} gives an invalid config: {error}") from error
-
-
-def _set(config: Config, section: str, field_name: str, spec: ParamSpec, value: Any) -> None:
-    target = getattr(config, section)
-    if spec.type == "categorical" and isinstance(spec.choices, dict):
-        for key, preset_value in spec.choices[value].items():
-            setattr(target, key, preset_value)
-    else:
-        setattr(target, field_name, value)
+from hpo.config import Config, ParamSpec, dimensions, set_dimension
 
 
 def _resolve(config: Config, pick: Callable[[str, ParamSpec], Any]) -> Config:
@@ -110,7 +22,7 @@ def _resolve(config: Config, pick: Callable[[str, ParamSpec], Any]) -> Config:
         if any(chosen.get(other) not in allowed for other, allowed in (spec.condition or {}).items()):
             continue
         chosen[name] = pick(name, spec)
-        _set(resolved, section, field_name, spec, chosen[name])
+        set_dimension(resolved, section, field_name, spec, chosen[name])
     return resolved
 
 

@@ -19,7 +19,7 @@ RUN_ATTR = "last_run"  # the study's user attr describing the latest run, which 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def record_run(study: optuna.Study, trials_to_add: int | None, n_jobs: int, timeout: float | None) -> None:
+def record_study_run(study: optuna.Study, trials_to_add: int | None, n_jobs: int, timeout: float | None) -> None:
     """Record the run that starts now in the study, for the status command's estimate."""
     study.set_user_attr(
         RUN_ATTR,

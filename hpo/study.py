@@ -18,7 +18,7 @@ from hpo.config import Config, ConfigError, StudyConfig, stored_config
 from hpo.interruption import Interruption
 from hpo.sampling import make_pruner, make_sampler
 from hpo.space import base_params
-from hpo.status import record_run
+from hpo.status import record_study_run
 from hpo.storage import displayed_url, make_storage
 from hpo.supervision import WorkerDeath
 from hpo.versions import software_versions
@@ -230,7 +230,7 @@ def run_study(
         f"study {study_name!r} in {where}: {so_far}, {limits.describe(n_trials)}, {n_jobs} worker(s), "
         f"sampler seed {sampler_seed}{drawn}"
     )
-    record_run(study, n_trials, n_jobs, limits.timeout)
+    record_study_run(study, n_trials, n_jobs, limits.timeout)
     try:
         # Tokenise (or find the cache) once here, so the workers never race to build it.
         load_corpus(data_dir, config.data, Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken"))

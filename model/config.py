@@ -3,6 +3,12 @@ tools load a config without loading the model; the defaults live in config.yaml.
 
 from dataclasses import dataclass
 
+# The names of the registries this section chooses from, kept here so that validating a config loads no torch
+# (tests/test_registries.py checks each equals its registry's keys).
+ATTENTION_KINDS = ("standard", "absolute", "rope", "exposb")  # kernels.ATTENTION_KINDS
+ATTENTION_BACKENDS = ("auto", "triton", "reference", "oracle")  # kernels.BACKENDS
+POOLINGS = ("mean", "first", "pooler")  # model.bert.POOLINGS
+
 
 @dataclass
 class ModelConfig:
@@ -22,16 +28,11 @@ class ModelConfig:
     compile: bool  # torch.compile the encoder's forward for training (training/pretrain.py)
 
     def validate(self) -> None:
-        import kernels  # the registries live with the kernels and the model (and torch)
-        from model.bert import POOLINGS
-
-        if self.attention_kind not in kernels.ATTENTION_KINDS:
+        if self.attention_kind not in ATTENTION_KINDS:
+            raise ValueError(f"model.attention_kind = {self.attention_kind!r}; expected one of {list(ATTENTION_KINDS)}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
-                f"model.attention_kind = {self.attention_kind!r}; expected one of {list(kernels.ATTENTION_KINDS)}"
-            )
-        if self.attention_backend not in kernels.BACKENDS:
-            raise ValueError(
-                f"model.attention_backend = {self.attention_backend!r}; expected one of {kernels.BACKENDS}"
+                f"model.attention_backend = {self.attention_backend!r}; expected one of {ATTENTION_BACKENDS}"
             )
         if self.pooling not in POOLINGS:
             raise ValueError(f"model.pooling = {self.pooling!r}; expected one of {list(POOLINGS)}")

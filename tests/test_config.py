@@ -12,11 +12,12 @@ from hpo.config import (
     Config,
     ConfigError,
     default_config,
+    dimensions,
     from_dict,
     load_config,
     stored_config,
 )
-from hpo.space import apply_params, dimensions
+from hpo.space import apply_params
 from model.config import ModelConfig
 from training.config import config_to_dict
 
@@ -60,6 +61,16 @@ def test_override_is_typed_and_applied():
         ("search_space.train.batch_size={type: fixed, value: lots}", "search_space.train.batch_size.value = 'lots'"),
         ("search_space.model.dropout={type: fixed, value: 2.0}", "model.dropout = 2.0"),
         ("search_space.model.pooling={type: fixed, value: [mean]}", "a fixed value must be a number"),
+        # A range searched beside a preset: each value is valid alone (2 heads), not with the "mini" preset's 3.
+        (
+            "search_space.model.hidden_size={type: int, low: 128, high: 256, step: 64}",
+            "search_space: model.size='mini', model.hidden_size=128 together give an invalid config: "
+            "model.num_heads = 3 does not divide model.hidden_size = 128",
+        ),
+        (
+            "search_space.model.dropout={type: float, low: 0.0, high: 1.0}",
+            "search_space.model.dropout choice 1.0 gives an invalid config: model.dropout = 1.0",
+        ),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(override, message):

@@ -171,6 +171,21 @@ def test_a_failing_trial_records_why_and_the_progress_line_says_it(tmp_path, dat
     assert "trial 0: fail: RuntimeError: CUDA out of memory (simulated) |" in _format_trial(trial, 0)
 
 
+def test_a_trial_that_fails_before_training_records_why(tmp_path, data_dir):
+    from conftest import TINY_OVERRIDES
+
+    from hpo.objective import Objective, Resources
+
+    # Valid as a config, refused when the run is built: next-sentence pairs need two rows per batch.
+    config = load_config(CONFIG_PATH, [*TINY_OVERRIDES, f"data.cache_dir={tmp_path}", "train.nsp=true"])
+    config.train.batch_size = 1
+    study = optuna.create_study(direction="maximize")
+    study.optimize(Objective(config, Resources.load(config, data_dir)), n_trials=1, catch=(ValueError,))
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith("ConfigError: train.nsp needs at least 2 rows per micro-batch")
+
+
 def test_completed_trials_carry_the_random_encoder_line_computed_once_per_architecture(tmp_path, data_dir, monkeypatch):
     import torch
     from conftest import TINY_OVERRIDES
@@ -253,7 +268,8 @@ def test_moving_the_token_cache_is_no_configuration_change(tmp_path, make_study,
 
 
 def test_a_new_study_runs_its_base_recipe_first(tmp_path):
-    from hpo.space import apply_params, base_params, dimensions
+    from hpo.config import dimensions
+    from hpo.space import apply_params, base_params
 
     config = load_config(CONFIG_PATH)
     params = base_params(config)

@@ -17,6 +17,8 @@ class ConfigError(ValueError):
     """A user's configuration mistake; main.py prints it as one line."""
 
 
+# The pretraining objectives' names (training.pretrain.OBJECTIVES; tests/test_registries.py checks them).
+OBJECTIVES = ("mlm", "clm")
 # LR schedules after the linear warm-up (training.pretrain.learning_rate_multiplier): constant; linear or
 # cosine decay to zero at the end; wsd: warm-up, stable at the peak, then a linear decay to zero over the
 # last decay_fraction of the budget (Hägele et al. 2024).
@@ -52,8 +54,8 @@ class TrainConfig:
         return self.nsp and self.objective == "mlm"
 
     def validate(self) -> None:
-        if self.objective not in ("mlm", "clm"):
-            raise ConfigError(f"train.objective = {self.objective!r}; expected 'mlm' or 'clm'")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"train.objective = {self.objective!r}; expected one of {', '.join(OBJECTIVES)}")
         check_schedule("train", self.schedule, self.warmup_fraction, self.decay_fraction, SCHEDULES)
         for name in ("learning_rate", "batch_size", "budget_tokens"):
             if getattr(self, name) <= 0:

@@ -1,0 +1,99 @@
+"""Many `main.py retrain` runs for a benchmark: each as a user runs it, one torch thread, a few at a time, each in
+its own folder; a finished run (its results.yaml) is read back instead of run again, and an interrupted one
+resumes from its checkpoint, so a long benchmark can be stopped and started again."""
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+CHECKPOINT_EVERY = 2_000  # steps; one checkpoint kept, so an interrupted run resumes without filling the disk
+
+
+@dataclass(frozen=True)
+class RetrainRun:
+    """What to run: a config file, its output folder, its token budget and --set overrides."""
+
+    config: Path
+    folder: Path
+    tokens: int
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """The figures of a finished run (its results.yaml), the AG News scores beside its random-init encoder's."""
+
+    tokens: int
+    validation_loss: float
+    accuracy: float
+    random_init_accuracy: float
+    test_accuracy: float
+    test_random_init_accuracy: float
+    train_seconds: float
+
+    @property
+    def gain(self) -> float:
+        return self.accuracy - self.random_init_accuracy
+
+    @property
+    def test_gain(self) -> float:
+        return self.test_accuracy - self.test_random_init_accuracy
+
+
+def read_result(folder: Path) -> RetrainResult:
+    results = yaml.safe_load((folder / "results.yaml").read_text())
+    return RetrainResult(
+        tokens=results["tokens"],
+        validation_loss=results["validation_loss"],
+        accuracy=results["selection_accuracy"]["accuracy"],
+        random_init_accuracy=results["random_init"]["selection_accuracy"]["accuracy"],
+        test_accuracy=results["test_accuracy"]["accuracy"],
+        test_random_init_accuracy=results["random_init"]["test_accuracy"]["accuracy"],
+        train_seconds=results["train_seconds"],
+    )
+
+
+def retrain_once(run: RetrainRun) -> RetrainResult:
+    """Run (or resume) one retrain unless it finished before; its output goes to FOLDER/retrain.log."""
+    if not (run.folder / "results.yaml").exists():
+        command = [
+            sys.executable,
+            str(PROJECT_DIR / "main.py"),
+            "retrain",
+            "--config",
+            str(run.config),
+            "--output",
+            str(run.folder),
+            "--budget_tokens",
+            str(run.tokens),
+            "--checkpoint_every",
+            str(CHECKPOINT_EVERY),
+            "--set",
+            "retrain.keep_checkpoints=1",
+            *[flag for assignment in run.overrides for flag in ("--set", assignment)],
+        ]
+        if (run.folder / "checkpoints").exists():
+            command.append("--resume")
+        run.folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        print(f"start {run.folder.parent.name}/{run.folder.name}", flush=True)
+        with open(run.folder / "retrain.log", "a") as log:
+            environment = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}  # one thread; no progress bars
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment, check=True)
+        print(f"done  {run.folder.parent.name}/{run.folder.name} in {time.perf_counter() - started:.0f} s", flush=True)
+    return read_result(run.folder)
+
+
+def retrain_all(runs: list[RetrainRun], jobs: int) -> list[RetrainResult]:
+    """Every run, `jobs` at a time, the longest first (so the pool ends together); results in the given order."""
+    longest_first = sorted(runs, key=lambda run: -run.tokens)
+    with ThreadPoolExecutor(jobs) as pool:
+        finished = dict(zip(longest_first, pool.map(retrain_once, longest_first), strict=True))
+    return [finished[run] for run in runs]
