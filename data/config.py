@@ -2,7 +2,7 @@
 masked. Plain dataclasses without torch, so the study's tools (status, report, export) load a config
 without loading the model; their defaults live in config.yaml (hpo.config.load_config)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The masking strategies' names (data.masking.MASKING_STRATEGIES), kept here so that validating a config loads
 # no torch (tests/test_registries.py checks they equal the registry's keys).
@@ -23,10 +23,10 @@ ALL_SOURCES = (
 class CorpusConfig:
     """Which corpus files to read and how to pack them (config.yaml, section data)."""
 
-    sources: list[str]
-    seq_len: int  # tokens per packed sequence, [CLS] included
-    validation_every: int  # every N-th document is held out for the validation loss
-    cache_dir: str
+    sources: list[str] = field(metadata={"role": "train"})
+    seq_len: int = field(metadata={"role": "train"})  # tokens per packed sequence, [CLS] included
+    validation_every: int = field(metadata={"role": "train"})  # every N-th document is held out for the validation loss
+    cache_dir: str = field(metadata={"role": "inert"})
 
     def validate(self) -> None:
         unknown = sorted(set(self.sources) - set(ALL_SOURCES))
@@ -43,14 +43,18 @@ class MaskingConfig:
     """How MLM batches are masked (config.yaml, section masking); the strategies are described in
     ARCHITECTURE.md and implemented in data/masking.py."""
 
-    strategy: str  # a key of data.masking.MASKING_STRATEGIES
-    rate: float  # fraction of non-special tokens predicted (standard, span, whole_word)
-    min_rate: float  # dynamic: the rate is drawn per batch uniformly in [min_rate, max_rate]
-    max_rate: float
-    mask_token_fraction: float  # predicted units shown as [MASK]
-    random_token_fraction: float  # shown as random non-special tokens; the rest unchanged
-    span_geometric_p: float  # span length in words ~ Geometric(p) restricted to 1..span_max_length
-    span_max_length: int
+    strategy: str = field(metadata={"role": "train"})  # a key of data.masking.MASKING_STRATEGIES
+    # fraction of non-special tokens predicted (standard, span, whole_word)
+    rate: float = field(metadata={"role": "train"})
+    # dynamic: the rate is drawn per batch uniformly in [min_rate, max_rate]
+    min_rate: float = field(metadata={"role": "train"})
+    max_rate: float = field(metadata={"role": "train"})
+    mask_token_fraction: float = field(metadata={"role": "train"})  # predicted units shown as [MASK]
+    # shown as random non-special tokens; the rest unchanged
+    random_token_fraction: float = field(metadata={"role": "train"})
+    # span length in words ~ Geometric(p) restricted to 1..span_max_length
+    span_geometric_p: float = field(metadata={"role": "train"})
+    span_max_length: int = field(metadata={"role": "train"})
 
     def validate(self) -> None:
         """Raise ValueError naming the field, its value and the allowed range."""

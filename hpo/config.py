@@ -23,26 +23,15 @@ from typing import Any
 
 import yaml
 
-from training.config import ConfigError, RunConfig
+from training.config import ConfigError, RunConfig, legacy_defaults
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config.yaml"
 TYPED_SECTIONS = ("data", "model", "masking", "train", "probe", "study", "retrain")  # filled from config.yaml
 
-# Keys added after the first stored configurations, each with the behaviour from before it existed, which
-# is what a stored configuration without it means (hpo.study's resume check, hpo.export). A new key of a
-# section that changes what a score means (hpo.study.SCORE_SECTIONS) gets its line here; a stored
-# configuration takes config.yaml's value for any other key it lacks (retrain, study).
-LEGACY_DEFAULTS = {
-    "train.nsp": False,
-    "train.budget_seconds": None,  # budget_tokens only
-    "train.embedding_lr_multiplier": 1.0,
-    "train.sampled_softmax": None,  # the exact softmax
-    "train.decay_fraction": 0.2,  # (only the wsd schedule, added with it, reads it)
-    "model.embedding_std": 1.0,
-    "model.compile": False,
-    "probe.target": "accuracy",
-    "study.baseline_trial": False,  # (not a score key: how an old study began, so its resume notes the change)
-}
+# Keys added after the first stored configurations, each with the behaviour from before it existed (its field's
+# metadata "legacy"), which is what a stored configuration without it means (hpo.study's resume check,
+# hpo.export); a stored configuration takes config.yaml's value for any other key it lacks.
+LEGACY_DEFAULTS: dict[str, Any] = {}  # filled below, once Config is defined
 
 
 # The names of hpo.sampling's registries, kept here so that hpo.config needs no sampling module (and the
@@ -55,15 +44,16 @@ PRUNERS = ("median", "successive_halving", "hyperband", "none")
 class StudyConfig:
     """Sampler, pruner and crash-safety settings of the Optuna study."""
 
-    sampler: str
-    sampler_startup_trials: int
-    pruner: str
-    pruner_startup_trials: int
-    pruner_warmup_steps: int
-    baseline_trial: bool  # a new study's first trial runs the base config's own recipe
-    heartbeat_seconds: int
-    grace_seconds: int
-    max_retries: int
+    sampler: str = field(metadata={"role": "inert"})
+    sampler_startup_trials: int = field(metadata={"role": "inert"})
+    pruner: str = field(metadata={"role": "inert"})
+    pruner_startup_trials: int = field(metadata={"role": "inert"})
+    pruner_warmup_steps: int = field(metadata={"role": "inert"})
+    # a new study's first trial runs the base config's own recipe
+    baseline_trial: bool = field(metadata={"role": "inert", "legacy": False})
+    heartbeat_seconds: int = field(metadata={"role": "inert"})
+    grace_seconds: int = field(metadata={"role": "inert"})
+    max_retries: int = field(metadata={"role": "inert"})
 
     def validate(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -100,8 +90,9 @@ class Config(RunConfig):
     `provenance` (study, trial, versions; written by `main.py export`) is for people, not runs."""
 
     study: StudyConfig
-    search_space: dict[str, dict[str, ParamSpec]] = field(default_factory=dict)  # none: every trial the same
-    provenance: dict[str, Any] | None = None
+    # none: every trial the same
+    search_space: dict[str, dict[str, ParamSpec]] = field(default_factory=dict, metadata={"role": "selection"})
+    provenance: dict[str, Any] | None = field(default=None, metadata={"role": "inert"})
 
     def validate(self) -> None:
         self.validate_sections()
@@ -121,6 +112,9 @@ class Config(RunConfig):
                 f"model.max_seq_len = {self.model.max_seq_len} is below data.seq_len = {self.data.seq_len} "
                 f"or probe.max_length = {self.probe.max_length}"
             )
+
+
+LEGACY_DEFAULTS.update(legacy_defaults(Config))
 
 
 # The rules of the search space (hpo/space.py samples it) -------------------------------------------------

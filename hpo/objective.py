@@ -1,7 +1,6 @@
 """Objective(trial) -> AG News probe score (accuracy, or its gain over random init): sample, pretrain,
 report, prune, probe."""
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -18,6 +17,7 @@ from data.corpus import PackedCorpus, load_corpus
 from data.tokenizer import Tokenizer
 from hpo.config import Config
 from hpo.space import suggest
+from training.config import REFERENCE_ROLES, settings_with_roles
 from training.pretrain import Pretrainer, random_init_encoder, resolve_device
 from training.probe import Probe
 
@@ -53,16 +53,9 @@ RANDOM_INIT_QUICK_ATTR_PREFIX = "random_init_quick_accuracy:"  # the same for th
 
 
 def architecture_key(config: Config) -> str:
-    """What decides a randomly initialised encoder's probe score: shape, pooling, seed and the probe itself."""
-    model = dataclasses.asdict(config.model)
-    for irrelevant in ("dropout", "attention_backend", "gradient_checkpointing", "compile"):  # inert in evaluation
-        del model[irrelevant]
-    material = {
-        "model": model,
-        "seed": config.train.seed,
-        "next_sentence": config.train.next_sentence,
-        "probe": {key: value for key, value in dataclasses.asdict(config.probe).items() if key != "target"},
-    }
+    """What decides a randomly initialised encoder's probe score (training.config.REFERENCE_ROLES): its shape and
+    seed, how it is probed, and the probe itself."""
+    material = settings_with_roles(config, REFERENCE_ROLES)
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 

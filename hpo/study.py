@@ -23,16 +23,13 @@ from hpo.storage import displayed_url, make_storage
 from hpo.supervision import WorkerDeath
 from hpo.versions import software_versions
 from hpo.workers import COUNTED_STATES, FINISHED_STATES, WorkerPlan, run_processes, run_worker, worker_plans
-from training.config import LOCATION_KEYS, config_to_dict
+from training.config import TRIAL_ROLES, config_to_dict, role_of
 
 DEFAULT_N_TRIALS = 10
 WORKER_DIED_EXIT_CODE = 3  # the run finished, but a worker process died on the way (2: a user's error)
 
 # Resuming: would a score mean something else now? -------------------------------------------------
 
-# A change in these sections changes what a trial's score means (except LOCATION_KEYS); the others
-# (study: sampler, pruner, heartbeat; retrain; provenance) do not.
-SCORE_SECTIONS = ("data", "model", "masking", "train", "probe", "search_space")
 SHOWN_KEYS = 5
 _ABSENT = object()
 
@@ -70,7 +67,8 @@ def check_config_unchanged(study: optuna.Study, config: Config, force: bool) -> 
     """Refuse to add trials whose scores would mean something else than the study's earlier ones, unless
     forced; a forced change is recorded in the study's user attr "config_changes"."""
     changed = differing_keys(normalised_base_config(study.user_attrs["base_config"]), config_to_dict(config))
-    scoring = [key for key in changed if key.split(".")[0] in SCORE_SECTIONS and key not in LOCATION_KEYS]
+    # A key the configuration no longer has (removed since the study began) counts as a change of meaning.
+    scoring = [key for key in changed if role_of(Config, key) in (*TRIAL_ROLES, None)]
     harmless = [key for key in changed if key not in scoring]
     if scoring and not force:
         raise ConfigError(

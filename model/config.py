@@ -1,7 +1,7 @@
 """The encoder's settings (config.yaml, section model): a plain dataclass without torch, so the study's
 tools load a config without loading the model; the defaults live in config.yaml."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The names of the registries this section chooses from, kept here so that validating a config loads no torch
 # (tests/test_registries.py checks each equals its registry's keys).
@@ -14,18 +14,20 @@ POOLINGS = ("mean", "first", "pooler")  # model.bert.POOLINGS
 class ModelConfig:
     """Shape and behaviour of the encoder; the vocabulary size comes from the tokenizer."""
 
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    ffn_multiple: int  # feed-forward width = ffn_multiple * hidden_size
-    embedding_std: float  # initial scale of the token, segment and learned position tables
-    dropout: float
-    attention_kind: str  # a key of kernels.ATTENTION_KINDS
-    attention_backend: str  # one of kernels.BACKENDS
-    pooling: str  # a key of model.bert.POOLINGS
-    max_seq_len: int
-    gradient_checkpointing: bool
-    compile: bool  # torch.compile the encoder's forward for training (training/pretrain.py)
+    hidden_size: int = field(metadata={"role": "start"})
+    num_layers: int = field(metadata={"role": "start"})
+    num_heads: int = field(metadata={"role": "start"})
+    ffn_multiple: int = field(metadata={"role": "start"})  # feed-forward width = ffn_multiple * hidden_size
+    # initial scale of the token, segment and learned position tables
+    embedding_std: float = field(metadata={"role": "start", "legacy": 1.0})
+    dropout: float = field(metadata={"role": "train"})
+    attention_kind: str = field(metadata={"role": "start"})  # a key of kernels.ATTENTION_KINDS
+    attention_backend: str = field(metadata={"role": "train"})  # one of kernels.BACKENDS
+    pooling: str = field(metadata={"role": "start"})  # a key of model.bert.POOLINGS
+    max_seq_len: int = field(metadata={"role": "start"})
+    gradient_checkpointing: bool = field(metadata={"role": "train"})
+    # torch.compile the encoder's forward for training (training/pretrain.py)
+    compile: bool = field(metadata={"role": "train", "legacy": False})
 
     def validate(self) -> None:
         if self.attention_kind not in ATTENTION_KINDS:

@@ -19,7 +19,15 @@ from hpo.config import (
 )
 from hpo.space import apply_params
 from model.config import ModelConfig
-from training.config import config_to_dict
+from training.config import (
+    REFERENCE_ROLES,
+    ROLES,
+    TRIAL_ROLES,
+    WEIGHT_ROLES,
+    config_to_dict,
+    role_of,
+    settings_with_roles,
+)
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
@@ -218,17 +226,40 @@ FIRST_RELEASE_KEYS = {
 
 
 def test_every_score_key_added_since_the_first_studies_says_what_its_absence_meant():
-    """A key added to a section that changes what a score means must say, in LEGACY_DEFAULTS, how runs
-    behaved before it existed; otherwise an older study would resume as if it had config.yaml's value."""
-    from hpo.study import SCORE_SECTIONS
-
+    """A key added to a section that changes what a score means must say, in its field's "legacy" metadata, how
+    runs behaved before it existed; otherwise an older study would resume as if it had config.yaml's value."""
     sections = typing.get_type_hints(Config)
     added = {
         f"{section}.{field.name}"
-        for section in SCORE_SECTIONS
-        if section != "search_space"
+        for section in FIRST_RELEASE_KEYS
         for field in dataclasses.fields(sections[section])
-        if field.name not in FIRST_RELEASE_KEYS[section]
+        if field.name not in FIRST_RELEASE_KEYS[section] and field.metadata["role"] in TRIAL_ROLES
     }
     missing = sorted(added - set(LEGACY_DEFAULTS))
-    assert not missing, f"add to hpo.config.LEGACY_DEFAULTS the behaviour from before {', '.join(missing)}"
+    assert not missing, f"give the field of {', '.join(missing)} its 'legacy' metadata: the behaviour from before"
+
+
+def test_every_setting_declares_what_it_shapes():
+    """Each leaf field of the configuration tree has a role (training.config.ROLES): the lists of settings that
+    matter (a study's resume check, a retrain's hash, the random-init cache key) are derived from them."""
+    sections = typing.get_type_hints(Config)
+    for field in dataclasses.fields(Config):
+        if dataclasses.is_dataclass(sections[field.name]):
+            for leaf in dataclasses.fields(sections[field.name]):
+                assert leaf.metadata.get("role") in ROLES, f"{field.name}.{leaf.name}"
+        else:
+            assert field.metadata.get("role") in ROLES, field.name
+    assert role_of(Config, "train.seed") == "start" and role_of(Config, "search_space.model.size") == "selection"
+    assert role_of(Config, "retrain.keep_checkpoints") == "inert" and role_of(Config, "train.nothing") is None
+
+
+def test_the_derived_lists_of_settings():
+    config = default_config()
+    reference = settings_with_roles(config, REFERENCE_ROLES)
+    assert set(reference) == {"model", "train", "probe"}
+    assert set(reference["train"]) == {"objective", "nsp", "seed"} and "target" not in reference["probe"]
+    assert "dropout" not in reference["model"] and "hidden_size" in reference["model"]
+    weights = settings_with_roles(config, WEIGHT_ROLES)
+    assert set(weights) == {"data", "model", "masking", "train", "retrain"} and "cache_dir" not in weights["data"]
+    assert "keep_checkpoints" not in weights["retrain"] and "budget_tokens" in weights["retrain"]
+    assert LEGACY_DEFAULTS["probe.target"] == "accuracy" and LEGACY_DEFAULTS["study.baseline_trial"] is False

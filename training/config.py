@@ -4,13 +4,26 @@ reads. Plain dataclasses without torch, so the study's tools load a config witho
 defaults live in config.yaml (hpo.config.load_config)."""
 
 import dataclasses
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
+from typing import Any
 
 from data.config import CorpusConfig, MaskingConfig
 from model.config import ModelConfig
 
-# Settings that say where things are kept, not what a run computes: changing them changes no result.
-LOCATION_KEYS = ("data.cache_dir",)
+# What each setting shapes, declared once on its field (metadata "role"), from which every list of "the
+# settings that matter here" is derived; a new field without a role fails tests/test_config.py.
+ROLES = {
+    "start": "the encoder a run starts from, or how it is probed: the random-init reference, scores, weights",
+    "train": "how a run trains: a trial's score and a retrain's weights",
+    "probe": "how the probe scores: the random-init reference and the scores",
+    "selection": "what a study maximises, over which recipes: a trial's value, not its weights",
+    "retrain": "a retrain's weights, not a trial's",
+    "inert": "no result: where things are kept, how often a run reports or saves, how a study samples and prunes",
+}
+REFERENCE_ROLES = ("start", "probe")  # decide the random-init encoder's probe score (hpo.objective's cache key)
+TRIAL_ROLES = ("start", "train", "probe", "selection")  # a change makes a study's scores mean something else
+WEIGHT_ROLES = ("start", "train", "retrain")  # shape a retrain's weights (its checkpoints' hash)
 
 
 class ConfigError(ValueError):
@@ -29,24 +42,26 @@ SCHEDULES = ("constant", "linear", "cosine", "wsd")
 class TrainConfig:
     """One pretraining run: objective, optimiser, schedule and budget."""
 
-    objective: str
-    nsp: bool  # BERT's next-sentence prediction beside MLM (sentence pairs from the corpus); clm ignores it
-    batch_size: int
-    learning_rate: float
-    embedding_lr_multiplier: float
-    sampled_softmax: int | None
-    weight_decay: float
-    layer_lr_decay: float
-    schedule: str
-    warmup_fraction: float
-    decay_fraction: float  # wsd: the share of the budget, at its end, over which the LR decays to zero
-    budget_tokens: int
-    budget_seconds: float | None
-    grad_clip: float
-    report_points: list[float]
-    validation_sequences: int
-    device: str
-    seed: int
+    objective: str = field(metadata={"role": "start"})
+    # BERT's next-sentence prediction beside MLM (sentence pairs from the corpus); clm ignores it
+    nsp: bool = field(metadata={"role": "start", "legacy": False})
+    batch_size: int = field(metadata={"role": "train"})
+    learning_rate: float = field(metadata={"role": "train"})
+    embedding_lr_multiplier: float = field(metadata={"role": "train", "legacy": 1.0})
+    sampled_softmax: int | None = field(metadata={"role": "train", "legacy": None})
+    weight_decay: float = field(metadata={"role": "train"})
+    layer_lr_decay: float = field(metadata={"role": "train"})
+    schedule: str = field(metadata={"role": "train"})
+    warmup_fraction: float = field(metadata={"role": "train"})
+    # wsd: the share of the budget, at its end, over which the LR decays to zero
+    decay_fraction: float = field(metadata={"role": "train", "legacy": 0.2})
+    budget_tokens: int = field(metadata={"role": "train"})
+    budget_seconds: float | None = field(metadata={"role": "train", "legacy": None})
+    grad_clip: float = field(metadata={"role": "train"})
+    report_points: list[float] = field(metadata={"role": "train"})
+    validation_sequences: int = field(metadata={"role": "train"})
+    device: str = field(metadata={"role": "train"})
+    seed: int = field(metadata={"role": "start"})
 
     @property
     def next_sentence(self) -> bool:
@@ -102,16 +117,17 @@ RETRAIN_SCHEDULES = ("inherit", *SCHEDULES)
 class RetrainConfig:
     """The full-length run of an exported config (`main.py retrain`); not part of the search space."""
 
-    budget_tokens: int
-    schedule: str  # inherit (the trial's schedule) or one of SCHEDULES, with the two fractions below
-    warmup_fraction: float
-    decay_fraction: float
-    grad_accumulation_steps: int
-    precision: str
-    gradient_checkpointing: bool
-    checkpoint_every_steps: int
-    log_every_steps: int
-    keep_checkpoints: int
+    budget_tokens: int = field(metadata={"role": "retrain"})
+    # inherit (the trial's schedule) or one of SCHEDULES, with the two fractions below
+    schedule: str = field(metadata={"role": "retrain"})
+    warmup_fraction: float = field(metadata={"role": "retrain"})
+    decay_fraction: float = field(metadata={"role": "retrain"})
+    grad_accumulation_steps: int = field(metadata={"role": "retrain"})
+    precision: str = field(metadata={"role": "retrain"})
+    gradient_checkpointing: bool = field(metadata={"role": "retrain"})
+    checkpoint_every_steps: int = field(metadata={"role": "inert"})
+    log_every_steps: int = field(metadata={"role": "inert"})
+    keep_checkpoints: int = field(metadata={"role": "inert"})
 
     def validate(self) -> None:
         for name in ("budget_tokens", "grad_accumulation_steps", "checkpoint_every_steps", "log_every_steps"):
@@ -134,15 +150,15 @@ PROBE_TARGETS = {"accuracy": "probe_accuracy", "gain": "probe_gain_over_random_i
 class ProbeConfig:
     """Linear probe on AG News: stratified k-fold cross-validation over train.csv."""
 
-    folds: int
-    quick_rows: int
-    quick_folds: int
-    max_length: int
-    batch_size: int
-    regularization: float
-    max_iter: int
-    seed: int
-    target: str
+    folds: int = field(metadata={"role": "probe"})
+    quick_rows: int = field(metadata={"role": "probe"})
+    quick_folds: int = field(metadata={"role": "probe"})
+    max_length: int = field(metadata={"role": "probe"})
+    batch_size: int = field(metadata={"role": "probe"})
+    regularization: float = field(metadata={"role": "probe"})
+    max_iter: int = field(metadata={"role": "probe"})
+    seed: int = field(metadata={"role": "probe"})
+    target: str = field(metadata={"role": "selection", "legacy": "accuracy"})
 
     @property
     def metric_name(self) -> str:
@@ -175,3 +191,46 @@ class RunConfig:
 
 def config_to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+def role_of(config_type: type, dotted: str) -> str | None:
+    """The role of a setting, e.g. role_of(Config, "train.seed") is "start". A key inside a field that holds a
+    mapping (search_space.model.size) takes that field's role; a key the tree does not have, None."""
+    node = config_type
+    for name in dotted.split("."):
+        fields = {item.name: item for item in dataclasses.fields(node)}
+        if name not in fields:
+            return None
+        if "role" in fields[name].metadata:
+            return fields[name].metadata["role"]
+        node = typing.get_type_hints(node)[name]
+        if not dataclasses.is_dataclass(node):
+            return None
+    return None
+
+
+def settings_with_roles(config: Any, roles: tuple[str, ...]) -> dict:
+    """The settings of `config` (a tree of dataclasses) whose role is one of `roles`, as a nested mapping (a section
+    with none of them left out)."""
+    chosen = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if "role" in item.metadata:
+            if item.metadata["role"] in roles:
+                chosen[item.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        elif dataclasses.is_dataclass(value) and (section := settings_with_roles(value, roles)):
+            chosen[item.name] = section
+    return chosen
+
+
+def legacy_defaults(config_type: type, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> the behaviour from before the key existed (field metadata "legacy"), for the keys added
+    after the first stored configurations: what a stored configuration without the key means."""
+    found = {}
+    hints = typing.get_type_hints(config_type)
+    for item in dataclasses.fields(config_type):
+        if "legacy" in item.metadata:
+            found[prefix + item.name] = item.metadata["legacy"]
+        elif dataclasses.is_dataclass(hints[item.name]):
+            found.update(legacy_defaults(hints[item.name], f"{prefix}{item.name}."))
+    return found

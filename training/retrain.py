@@ -33,15 +33,11 @@ from data.corpus import load_corpus
 from data.progress import progress_bar
 from data.tokenizer import Tokenizer
 from model.bert import Encoder
-from training.config import LOCATION_KEYS, ConfigError, RunConfig, config_to_dict
+from training.config import WEIGHT_ROLES, ConfigError, RunConfig, config_to_dict, settings_with_roles
 from training.pretrain import Execution, Pretrainer, StepResult, random_init_encoder, resolve_device
 from training.probe import Probe, cross_validated_accuracy, held_out_accuracy
 from training.results import TrialScore
 
-# Settings that change how often a run reports or saves, not what it learns: a resume may change them.
-CADENCE_FIELDS = ("checkpoint_every_steps", "log_every_steps", "keep_checkpoints")
-# Sections that do not shape the trained weights (probe settings only change the final scores).
-UNHASHED_SECTIONS = ("provenance", "study", "search_space", "probe")
 # The other ranks wait at a barrier while rank 0 probes, which takes minutes on a CPU.
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)
 
@@ -63,15 +59,9 @@ def run_config(config: RunConfig) -> RunConfig:
 
 
 def run_hash(config: RunConfig) -> str:
-    """Fingerprint of everything that shapes the trained weights; a resumed run must have the same."""
-    identity = config_to_dict(config)
-    for section in UNHASHED_SECTIONS:
-        identity.pop(section, None)  # a RunConfig has no study, search space or provenance
-    for key in LOCATION_KEYS:
-        section, name = key.split(".")
-        identity[section].pop(name)
-    for name in CADENCE_FIELDS:
-        identity["retrain"].pop(name)
+    """Fingerprint of the settings that shape the trained weights (training.config.WEIGHT_ROLES); a resumed run
+    must have the same. Where things are kept and how often the run reports or saves may change."""
+    identity = settings_with_roles(config, WEIGHT_ROLES)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
