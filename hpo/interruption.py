@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import optuna
@@ -36,6 +36,21 @@ class Interruption:
         self.reason = self._cause
         if self.in_objective:
             raise KeyboardInterrupt
+
+    @contextmanager
+    def requeue_on_stop(self, trial: optuna.Trial) -> Iterator[None]:
+        """Run the trial's code inside: a stop (Ctrl-C, or the parent's death) raises KeyboardInterrupt at once
+        there, and the trial is then failed cleanly, marked "interrupted", and queued to run again."""
+        self.in_objective = True
+        try:
+            if self.reason is not None:  # the stop came while this trial was being created
+                raise KeyboardInterrupt
+            yield
+        except KeyboardInterrupt:
+            requeue(trial, self.reason or "interrupted")
+            raise  # Optuna marks the trial FAIL and passes the KeyboardInterrupt on
+        finally:
+            self.in_objective = False
 
     def stop_study(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optimisation callback: no new trial once a stop was asked for between trials."""
@@ -69,32 +84,14 @@ def sigint_handled_by(interruption: Interruption) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-class InterruptibleObjective:
-    """The objective, made to fail its trial cleanly on a stop: marked "interrupted" and queued to run again."""
-
-    def __init__(self, objective: Callable[[optuna.Trial], float], interruption: Interruption):
-        self.objective = objective
-        self.interruption = interruption
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        self.interruption.in_objective = True
-        try:
-            if self.interruption.reason is not None:  # the stop came while this trial was being created
-                raise KeyboardInterrupt
-            return self.objective(trial)
-        except KeyboardInterrupt:
-            requeue(trial, self.interruption.reason or "interrupted")
-            raise  # Optuna marks the trial FAIL and passes the KeyboardInterrupt on
-        finally:
-            self.interruption.in_objective = False
-
-
 def requeue(trial: optuna.Trial, reason: str) -> None:
-    """Record why the trial stops and queue its parameters, so the next run of the study runs it first."""
+    """Record why the trial stops and queue its parameters and user attrs (e.g. "baseline"), as the heartbeat's
+    retry of a dead worker's trial does, so that the next run of the study runs it first."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the trial fails on purpose: no warning and traceback
     trial.set_user_attr("interrupted", reason)
     running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     frozen = next(candidate for candidate in running if candidate.number == trial.number)
     # Stopped before it sampled anything, an enqueued trial holds its parameters only as fixed_params.
     params = {**frozen.system_attrs.get("fixed_params", {}), **frozen.params}
-    trial.study.enqueue_trial(params, user_attrs={"requeued_from_trial": trial.number})
+    carried = {name: value for name, value in frozen.user_attrs.items() if name != "interrupted"}
+    trial.study.enqueue_trial(params, user_attrs={**carried, "requeued_from_trial": trial.number})

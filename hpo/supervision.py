@@ -11,7 +11,6 @@ import dataclasses
 import os
 import signal
 import socket
-from collections.abc import Callable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -27,17 +26,10 @@ def worker_id(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
-class SignedObjective:
-    """The objective, recording on each trial which worker runs it and with which sampler seed."""
-
-    def __init__(self, objective: Callable[[optuna.Trial], float], seed: int):
-        self.objective = objective
-        self.seed = seed
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        trial.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
-        trial.storage.set_trial_system_attr(trial._trial_id, WORKER_SEED_ATTR, self.seed)
-        return self.objective(trial)
+def sign_trial(trial: optuna.Trial, seed: int) -> None:
+    """Record on the trial which worker process runs it and with which sampler seed."""
+    trial.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
+    trial.storage.set_trial_system_attr(trial._trial_id, WORKER_SEED_ATTR, seed)
 
 
 def exit_cause(exit_code: int) -> str:

@@ -8,7 +8,7 @@ import socket
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -66,33 +66,26 @@ class TrialLogs:
             log.write(text.rstrip("\n") + "\n")
 
     @contextlib.contextmanager
-    def capture(self, number: int) -> Iterator[TextIO]:
-        """stdout, stderr and warnings go to the trial's log as well as to stdout and stderr."""
+    def capture(self, trial: optuna.Trial) -> Iterator[TextIO]:
+        """Run the trial's code inside: its stdout, stderr and warnings go to its log as well as to stdout and
+        stderr, the log says who ran it and when, and how it ended if it was pruned or raised; the trial's user
+        attrs record the worker."""
+        trial.set_user_attr(WORKER_LABEL_ATTR, self.worker)
+        started = datetime.datetime.now().isoformat(timespec="seconds")
         self.folder.mkdir(parents=True, exist_ok=True)
         with (
-            open(self.path(number), "a", encoding="utf-8") as log,
+            open(self.path(trial.number), "a", encoding="utf-8") as log,
             contextlib.redirect_stdout(Tee(sys.stdout, log)),
             contextlib.redirect_stderr(Tee(sys.stderr, log)),
             warnings.catch_warnings(),
         ):
             warnings.showwarning = _warning_to_stderr  # whoever else was collecting them (pytest does)
-            yield log
-
-    def wrap(self, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
-        """The objective, run with its output captured in its trial's log and its worker recorded."""
-
-        def logged(trial: optuna.Trial) -> float:
-            trial.set_user_attr(WORKER_LABEL_ATTR, self.worker)
-            started = datetime.datetime.now().isoformat(timespec="seconds")
-            with self.capture(trial.number) as log:
-                log.write(f"trial {trial.number} started {started} by {self.worker}\n")
-                try:
-                    return objective(trial)
-                except optuna.TrialPruned as pruned:
-                    log.write(f"pruned: {pruned}\n")
-                    raise
-                except BaseException:
-                    log.write(traceback.format_exc())
-                    raise
-
-        return logged
+            log.write(f"trial {trial.number} started {started} by {self.worker}\n")
+            try:
+                yield log
+            except optuna.TrialPruned as pruned:
+                log.write(f"pruned: {pruned}\n")
+                raise
+            except BaseException:
+                log.write(traceback.format_exc())
+                raise

@@ -19,10 +19,10 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from hpo.config import Config
-from hpo.interruption import INTERRUPTED_EXIT_CODE, InterruptibleObjective, Interruption, sigint_handled_by
+from hpo.interruption import INTERRUPTED_EXIT_CODE, Interruption, sigint_handled_by
 from hpo.sampling import make_pruner, make_sampler
 from hpo.storage import make_storage
-from hpo.supervision import SignedObjective, WorkerDeath, exit_cause, fail_and_retry, trials_of, worker_id
+from hpo.supervision import WorkerDeath, exit_cause, fail_and_retry, sign_trial, trials_of, worker_id
 from hpo.trial_logs import TrialLogs, logs_folder
 
 # What --max_trials counts: every trial that ran or runs. Queued (WAITING) trials do not count.
@@ -109,6 +109,11 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
 
     trial_logs = TrialLogs(logs_folder(plan.study_name), plan.worker_index)
 
+    def run_trial(trial: optuna.Trial) -> float:
+        sign_trial(trial, plan.seed)
+        with trial_logs.capture(trial), interruption.requeue_on_stop(trial):
+            return objective(trial)
+
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         line = _format_trial(trial, plan.worker_index)
         print(line, flush=True)
@@ -120,7 +125,7 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     timeout = None if plan.deadline is None else max(0.0, plan.deadline - time.time())
     with sigint_handled_by(interruption):
         study.optimize(
-            InterruptibleObjective(SignedObjective(trial_logs.wrap(objective), plan.seed), interruption),
+            run_trial,
             n_trials=plan.n_trials,
             timeout=timeout,
             callbacks=callbacks,

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.interruption import InterruptibleObjective, Interruption
+from hpo.interruption import Interruption
 
 pytestmark = pytest.mark.usefixtures("in_tmp_path")  # study files and logs go to tmp_path
 
@@ -141,7 +141,11 @@ def test_a_queued_trial_stopped_before_it_sampled_is_queued_again_with_its_param
     study.enqueue_trial({"x": 0.25})
     interruption = Interruption()
     interruption.reason = "interrupted by SIGINT (Ctrl-C)"  # the stop came while the trial was being created
-    objective = InterruptibleObjective(lambda trial: trial.suggest_float("x", 0, 1), interruption)
+
+    def objective(trial: optuna.Trial) -> float:
+        with interruption.requeue_on_stop(trial):
+            return trial.suggest_float("x", 0, 1)
+
     verbosity = optuna.logging.get_verbosity()
     with pytest.raises(KeyboardInterrupt):
         study.optimize(objective, n_trials=1)
@@ -151,3 +155,25 @@ def test_a_queued_trial_stopped_before_it_sampled_is_queued_again_with_its_param
     assert failed.user_attrs == {"interrupted": "interrupted by SIGINT (Ctrl-C)"}
     assert queued.state == TrialState.WAITING and queued.system_attrs["fixed_params"] == {"x": 0.25}
     assert not interruption.in_objective
+
+
+def test_an_interrupted_trial_is_queued_again_with_its_user_attrs():
+    """The baseline trial, the one most often interrupted, stays the baseline when it runs again."""
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.5}, user_attrs={"baseline": True})
+    interruption = Interruption()
+
+    def objective(trial: optuna.Trial) -> float:
+        with interruption.requeue_on_stop(trial):
+            trial.suggest_float("x", 0, 1)
+            interruption.reason = "interrupted by SIGINT (Ctrl-C)"
+            raise KeyboardInterrupt
+
+    verbosity = optuna.logging.get_verbosity()
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    optuna.logging.set_verbosity(verbosity)
+    failed, queued = study.trials
+    assert failed.user_attrs == {"baseline": True, "interrupted": "interrupted by SIGINT (Ctrl-C)"}
+    assert queued.state == TrialState.WAITING and queued.system_attrs["fixed_params"] == {"x": 0.5}
+    assert queued.user_attrs == {"baseline": True, "requeued_from_trial": 0}

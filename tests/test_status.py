@@ -116,11 +116,12 @@ def test_each_trial_logs_its_output_warnings_traceback_and_progress_line(tmp_pat
     logs = TrialLogs(tmp_path / "logs", worker_index=1)
 
     def objective(trial: optuna.Trial) -> float:
-        print(f"training trial {trial.number}")
-        warnings.warn("the loss is shaky", UserWarning, stacklevel=1)
-        if trial.number == 1:
-            raise RuntimeError("out of memory")
-        return 0.5
+        with logs.capture(trial):
+            print(f"training trial {trial.number}")
+            warnings.warn("the loss is shaky", UserWarning, stacklevel=1)
+            if trial.number == 1:
+                raise RuntimeError("out of memory")
+            return 0.5
 
     def progress(study: optuna.Study, trial: FrozenTrial) -> None:
         logs.append(trial.number, f"trial {trial.number}: {trial.state.name.lower()}")
@@ -128,7 +129,7 @@ def test_each_trial_logs_its_output_warnings_traceback_and_progress_line(tmp_pat
     study = optuna.create_study()
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        study.optimize(logs.wrap(objective), n_trials=2, callbacks=[progress], catch=(RuntimeError,))
+        study.optimize(objective, n_trials=2, callbacks=[progress], catch=(RuntimeError,))
 
     first, second = (
         (tmp_path / "logs" / "trial_0000.log").read_text(),
