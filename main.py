@@ -12,7 +12,10 @@ PROJECT_DIR = Path(__file__).resolve().parent
 
 def add_data_dir_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir", dest="data_dir", help="data folder (default: $HPO_DATA_DIR, else the bundled data)"
+        "--data_dir",
+        "--data-dir",  # the older spelling, kept working
+        dest="data_dir",
+        help="data folder (default: $HPO_DATA_DIR, else the bundled data)",
     )
 
 

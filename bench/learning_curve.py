@@ -247,7 +247,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="checkpoints 0.3M and 1M tokens")
     parser.add_argument("--budget_seconds", type=float, help="a time budget instead, probed at 3/10/30/100%%")
     parser.add_argument("--config", default=str(PROJECT_DIR / "config.yaml"))
-    parser.add_argument("--data-dir", dest="data_dir")
+    parser.add_argument("--data_dir", "--data-dir", dest="data_dir")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--output", default="bench/results", help="folder for the .md, .png and .json")

@@ -28,7 +28,7 @@ from data.files_location import resolve_data_dir
 from data.tokenizer import Tokenizer
 from hpo.export import study_base_config, trial_config
 from hpo.storage import default_storage_url, load_existing_study
-from hpo.study_values import format_value, value_label
+from hpo.study_values import format_value, trial_tokens, value_label
 from training.pretrain import Pretrainer, resolve_device
 from training.probe import Probe
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study_name", required=True)
     parser.add_argument("--storage")
-    parser.add_argument("--data-dir", dest="data_dir")
+    parser.add_argument("--data_dir", "--data-dir", dest="data_dir")
     parser.add_argument("--seeds", type=int, default=3, help="initialisations of the best recipe to pretrain")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
@@ -54,7 +54,7 @@ def main() -> None:
     study = load_existing_study(args.study_name, storage)
     best = study.best_trial
     config = trial_config(study_base_config(study), best)
-    tokens = best.user_attrs["budget_tokens"]  # consumed, for a time budget
+    tokens = trial_tokens(best)
     config.train = replace(config.train, budget_seconds=None, budget_tokens=tokens)
     data_dir = resolve_data_dir(args.data_dir)
     tokenizer = Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken")

@@ -28,7 +28,7 @@ from hpo.confirmation import load_confirmation
 from hpo.export import BEST_TRIAL_RULE, provenance, study_base_config, trial_config, write_config
 from hpo.statistics import mean_and_standard_error, pairwise_agreement, ranks, spearman_with_interval
 from hpo.storage import default_storage_url, load_existing_study
-from hpo.study_values import ranked_trials
+from hpo.study_values import ranked_trials, trial_tokens
 
 MULTIPLES = (1, 3, 10)
 SEEDS = (1, 2)  # fresh seeds: the study's own seed (0) chose its top trials
@@ -80,7 +80,7 @@ def markdown(
             cells.append(f"{100 * mean:+.1f} ± {100 * error:.1f} ({rank_at[multiple][position]})")
         lines.append(
             f"| {recipe.trial.number} | {recipe.describe()} | {recipe.study_rank} | {100 * recipe.trial.value:+.1f} "
-            f"| {recipe.trial.user_attrs['budget_tokens']:,} | " + " | ".join(cells) + " |"
+            f"| {trial_tokens(recipe.trial):,} | " + " | ".join(cells) + " |"
         )
     lines += ["", f"Gains in points, mean over train.seed {', '.join(map(str, seeds))}; ranks among the panel.", ""]
     lines += ["| short | long | Spearman rho [bootstrap 95%] | pairwise agreement |", "|---|---|---:|---:|"]
@@ -150,7 +150,7 @@ def main() -> None:
             write_config(config, path)
         for multiple in multiples:
             for seed in seeds:
-                tokens = multiple * trial.user_attrs["budget_tokens"]
+                tokens = multiple * trial_tokens(trial)
                 folder = work / f"trial_{trial.number}" / f"x{multiple}_seed{seed}"
                 requests.append(RetrainRun(path, folder, tokens, (f"train.seed={seed}", *args.set)))
                 keys.append((trial.number, multiple, seed))
@@ -197,7 +197,7 @@ def main() -> None:
                 "trial": recipe.trial.number,
                 "params": recipe.trial.params,
                 "study_value": recipe.trial.value,
-                "tokens": recipe.trial.user_attrs["budget_tokens"],
+                "tokens": trial_tokens(recipe.trial),
                 "gains": recipe.gains,
             }
             for recipe in recipes

@@ -103,7 +103,7 @@ def load_corpus(data_dir: Path, config: CorpusConfig, tokenizer: Tokenizer) -> P
     paths = [Path(data_dir) / "corpus" / f"{name}.txt.gz" for name in sorted(config.sources)]
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"corpus file {path} not found; check --data-dir or data.sources")
+            raise FileNotFoundError(f"corpus file {path} not found; check --data_dir or data.sources")
     key_material = {
         "version": CACHE_FORMAT_VERSION,
         "sources": {path.name: _file_digest(path) for path in paths},

@@ -1,4 +1,4 @@
-"""Where the data lives: --data-dir flag > HPO_DATA_DIR environment variable > the bundled copy."""
+"""Where the data lives: --data_dir flag > HPO_DATA_DIR environment variable > the bundled copy."""
 
 import os
 from pathlib import Path
@@ -15,7 +15,7 @@ class DataError(ValueError):
 def resolve_data_dir(flag_value: str | None = None) -> Path:
     """Pick the data folder and check that the files every run needs are there and readable."""
     if flag_value:
-        data_dir, origin = Path(flag_value), "--data-dir"
+        data_dir, origin = Path(flag_value), "--data_dir"
     elif os.environ.get(DATA_DIR_VARIABLE):
         data_dir, origin = Path(os.environ[DATA_DIR_VARIABLE]), DATA_DIR_VARIABLE
     else:

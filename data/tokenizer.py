@@ -30,7 +30,7 @@ class Tokenizer:
         self.ranks_file = Path(self.ranks_file)
         if not self.ranks_file.is_file():
             raise FileNotFoundError(
-                f"tokenizer ranks file {self.ranks_file} not found; pass --data-dir pointing at a "
+                f"tokenizer ranks file {self.ranks_file} not found; pass --data_dir pointing at a "
                 "folder with tokenizers/gpt2.tiktoken (the project bundles one in data/files)"
             )
         ranks = tiktoken.load.load_tiktoken_bpe(str(self.ranks_file))

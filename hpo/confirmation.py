@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import Config, ConfigError, ParamSpec
 from hpo.statistics import mean_and_standard_error, probability_best
+from hpo.study_values import TOKENS_ATTR, trial_tokens
 
 SUFFIX = "-confirm"
 RECIPES_ATTR = "confirmed_recipes"  # companion study user attr: the recipes, as the study ranked them
@@ -57,9 +58,10 @@ def top_recipes(ranked: list[FrozenTrial], top_k: int) -> list[Recipe]:
             break
         if any(recipe.params == trial.params for recipe in recipes):
             continue
-        if "budget_tokens" not in trial.user_attrs:
-            raise ConfigError(f"trial {trial.number} has no 'budget_tokens' user attr, so it cannot be re-run alike")
-        recipes.append(Recipe(trial.number, dict(trial.params), int(trial.user_attrs["budget_tokens"]), trial.value))
+        tokens = trial_tokens(trial)
+        if tokens is None:
+            raise ConfigError(f"trial {trial.number} has no '{TOKENS_ATTR}' user attr, so it cannot be re-run alike")
+        recipes.append(Recipe(trial.number, dict(trial.params), tokens, trial.value))
     return recipes
 
 

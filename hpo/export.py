@@ -14,7 +14,7 @@ from hpo.config import Config, ConfigError, stored_config
 from hpo.confirmation import load_confirmation
 from hpo.space import apply_params
 from hpo.storage import displayed_url, load_existing_study
-from hpo.study_values import objective_name, ranked_trials
+from hpo.study_values import OLD_TOKENS_ATTR, TOKENS_ATTR, objective_name, ranked_trials
 from hpo.versions import software_versions
 from training.results import TrialScore
 
@@ -141,13 +141,13 @@ def exported_trial_score(config: Config) -> TrialScore | None:
     export from before the trials recorded their random-init accuracy."""
     source = config.provenance or {}
     attributes = source.get("trial_attributes", {})
-    needed = ("probe_accuracy", "random_init_accuracy", "budget_tokens")
-    if not all(name in attributes for name in needed):
+    tokens = attributes.get(TOKENS_ATTR, attributes.get(OLD_TOKENS_ATTR))
+    if tokens is None or not all(name in attributes for name in ("probe_accuracy", "random_init_accuracy")):
         return None
     return TrialScore(
         study=source.get("study"),
         trial=source.get("trial"),
-        tokens=attributes["budget_tokens"],
+        tokens=tokens,
         accuracy=attributes["probe_accuracy"],
         random_init_accuracy=attributes["random_init_accuracy"],
     )

@@ -5,6 +5,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from training.config import PROBE_TARGETS
 
+TOKENS_ATTR = "tokens_seen"  # trial user attr: the tokens it trained on
+OLD_TOKENS_ATTR = (
+    "budget_tokens"  # the same in studies from before 2026-12-04 (planned, for pruned token-budget trials)
+)
+
+
+def trial_tokens(trial: FrozenTrial) -> int | None:
+    """The tokens a trial trained on, from its user attrs (older studies: the attr of the time)."""
+    value = trial.user_attrs.get(TOKENS_ATTR, trial.user_attrs.get(OLD_TOKENS_ATTR))
+    return None if value is None else int(value)
+
 
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Completed trials, best first (ties keep trial order)."""

@@ -31,11 +31,11 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials whose r
 WORKER_STOP_SECONDS = 30  # after a Ctrl-C: how long a worker may take to fail and queue its trial
 
 
-def pretraining_objective(config: Config, data_dir: Path) -> Callable[[optuna.Trial], float]:
-    """The study's objective: pretrain the trial's recipe and probe it, with the resources loaded once."""
-    from hpo.objective import Objective, Resources  # keeps torch-heavy imports out of the parent
+def pretrain_and_probe(config: Config, data_dir: Path) -> Callable[[optuna.Trial], float]:
+    """The function the study optimises: pretrain the trial's recipe and probe it, with the resources loaded once."""
+    from hpo.trial import PretrainAndProbe, Resources  # keeps torch-heavy imports out of the parent
 
-    return Objective(config, Resources.load(config, data_dir))
+    return PretrainAndProbe(config, Resources.load(config, data_dir))
 
 
 @dataclasses.dataclass
@@ -54,8 +54,8 @@ class WorkerPlan:
     worker_index: int = 0
     threads: int = 1
     gpu: int | None = None
-    # (config, data_dir) -> the objective; a module-level function, so that a spawned worker can import it
-    make_objective: Callable[[Config, Path], Callable[[optuna.Trial], float]] = pretraining_objective
+    # (config, data_dir) -> the function the study optimises; module-level, so that a spawned worker can import it
+    make_trial_function: Callable[[Config, Path], Callable[[optuna.Trial], float]] = pretrain_and_probe
 
 
 def _format_trial(trial: optuna.trial.FrozenTrial, worker_index: int) -> str:
@@ -99,7 +99,7 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpu(plan.gpu)
     torch.set_num_threads(plan.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    objective = plan.make_objective(plan.config, plan.data_dir)
+    pretrain_and_probe_trial = plan.make_trial_function(plan.config, plan.data_dir)
     study = optuna.load_study(
         study_name=plan.study_name,
         storage=make_storage(plan.storage_url, plan.config.study),
@@ -112,7 +112,7 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     def run_trial(trial: optuna.Trial) -> float:
         sign_trial(trial, plan.seed)
         with trial_logs.capture(trial), interruption.requeue_on_stop(trial):
-            return objective(trial)
+            return pretrain_and_probe_trial(trial)
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         line = _format_trial(trial, plan.worker_index)

@@ -73,7 +73,7 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"ag_news/train.csv is missing .*HPO_DATA_DIR"):
         resolve_data_dir()
-    with pytest.raises(FileNotFoundError, match="--data-dir"):
+    with pytest.raises(FileNotFoundError, match="--data_dir"):
         resolve_data_dir(str(tmp_path / "absent"))
     monkeypatch.delenv("HPO_DATA_DIR")
     assert (resolve_data_dir() / "ag_news" / "train.csv").is_file()

@@ -90,7 +90,7 @@ def regular_file(name: str, content: bytes = b"not a folder\n") -> Callable[[Pat
 
 
 STUDY = ["--study_name", "s"]  # default storage: WORK/studies/s.db
-DATA = ["--data-dir", "WORK/data"]
+DATA = ["--data_dir", "WORK/data"]
 RETRAIN = ["retrain", "--config", str(CONFIG_PATH), "--output", "WORK/out"]
 AGNEWS_ROW = b'"3","Wall St.","Stocks rose."\n'
 
@@ -232,9 +232,9 @@ CASES = [
     ),
     # Data.
     Case(
-        "data folder missing",
+        "data folder missing (older flag spelling)",
         [*STUDY, "--data-dir", "WORK/nodata"],
-        r"data folder .*nodata \(from --data-dir\) does not exist",
+        r"data folder .*nodata \(from --data_dir\) does not exist",
     ),
     Case(
         "data file missing",

@@ -8,10 +8,10 @@ import pytest
 from conftest import CONFIG_PATH, TINY_OVERRIDES
 from optuna.trial import TrialState
 
-import hpo.objective
+import hpo.trial
 from bench.pruning_replay import replay
 from hpo.config import defaults, load_config
-from hpo.objective import Objective, Resources
+from hpo.trial import PretrainAndProbe, Resources
 from training.pretrain import Pretrainer
 from training.probe import ProbeResult
 
@@ -31,14 +31,14 @@ def test_trials_with_a_time_budget_are_pruned_at_the_same_report_point(tmp_path,
             self.clock = lambda: next(ticks) * seconds / 2  # read twice a step
 
     quick_scores = iter([0.60, 0.61, 0.62, 0.40, 0.41, 0.42])
-    monkeypatch.setattr(hpo.objective, "Pretrainer", FakeClockPretrainer)
+    monkeypatch.setattr(hpo.trial, "Pretrainer", FakeClockPretrainer)
     monkeypatch.setattr(resources.quick_probe, "score", lambda *args: ProbeResult(next(quick_scores), 0.01, 200))
     monkeypatch.setattr(
-        hpo.objective, "random_init_scores", lambda *args: hpo.objective.RandomInit(accuracy=0.5, quick_accuracy=0.5)
+        hpo.trial, "random_init_scores", lambda *args: hpo.trial.RandomInit(accuracy=0.5, quick_accuracy=0.5)
     )
     pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
     study = optuna.create_study(direction="maximize", pruner=pruner)
-    study.optimize(Objective(config, resources), n_trials=2)
+    study.optimize(PretrainAndProbe(config, resources), n_trials=2)
 
     first, second = study.trials
     assert first.state == TrialState.COMPLETE and sorted(first.intermediate_values) == [0, 1, 2]

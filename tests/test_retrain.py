@@ -17,7 +17,7 @@ import main
 from data.corpus import load_corpus
 from hpo.config import load_config
 from hpo.export import write_config
-from hpo.objective import Objective, Resources
+from hpo.trial import PretrainAndProbe, Resources
 from training.pretrain import FIRST_STEP_SHARE, Execution, Pretrainer, learning_rate_multiplier
 from training.retrain import CheckpointFolder, run_config
 
@@ -240,7 +240,7 @@ def test_time_budget_schedule_follows_elapsed_training_time(tiny_overrides, data
     while not trainer.finished:
         rates.append(trainer.train_step().learning_rate)
 
-    assert trainer.step == 16 and trainer.budget_tokens == 16 * BATCH_SIZE * SEQ_LEN
+    assert trainer.step == 16 and trainer.tokens_seen == 16 * BATCH_SIZE * SEQ_LEN
     peak = config.train.learning_rate
     # Each step runs at the rate of its end: 1/16 of the budget per step, estimated from the steps before.
     ends = [FIRST_STEP_SHARE] + [(step + 1) / 16 for step in range(1, 16)]
@@ -271,13 +271,13 @@ def test_trial_with_a_time_budget_trains_for_its_seconds(tiny_overrides, data_di
     budget_seconds = 2.0
     config = load_config(CONFIG_PATH, [*tiny_overrides, f"train.budget_seconds={budget_seconds}"])
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
-    study.optimize(Objective(config, Resources.load(config, data_dir)), n_trials=1)
+    study.optimize(PretrainAndProbe(config, Resources.load(config, data_dir)), n_trials=1)
 
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE, trial.system_attrs
     steps = trial.user_attrs["steps"]
-    assert trial.user_attrs["budget_tokens"] == steps * BATCH_SIZE * SEQ_LEN > 0  # consumed, not planned
-    train_seconds = trial.user_attrs["budget_tokens"] / trial.user_attrs["tokens_per_second"]
+    assert trial.user_attrs["tokens_seen"] == steps * BATCH_SIZE * SEQ_LEN > 0
+    train_seconds = trial.user_attrs["tokens_seen"] / trial.user_attrs["tokens_per_second"]
     # Training stops at the first step that ends past the budget; quick probes do not count.
     assert budget_seconds <= train_seconds < budget_seconds + 1.0
     assert sorted(trial.intermediate_values) == [0, 1, 2]  # report points by index: a time budget can prune

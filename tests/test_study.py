@@ -153,7 +153,7 @@ def test_resume_by_other_software_prints_a_note(tmp_path, make_study, capsys):
 def test_a_failing_trial_records_why_and_the_progress_line_says_it(tmp_path, data_dir, monkeypatch):
     from conftest import TINY_OVERRIDES
 
-    from hpo.objective import Objective, Resources
+    from hpo.trial import PretrainAndProbe, Resources
     from hpo.workers import _format_trial
     from training.pretrain import Pretrainer
 
@@ -164,7 +164,7 @@ def test_a_failing_trial_records_why_and_the_progress_line_says_it(tmp_path, dat
 
     monkeypatch.setattr(Pretrainer, "train_step", broken_step)
     study = optuna.create_study(direction="maximize")
-    study.optimize(Objective(config, Resources.load(config, data_dir)), n_trials=1, catch=(RuntimeError,))
+    study.optimize(PretrainAndProbe(config, Resources.load(config, data_dir)), n_trials=1, catch=(RuntimeError,))
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory (simulated)"
@@ -174,13 +174,13 @@ def test_a_failing_trial_records_why_and_the_progress_line_says_it(tmp_path, dat
 def test_a_trial_that_fails_before_training_records_why(tmp_path, data_dir):
     from conftest import TINY_OVERRIDES
 
-    from hpo.objective import Objective, Resources
+    from hpo.trial import PretrainAndProbe, Resources
 
     # Valid as a config, refused when the run is built: next-sentence pairs need two rows per batch.
     config = load_config(CONFIG_PATH, [*TINY_OVERRIDES, f"data.cache_dir={tmp_path}", "train.nsp=true"])
     config.train.batch_size = 1
     study = optuna.create_study(direction="maximize")
-    study.optimize(Objective(config, Resources.load(config, data_dir)), n_trials=1, catch=(ValueError,))
+    study.optimize(PretrainAndProbe(config, Resources.load(config, data_dir)), n_trials=1, catch=(ValueError,))
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("ConfigError: train.nsp needs at least 2 rows per micro-batch")
@@ -190,8 +190,8 @@ def test_completed_trials_carry_the_random_encoder_line_computed_once_per_archit
     import torch
     from conftest import TINY_OVERRIDES
 
-    import hpo.objective
-    from hpo.objective import RANDOM_INIT_ATTR_PREFIX, Objective, Resources
+    import hpo.trial
+    from hpo.trial import RANDOM_INIT_ATTR_PREFIX, PretrainAndProbe, Resources
     from model.bert import Encoder
     from training.pretrain import random_init_encoder
 
@@ -204,9 +204,9 @@ def test_completed_trials_carry_the_random_encoder_line_computed_once_per_archit
         built.append(args)
         return random_init_encoder(*args, **kwargs)
 
-    monkeypatch.setattr(hpo.objective, "random_init_encoder", counting_random_init_encoder)
+    monkeypatch.setattr(hpo.trial, "random_init_encoder", counting_random_init_encoder)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
-    study.optimize(Objective(config, resources), n_trials=2)
+    study.optimize(PretrainAndProbe(config, resources), n_trials=2)
 
     assert len(built) == 1  # the second trial of the same architecture reuses the study's value
     (key,) = [key for key in study.user_attrs if key.startswith(RANDOM_INIT_ATTR_PREFIX)]
@@ -222,7 +222,7 @@ def test_completed_trials_carry_the_random_encoder_line_computed_once_per_archit
     # With probe.target = accuracy the value is the accuracy; the random-init line is the same.
     accuracy_config = load_config(CONFIG_PATH, [*overrides, "probe.target=accuracy"])
     accuracy_study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
-    accuracy_study.optimize(Objective(accuracy_config, resources), n_trials=1)
+    accuracy_study.optimize(PretrainAndProbe(accuracy_config, resources), n_trials=1)
     (trial,) = accuracy_study.trials
     assert trial.value == trial.user_attrs["probe_accuracy"]
     assert trial.user_attrs["random_init_accuracy"] == expected

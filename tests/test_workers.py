@@ -86,7 +86,7 @@ def test_a_trial_that_kills_its_worker_each_time_fails_for_good_after_max_retrie
     config = load_config(CONFIG_PATH, ["study.baseline_trial=false", "study.max_retries=2"])
     study = open_study("poison", storage, config, seed=0)
     study.enqueue_trial({}, user_attrs={POISON_ATTR: True})
-    common = WorkerPlan("poison", storage, config, tmp_path, 0, os.getpid(), make_objective=self_killing_objective)
+    common = WorkerPlan("poison", storage, config, tmp_path, 0, os.getpid(), make_trial_function=self_killing_objective)
 
     deaths = run_processes(worker_plans(common, n_trials=4, n_jobs=2, existing=0))
 
@@ -145,7 +145,7 @@ def test_each_trial_records_its_worker_and_sampler_seed(tmp_path):
     config = load_config(CONFIG_PATH, ["study.baseline_trial=false"])
     open_study("signed", storage, config, seed=0)
     plan = WorkerPlan(
-        "signed", storage, config, tmp_path, 1234, os.getpid(), n_trials=2, make_objective=trivial_objective
+        "signed", storage, config, tmp_path, 1234, os.getpid(), n_trials=2, make_trial_function=trivial_objective
     )
     run_worker(plan, Interruption())
     trials = optuna.load_study(study_name="signed", storage=storage).trials

@@ -1,5 +1,5 @@
 """Objectives without pretraining, for tests of the worker processes and the storage: module-level factories
-(WorkerPlan.make_objective), so that a spawned worker imports them by name."""
+(WorkerPlan.make_trial_function), so that a spawned worker imports them by name."""
 
 import os
 import signal
@@ -50,7 +50,7 @@ def run_load(storage_url: str, workers: int, trials_each: int) -> tuple[optuna.S
 
     config = load_config(Path(__file__).resolve().parents[1] / "config.yaml", ["study.baseline_trial=false"])
     open_study("load", storage_url, config, seed=0)
-    common = WorkerPlan("load", storage_url, config, Path(), 0, os.getpid(), make_objective=trivial_objective)
+    common = WorkerPlan("load", storage_url, config, Path(), 0, os.getpid(), make_trial_function=trivial_objective)
     started = time.monotonic()
     deaths = run_processes(worker_plans(common, workers * trials_each, workers, existing=0))
     return optuna.load_study(study_name="load", storage=storage_url), deaths, time.monotonic() - started

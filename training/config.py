@@ -21,7 +21,7 @@ ROLES = {
     "retrain": "a retrain's weights, not a trial's",
     "inert": "no result: where things are kept, how often a run reports or saves, how a study samples and prunes",
 }
-REFERENCE_ROLES = ("start", "probe")  # decide the random-init encoder's probe score (hpo.objective's cache key)
+REFERENCE_ROLES = ("start", "probe")  # decide the random-init encoder's probe score (hpo.trial's cache key)
 TRIAL_ROLES = ("start", "train", "probe", "selection")  # a change makes a study's scores mean something else
 WEIGHT_ROLES = ("start", "train", "retrain")  # shape a retrain's weights (its checkpoints' hash)
 

@@ -23,7 +23,7 @@ from data.masking import Masker, causal_lm_labels
 from data.pairs import next_sentence_pairs
 from data.tokenizer import Tokenizer
 from model.bert import Encoder
-from training.config import ConfigError, RunConfig
+from training.config import ConfigError, RunConfig, TrainConfig
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32 runs without autocast
 # A time budget's first step cannot know its share of the budget; runs take thousands of steps on any device.
@@ -173,6 +173,20 @@ class StepResult:
     learning_rate: float  # of the top (full-rate) parameter group, as used by this step
 
 
+def check_execution(train: TrainConfig, execution: Execution) -> None:
+    """The batch must split into the execution's micro-batches (and, with next-sentence pairs, two rows each)."""
+    if train.batch_size % execution.micro_batches:
+        raise ConfigError(
+            f"train.batch_size = {train.batch_size} does not split into {execution.accumulation_steps} "
+            f"micro-batch(es) x {execution.world_size} process(es); make it a multiple of {execution.micro_batches}"
+        )
+    if train.next_sentence and train.batch_size // execution.micro_batches < 2:
+        raise ConfigError(
+            f"train.nsp needs at least 2 rows per micro-batch (a 'not next' segment comes from another row); "
+            f"train.batch_size = {train.batch_size} over {execution.micro_batches} micro-batch(es) is too small"
+        )
+
+
 class Pretrainer:
     """Model, optimiser, schedule and data position of one pretraining run.
 
@@ -195,60 +209,65 @@ class Pretrainer:
         self.tokenizer = tokenizer
         self.device = device
         self.execution = execution
-        train = config.train
-        if train.batch_size % execution.micro_batches:
-            raise ConfigError(
-                f"train.batch_size = {train.batch_size} does not split into {execution.accumulation_steps} "
-                f"micro-batch(es) x {execution.world_size} process(es); make it a multiple of {execution.micro_batches}"
-            )
-        if train.next_sentence and train.batch_size // execution.micro_batches < 2:
-            raise ConfigError(
-                f"train.nsp needs at least 2 rows per micro-batch (a 'not next' segment comes from another row); "
-                f"train.batch_size = {train.batch_size} over {execution.micro_batches} micro-batch(es) is too small"
-            )
-        self.model = initial_encoder(config, tokenizer.vocab_size).to(device)
-        if config.model.compile:
-            # The encoder compiles to one graph, our attention kernels as custom ops inside it
-            # (tests/test_compile.py); the loss around it, whose shapes depend on the data (the
-            # predicted positions, the sampled ids), stays eager. The weights stay the module's own.
-            self.model.encode = torch.compile(self.model.encode, backend=COMPILE_BACKEND)
-        counts = torch.from_numpy(corpus.token_counts(tokenizer.vocab_size)).clone()
-        counts[[tokenizer.cls_id, tokenizer.mask_id, tokenizer.pad_id, tokenizer.sep_id]] = 0  # never targets
-        self.model.set_output_prior(counts)
+        check_execution(config.train, execution)
+        self.model = self._build_model()
         self.proposal = self.model.unigram_log_probs.exp()  # (V,) what the sampled softmax draws from
-        # Row-sparse gradients for the token table when only a few rows take one (sampled softmax):
-        # a dense (V, H) gradient and Adam update over all rows cost more than the rest of a tiny step.
-        self.model.token_embedding.sparse = train.sampled_softmax is not None and execution.sparse_embedding_gradients
-        self.training_loss: Callable[..., torch.Tensor] = self.model.prediction_loss
-        if execution.world_size > 1:
-            # Same initial weights on every process (seeded above), its own dropout stream on each.
-            torch.manual_seed(derived_seed(train.seed, execution.rank))
-            self.training_loss = DistributedDataParallel(
-                _PredictionLoss(self.model),
-                device_ids=[device] if device.type == "cuda" else None,
-                find_unused_parameters=True,  # the pooler takes no part in the pretraining loss
-                forward_sync_buffers=False,  # the only buffer is a constant sinusoid table
-            )
-        self.tokens_per_step = train.batch_size * corpus.seq_len
-        self.total_steps = max(1, train.budget_tokens // self.tokens_per_step)
-        self.budget_seconds = train.budget_seconds
+        self.training_loss = self._training_loss()
+        self.tokens_per_step = config.train.batch_size * corpus.seq_len
+        self.total_steps = max(1, config.train.budget_tokens // self.tokens_per_step)
+        self.budget_seconds = config.train.budget_seconds
         self.step = 0
         self.train_seconds = 0.0
         self.last_loss = math.nan  # of the latest step
         self.optimizers = self._build_optimizers()
         self.schedulers = [
-            torch.optim.lr_scheduler.LambdaLR(
-                optimizer,
-                lambda _: learning_rate_multiplier(
-                    train.schedule, self.step_end_progress, train.warmup_fraction, train.decay_fraction
-                ),
-            )
+            torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: self.learning_rate_multiplier())
             for optimizer in self.optimizers
         ]
         self.scaler = torch.amp.GradScaler(device.type, enabled=execution.precision == "fp16")
         self.masker = Masker(config.masking, tokenizer)
         self.generator = torch.Generator(device=device)
-        self.make_batch = OBJECTIVES[train.objective]
+        self.make_batch = OBJECTIVES[config.train.objective]
+
+    def _build_model(self) -> Encoder:
+        """The run's starting encoder on its device: output prior from the corpus, compiled if asked, and a
+        row-sparse token table with the sampled softmax in one process."""
+        config, tokenizer = self.config, self.tokenizer
+        model = initial_encoder(config, tokenizer.vocab_size).to(self.device)
+        if config.model.compile:
+            # The encoder compiles to one graph, our attention kernels as custom ops inside it
+            # (tests/test_compile.py); the loss around it, whose shapes depend on the data (the
+            # predicted positions, the sampled ids), stays eager. The weights stay the module's own.
+            model.encode = torch.compile(model.encode, backend=COMPILE_BACKEND)
+        counts = torch.from_numpy(self.corpus.token_counts(tokenizer.vocab_size)).clone()
+        counts[[tokenizer.cls_id, tokenizer.mask_id, tokenizer.pad_id, tokenizer.sep_id]] = 0  # never targets
+        model.set_output_prior(counts)
+        # Row-sparse gradients for the token table when only a few rows take one (sampled softmax):
+        # a dense (V, H) gradient and Adam update over all rows cost more than the rest of a tiny step.
+        sampled = config.train.sampled_softmax is not None
+        model.token_embedding.sparse = sampled and self.execution.sparse_embedding_gradients
+        return model
+
+    def _training_loss(self) -> Callable[..., torch.Tensor]:
+        """The model's loss, or under torchrun its DDP wrapper's, which all-reduces the gradients."""
+        execution = self.execution
+        if execution.world_size == 1:
+            return self.model.prediction_loss
+        # Same initial weights on every process (seeded before the model was built), its own dropout stream on each.
+        torch.manual_seed(derived_seed(self.config.train.seed, execution.rank))
+        return DistributedDataParallel(
+            _PredictionLoss(self.model),
+            device_ids=[self.device] if self.device.type == "cuda" else None,
+            find_unused_parameters=True,  # the pooler takes no part in the pretraining loss
+            forward_sync_buffers=False,  # the only buffer is a constant sinusoid table
+        )
+
+    def learning_rate_multiplier(self) -> float:
+        """The schedule's multiplier for the coming step (at the progress of its end)."""
+        train = self.config.train
+        return learning_rate_multiplier(
+            train.schedule, self.step_end_progress, train.warmup_fraction, train.decay_fraction
+        )
 
     def _build_optimizers(self) -> list[torch.optim.Optimizer]:
         """AdamW over the parameter groups; with the sampled softmax, the token table (the first group)
@@ -292,10 +311,9 @@ class Pretrainer:
         return self.progress >= 1.0
 
     @property
-    def budget_tokens(self) -> int:
-        """Tokens of the budget: planned for a token budget, consumed so far for a time budget."""
-        steps = self.total_steps if self.budget_seconds is None else self.step
-        return steps * self.tokens_per_step
+    def tokens_seen(self) -> int:
+        """Tokens trained on so far (all processes)."""
+        return self.step * self.tokens_per_step
 
     def autocast(self) -> contextlib.AbstractContextManager:
         dtype = AUTOCAST_DTYPES.get(self.execution.precision)

@@ -1,5 +1,6 @@
-"""Objective(trial) -> AG News probe score (accuracy, or its gain over random init): sample, pretrain,
-report, prune, probe."""
+"""The study's trial: PretrainAndProbe(trial) -> AG News probe score (accuracy, or its gain over random init):
+sample the recipe, pretrain it with reports and pruning, probe it. (The pretraining objective, MLM or CLM, is
+train.objective: training/pretrain.py.)"""
 
 import hashlib
 import json
@@ -17,6 +18,7 @@ from data.corpus import PackedCorpus, load_corpus
 from data.tokenizer import Tokenizer
 from hpo.config import Config
 from hpo.space import suggest
+from hpo.study_values import TOKENS_ATTR
 from training.config import REFERENCE_ROLES, settings_with_roles
 from training.pretrain import Pretrainer, random_init_encoder, resolve_device
 from training.probe import Probe
@@ -88,8 +90,8 @@ def target_value(config: Config, accuracy: float, random_init_accuracy: float) -
     return accuracy - random_init_accuracy if config.probe.target == "gain" else accuracy
 
 
-class Objective:
-    """A plain callable for study.optimize: sample, pretrain with pruning, probe."""
+class PretrainAndProbe:
+    """The function a study optimises, as a plain callable: sample, pretrain with pruning, probe."""
 
     def __init__(self, config: Config, resources: Resources):
         self.config = config
@@ -159,10 +161,10 @@ class Objective:
 
 def record_training(trial: optuna.Trial, trainer: Pretrainer, device: torch.device, wall_seconds: float) -> None:
     """What a person wants to see beside any trial, finished or not, in the dashboard."""
-    trial.set_user_attr("budget_tokens", trainer.budget_tokens)
+    trial.set_user_attr(TOKENS_ATTR, trainer.tokens_seen)
     trial.set_user_attr("train_loss", trainer.last_loss)
     trial.set_user_attr("steps", trainer.step)
-    tokens_per_second = trainer.step * trainer.tokens_per_step / max(trainer.train_seconds, 1e-9)
+    tokens_per_second = trainer.tokens_seen / max(trainer.train_seconds, 1e-9)
     trial.set_user_attr("tokens_per_second", tokens_per_second)
     trial.set_user_attr("peak_memory_mb", peak_memory_megabytes(device))
     trial.set_user_attr("wall_seconds", wall_seconds)
