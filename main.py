@@ -93,7 +93,9 @@ def add_retrain_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budget_tokens", type=int, help="pretraining tokens (default: the config's retrain.budget_tokens)"
     )
-    parser.add_argument("--output", help="output folder (default: retrain/ beside the config file)")
+    parser.add_argument(
+        "--output", help="output folder (default: retrain_<config name>/ beside the config, e.g. retrain_best_config/)"
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in the output folder"
     )
@@ -176,6 +178,12 @@ def run_dashboard_command(args: argparse.Namespace, storage: str) -> int:
     return 0
 
 
+def retrain_output_folder(args: argparse.Namespace) -> Path:
+    """--output, or retrain_<config name>/ beside the config: each exported file retrains into its own folder."""
+    config_path = Path(args.config)
+    return Path(args.output) if args.output else config_path.parent / f"retrain_{config_path.stem}"
+
+
 def run_retrain_command(args: argparse.Namespace, storage: str | None) -> int:
     from data.files_location import resolve_data_dir
     from hpo.config import load_config
@@ -188,7 +196,7 @@ def run_retrain_command(args: argparse.Namespace, storage: str | None) -> int:
     if args.checkpoint_every is not None:
         overrides.append(f"retrain.checkpoint_every_steps={args.checkpoint_every}")
     config = load_config(args.config, overrides)
-    output_dir = Path(args.output) if args.output else Path(args.config).parent / "retrain"
+    output_dir = retrain_output_folder(args)
     retrain(config, resolve_data_dir(args.data_dir), output_dir, args.resume, exported_trial_score(config))
     return 0
 

@@ -88,8 +88,8 @@ def assert_same_weights(left: dict[str, torch.Tensor], right: dict[str, torch.Te
 
 
 def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(config_file, tmp_path, monkeypatch, capsys):
-    assert retrain(config_file) == 0  # default output: retrain/ beside the config
-    uninterrupted = tmp_path / "retrain"
+    assert retrain(config_file) == 0  # default output: retrain_<config name>/ beside the config
+    uninterrupted = tmp_path / "retrain_best_config"
     printed = capsys.readouterr().out
     trial = "trial 7 of study 'demo': gain +0.0500 (accuracy 0.5500, random init 0.5000) after 1,024 tokens"
     assert f"the recipe's {trial}" in printed  # from the export's provenance, before and after the run
@@ -97,7 +97,11 @@ def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(config_file, tm
     assert re.search(
         r"step 2/6 \| loss \d+\.\d{4} \| lr \d\.\d{3}e-0\d \| [\d,]+ tokens/s \| ETA \d:\d\d:\d\d", printed
     )
-    assert [path.name for path in CheckpointFolder(uninterrupted / "checkpoints", 3).paths()] == ["step_4.pt"]
+    # Every 4 steps, and the last step's: a stop during the final probes resumes with no step to redo.
+    assert [path.name for path in CheckpointFolder(uninterrupted / "checkpoints", 3).paths()] == [
+        "step_4.pt",
+        "step_6.pt",
+    ]
 
     original_step = Pretrainer.train_step
 
@@ -130,6 +134,57 @@ def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(config_file, tm
         assert first["gain_over_random_init"][split] == first[split]["accuracy"] - start["accuracy"]
 
 
+def test_a_stop_during_the_final_probes_resumes_without_retraining(config_file, tmp_path, monkeypatch, capsys):
+    import training.retrain
+
+    def stopped_while_probing(trainer, data_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.retrain, "evaluate", stopped_while_probing)
+    output = tmp_path / "stopped"
+    assert retrain(config_file, "--output", str(output)) == 130
+    monkeypatch.undo()
+    steps_run = []
+    original_step = Pretrainer.train_step
+    monkeypatch.setattr(Pretrainer, "train_step", lambda trainer: steps_run.append(1) or original_step(trainer))
+
+    assert retrain(config_file, "--output", str(output), "--resume") == 0
+
+    assert "from step 6" in capsys.readouterr().out and steps_run == []
+    assert (output / "results.yaml").exists()
+
+
+def test_two_retrains_cannot_write_into_one_folder(config_file, tmp_path, capsys):
+    import fcntl
+
+    output = tmp_path / "shared"
+    output.mkdir()
+    folder = os.open(output, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # as a first retrain into this folder holds it
+        assert retrain(config_file, "--output", str(output)) == 2
+    finally:
+        os.close(folder)
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"another retrain is writing to {output}" in error
+    assert not list(output.iterdir())
+    assert retrain(config_file, "--output", str(output)) == 0  # once the first one is done
+
+
+def test_each_exported_file_has_its_own_default_output_folder(tmp_path):
+    arguments = main.parse_args(["retrain", "--config", "studies/demo/top_3/rank_2.yaml"])
+    assert arguments.output is None
+    folders = {
+        name: main.retrain_output_folder(main.parse_args(["retrain", "--config", f"studies/demo/{name}"]))
+        for name in ("best_config.yaml", "top_3/rank_1.yaml", "top_3/rank_2.yaml")
+    }
+    assert folders == {
+        "best_config.yaml": Path("studies/demo/retrain_best_config"),
+        "top_3/rank_1.yaml": Path("studies/demo/top_3/retrain_rank_1"),
+        "top_3/rank_2.yaml": Path("studies/demo/top_3/retrain_rank_2"),
+    }
+
+
 @pytest.mark.slow  # two processes started by torchrun: about 30 s on a loaded 2-core machine
 def test_two_process_ddp_matches_one_process_with_two_micro_batches(config_file, tmp_path, data_dir, tokenizer):
     # Dropout off: each DDP process draws its own dropout masks, one process would draw them in sequence.
@@ -143,7 +198,7 @@ def test_two_process_ddp_matches_one_process_with_two_micro_batches(config_file,
     assert finished.stdout.count("retrain:") == 1, "only rank 0 logs"
     results = yaml.safe_load((output / "results.yaml").read_text())
     assert results["world_size"] == 2 and results["steps"] == 6
-    assert [path.name for path in (output / "checkpoints").iterdir()] == ["step_4.pt"]
+    assert sorted(path.name for path in (output / "checkpoints").iterdir()) == ["step_4.pt", "step_6.pt"]
 
     config = run_config(load_config(config_file, ["model.dropout=0.0", "train.device=cpu"]))
     corpus = load_corpus(data_dir, config.data, tokenizer)
@@ -198,10 +253,10 @@ def _write_torn_checkpoint(folder: Path) -> None:
 @pytest.mark.parametrize(
     "flags, prepare, message",
     [
-        (["--resume"], None, r"--resume: no checkpoint in .*retrain/checkpoints; run without --resume"),
+        (["--resume"], None, r"--resume: no checkpoint in .*retrain_best_config/checkpoints; run without --resume"),
         (["--resume"], _write_foreign_checkpoint, r"step_4.pt was written by another run configuration"),
         (["--resume"], _write_torn_checkpoint, r"--resume: cannot read .*step_4.pt .*delete it"),
-        ([], _write_foreign_checkpoint, r"retrain/checkpoints already holds checkpoints .*add --resume"),
+        ([], _write_foreign_checkpoint, r"retrain_best_config/checkpoints already holds checkpoints .*add --resume"),
         (["--budget_tokens", "0"], None, r"retrain.budget_tokens = 0; expected a positive integer"),
         (["--checkpoint_every", "-1"], None, r"retrain.checkpoint_every_steps = -1; expected a positive integer"),
         (["--set", "retrain.precision=fp64"], None, r"retrain.precision = 'fp64'; expected one of auto"),
@@ -216,7 +271,7 @@ def _write_torn_checkpoint(folder: Path) -> None:
 )
 def test_bad_retrain_requests_are_one_line_errors(config_file, flags, prepare, message, capsys):
     if prepare:
-        prepare(config_file.parent / "retrain" / "checkpoints")
+        prepare(config_file.parent / "retrain_best_config" / "checkpoints")
     assert retrain(config_file, *flags) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1 and re.search(message, error), error

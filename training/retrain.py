@@ -12,6 +12,7 @@ The output folder is also a Hugging Face model folder (config.json, model.safete
 import contextlib
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -170,6 +171,28 @@ class CheckpointFolder:
                 f"{world_size}; resume with torchrun --nproc_per_node {checkpoint['world_size']}"
             )
         return checkpoint
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: Path, world: World) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder for the run (rank 0, which writes the outputs), so that a second
+    retrain into the same folder stops with one line instead of pruning the first one's checkpoints and
+    overwriting its model. The lock is on the folder itself (flock of its descriptor): no file is left behind."""
+    if not world.is_main:
+        yield
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    folder = os.open(output_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"another retrain is writing to {output_dir}; wait for it to end, or choose another --output"
+            ) from None
+        yield
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def random_states_by_rank(trainer: Pretrainer, world: World) -> list[dict]:
@@ -346,7 +369,8 @@ def train(trainer: Pretrainer, checkpoints: CheckpointFolder, config_hash: str, 
         result = trainer.train_step()
         if progress:
             progress.after_step(trainer, result)
-        if trainer.step % retrain.checkpoint_every_steps == 0:
+        # The last step too: a stop during the final probes (minutes on a CPU) then resumes with no step to redo.
+        if trainer.step % retrain.checkpoint_every_steps == 0 or trainer.finished:
             save_checkpoint(trainer, checkpoints, config_hash, world)
     if progress:
         progress.close()
@@ -359,7 +383,7 @@ def retrain(
     the score of the study's trial that the recipe comes from, is printed and recorded beside the run's."""
     config = run_config(config)
     config_hash = run_hash(config)
-    with process_group(config.train.device) as (world, device):
+    with process_group(config.train.device) as (world, device), output_lock(output_dir, world):
         precision = resolve_precision(config.retrain.precision, device)
         checkpoints = CheckpointFolder(output_dir / "checkpoints", config.retrain.keep_checkpoints)
         checkpoint = checkpoint_to_resume(checkpoints, config_hash, world, resume)
