@@ -19,6 +19,7 @@ import torch
 
 from data.config import CorpusConfig
 from data.files_location import DataError
+from data.machine import usable_cpus
 from data.progress import progress_bar
 from data.tokenizer import Tokenizer
 
@@ -155,7 +156,7 @@ def _build_cache(paths, config, tokenizer, train_path, validation_path, meta_pat
         documents = read_documents(path)
         validation_docs += documents[:: config.validation_every]
         train_docs += [d for i, d in enumerate(documents) if i % config.validation_every]
-    threads = max(1, os.cpu_count() or 1)
+    threads = usable_cpus()
     with progress_bar(len(train_docs) + len(validation_docs), "tokenising the corpus", unit="doc") as bar:
         train_tokens = _encode(tokenizer, train_docs, threads, bar)
         validation_tokens = _encode(tokenizer, validation_docs, threads, bar)

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,9 @@ import optuna
 import torch
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
+from threadpoolctl import threadpool_limits
 
+from data.machine import usable_cpus
 from hpo.config import Config
 from hpo.interruption import INTERRUPTED_EXIT_CODE, Interruption, sigint_handled_by
 from hpo.sampling import make_pruner, make_sampler
@@ -90,6 +92,19 @@ def visible_gpu(index: int) -> str:
     return visible.split(",")[index].strip()
 
 
+@contextlib.contextmanager
+def thread_limits(threads: int) -> Iterator[None]:
+    """A worker's share of the cores, for every library that runs threads: PyTorch, and the BLAS and OpenMP pools
+    under NumPy and scikit-learn (the probes), so that one worker's probe does not slow the others' training."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     """One worker: load shared resources once, then optimise its share of the trials.
 
@@ -97,7 +112,6 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     """
     if plan.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpu(plan.gpu)
-    torch.set_num_threads(plan.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pretrain_and_probe_trial = plan.make_trial_function(plan.config, plan.data_dir)
     study = optuna.load_study(
@@ -123,7 +137,7 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     if plan.max_trials is not None:  # the parent's share of the cap is exact; this covers other machines' workers
         callbacks.append(MaxTrialsCallback(plan.max_trials, states=COUNTED_STATES))
     timeout = None if plan.deadline is None else max(0.0, plan.deadline - time.time())
-    with sigint_handled_by(interruption):
+    with sigint_handled_by(interruption), thread_limits(plan.threads):
         study.optimize(
             run_trial,
             n_trials=plan.n_trials,
@@ -164,7 +178,7 @@ def worker_plans(common: WorkerPlan, n_trials: int | None, n_jobs: int, existing
     """`common` spread over n_jobs workers: each its share of the trials, its seed, its threads and its GPU."""
     gpus = torch.cuda.device_count()
     seeds = worker_seeds(common.seed, n_jobs, existing, common.config.study.sampler)
-    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    threads = max(1, usable_cpus() // n_jobs)
     return [
         dataclasses.replace(
             common,

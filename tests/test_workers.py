@@ -2,6 +2,7 @@
 once and replaces them; many workers on one SQLite file; and the sampler seeds of workers and runs."""
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 from trivial_trials import POISON_ATTR, run_load, self_killing_objective, trivial_objective
 
@@ -170,3 +172,37 @@ def test_runs_without_a_seed_sample_other_recipes_and_the_printed_seed_replays_o
     assert "(drawn at random; --seed repeats it)" in line
     replay, replay_seed, _ = first_trial("replay", "--seed", str(run_seed))
     assert replay == first and replay_seed == first_seed == worker_seeds(run_seed, 1, 0, "tpe")[0]
+
+
+def test_cores_come_from_the_affinity_and_the_container_quota(tmp_path, monkeypatch):
+    from data.machine import cgroup_cpu_quota, usable_cpus
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a container allowed 1.5 cores
+    assert cgroup_cpu_quota(tmp_path) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert usable_cpus(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(tmp_path) == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})  # taskset -c 3
+    assert usable_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").unlink()
+    assert cgroup_cpu_quota(tmp_path) is None
+
+
+def test_workers_share_the_usable_cores_and_cap_every_thread_pool(tmp_path, monkeypatch):
+    from trivial_trials import thread_reporting_objective
+
+    import hpo.workers
+
+    monkeypatch.setattr(hpo.workers, "usable_cpus", lambda: 4)  # say, 4 cores of a 64-core machine's container
+    config = load_config(CONFIG_PATH, ["study.baseline_trial=false"])
+    base = WorkerPlan("threads", "", config, tmp_path, 0, os.getpid(), make_trial_function=thread_reporting_objective)
+    assert [plan.threads for plan in worker_plans(base, 4, n_jobs=2, existing=0)] == [2, 2]
+
+    storage = f"sqlite:///{tmp_path / 'threads.db'}"
+    open_study("threads", storage, config, seed=0)
+    threads = torch.get_num_threads()
+    run_worker(dataclasses.replace(base, storage_url=storage, n_trials=1, threads=1), Interruption())
+    assert torch.get_num_threads() == threads  # restored after the worker's trials (--n_jobs 1 runs in the command)
+    (trial,) = optuna.load_study(study_name="threads", storage=storage).trials
+    assert trial.user_attrs["torch_threads"] == 1 and trial.user_attrs["pool_threads"] == [1]

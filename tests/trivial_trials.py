@@ -54,3 +54,16 @@ def run_load(storage_url: str, workers: int, trials_each: int) -> tuple[optuna.S
     started = time.monotonic()
     deaths = run_processes(worker_plans(common, workers * trials_each, workers, existing=0))
     return optuna.load_study(study_name="load", storage=storage_url), deaths, time.monotonic() - started
+
+
+def thread_reporting_objective(config: Config, data_dir: Path) -> Callable[[optuna.Trial], float]:
+    """Records, per trial, the threads PyTorch and the BLAS/OpenMP pools would use (user attrs)."""
+    import threadpoolctl
+    import torch
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("torch_threads", torch.get_num_threads())
+        trial.set_user_attr("pool_threads", sorted({pool["num_threads"] for pool in threadpoolctl.threadpool_info()}))
+        return 0.0
+
+    return objective
