@@ -26,7 +26,7 @@ from data.agnews import load_agnews
 from data.corpus import load_corpus
 from data.files_location import resolve_data_dir
 from data.tokenizer import Tokenizer
-from hpo.export import study_base_config, trial_config
+from hpo.export import trial_config
 from hpo.storage import default_storage_url, load_existing_study
 from hpo.study_values import format_value, trial_tokens, value_label
 from training.pretrain import Pretrainer, resolve_device
@@ -53,7 +53,7 @@ def main() -> None:
     storage = args.storage or default_storage_url(args.study_name)
     study = load_existing_study(args.study_name, storage)
     best = study.best_trial
-    config = trial_config(study_base_config(study), best)
+    config = trial_config(study, best)
     tokens = trial_tokens(best)
     config.train = replace(config.train, budget_seconds=None, budget_tokens=tokens)
     data_dir = resolve_data_dir(args.data_dir)

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial
 
 from bench.retrain_runs import RetrainResult, RetrainRun, retrain_all
 from hpo.confirmation import load_confirmation
-from hpo.export import BEST_TRIAL_RULE, provenance, study_base_config, trial_config, write_config
+from hpo.export import BEST_TRIAL_RULE, provenance, trial_config, write_config
 from hpo.statistics import mean_and_standard_error, pairwise_agreement, ranks, spearman_with_interval
 from hpo.storage import default_storage_url, load_existing_study
 from hpo.study_values import ranked_trials, trial_tokens
@@ -139,13 +139,12 @@ def main() -> None:
     study = load_existing_study(args.study_name, storage)
     ranked = ranked_trials(study)
     work = Path(args.work or f"studies/bench/proxy_validity/{args.study_name}").resolve()
-    base = study_base_config(study)
     chosen = panel(ranked, args.top, args.spread)
     requests, keys = [], []
     for trial in chosen:
         path = work / "configs" / f"trial_{trial.number}.yaml"
         if not path.exists():
-            config = trial_config(base, trial)
+            config = trial_config(study, trial)
             config.provenance = provenance(study, storage, trial, ranked.index(trial) + 1, BEST_TRIAL_RULE)
             write_config(config, path)
         for multiple in multiples:

@@ -13,7 +13,9 @@ key, the value and what was expected.
 import copy
 import dataclasses
 import difflib
+import hashlib
 import itertools
+import json
 import types
 import typing
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from training.config import ConfigError, RunConfig, legacy_defaults
+from training.config import ConfigError, RunConfig, config_to_dict, legacy_defaults
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config.yaml"
 TYPED_SECTIONS = ("data", "model", "masking", "train", "probe", "study", "retrain")  # filled from config.yaml
@@ -395,6 +397,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"{path}: {error}") from error
     config.validate()
     return config
+
+
+def run_config_key(config: Config) -> str:
+    """A short fingerprint of a whole configuration: the key a study keeps it under (hpo.study.open_study)."""
+    return hashlib.sha256(json.dumps(config_to_dict(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def stored_config(stored: dict) -> Config:

@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpo.config import ConfigError
+from hpo.config import ConfigError, run_config_key
 from hpo.confirmation import (
     PARENT_ATTR,
     RECIPES_ATTR,
@@ -19,7 +19,7 @@ from hpo.confirmation import (
     summarise,
     top_recipes,
 )
-from hpo.export import study_base_config
+from hpo.export import trial_base_config
 from hpo.storage import load_existing_study
 from hpo.study import RunLimits, StudyRun, open_study, run_study
 from hpo.study_values import ranked_trials, value_label
@@ -65,10 +65,18 @@ def run_confirmation(
     ranked = ranked_trials(study)
     if not ranked:
         raise ConfigError(f"study {study_name!r} has no completed trial yet; run trials before confirming them")
-    base = study_base_config(study)
+    new_recipes = top_recipes(ranked, top_k)
+    trials = {trial.number: trial for trial in ranked}
+    bases = {run_config_key(trial_base_config(study, trials[recipe.trial])) for recipe in new_recipes}
+    if len(bases) > 1:
+        raise ConfigError(
+            f"the top {len(new_recipes)} recipes of study {study_name!r} ran under {len(bases)} configurations "
+            "(a --force resume changed it), so their runs could not be paired; confirm fewer with --top_k"
+        )
+    base = trial_base_config(study, trials[new_recipes[0].trial])
     config = confirmation_config(base)
     companion = open_study(companion_name(study_name), storage_url, config, seed=0)
-    recipes = merge_recipes(companion, top_recipes(ranked, top_k))
+    recipes = merge_recipes(companion, new_recipes)
     all_seeds = sorted({*companion.user_attrs.get(SEEDS_ATTR, []), *confirmation_seeds(base.train.seed, seeds)})
     companion.set_user_attr(PARENT_ATTR, study_name)
     companion.set_user_attr(RECIPES_ATTR, [dataclasses.asdict(recipe) for recipe in recipes])

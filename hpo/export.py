@@ -14,7 +14,14 @@ from hpo.config import Config, ConfigError, stored_config
 from hpo.confirmation import load_confirmation
 from hpo.space import apply_params
 from hpo.storage import displayed_url, load_existing_study
-from hpo.study_values import OLD_TOKENS_ATTR, TOKENS_ATTR, objective_name, ranked_trials
+from hpo.study_values import (
+    OLD_TOKENS_ATTR,
+    RUN_CONFIG_ATTR,
+    RUN_CONFIGS_ATTR,
+    TOKENS_ATTR,
+    objective_name,
+    ranked_trials,
+)
 from hpo.versions import software_versions
 from training.results import TrialScore
 
@@ -34,8 +41,25 @@ def study_base_config(study: optuna.Study) -> Config:
         ) from error
 
 
-def trial_config(base: Config, trial: FrozenTrial) -> Config:
-    """The full, validated run configuration of a finished trial."""
+def trial_base_config(study: optuna.Study, trial: FrozenTrial) -> Config:
+    """The configuration a trial's run used before its params: kept in the study under the key the trial records
+    (so that a --force resume does not change what an earlier trial ran); the study's base config for trials
+    from before."""
+    stored = study.user_attrs.get(RUN_CONFIGS_ATTR, {}).get(trial.user_attrs.get(RUN_CONFIG_ATTR))
+    if stored is None:
+        return study_base_config(study)
+    try:
+        return stored_config(stored)
+    except ConfigError as error:
+        raise ConfigError(
+            f"study {study.study_name!r}: the configuration trial {trial.number} ran with no longer matches "
+            f"hpo/config.py: {error}"
+        ) from error
+
+
+def trial_config(study: optuna.Study, trial: FrozenTrial) -> Config:
+    """The full, validated run configuration of a finished trial: what it ran."""
+    base = trial_base_config(study, trial)
     try:
         config = apply_params(base, trial.params)
     except KeyError as error:
@@ -120,13 +144,12 @@ def export_best(study_name: str, storage_url: str, output_dir: Path, top_k: int 
         raise ConfigError(
             f"study {study_name!r} has no completed trial yet ({states}); run more trials before exporting"
         )
-    base = study_base_config(study)
     best, rule, confirmation = chosen_best(study, ranked)
     targets = [(output_dir / "best_config.yaml", best, rule, confirmation)]
     for rank, trial in enumerate(ranked[:top_k], start=1):
         targets.append((output_dir / f"top_{top_k}" / f"rank_{rank}.yaml", trial, f"rank {rank} by trial value", None))
     for path, trial, why, figures in targets:
-        config = trial_config(base, trial)
+        config = trial_config(study, trial)
         config.provenance = provenance(study, storage_url, trial, ranked.index(trial) + 1, why)
         if figures is not None:
             config.provenance["confirmation"] = figures

@@ -14,12 +14,13 @@ from optuna.trial import TrialState
 
 from data.corpus import load_corpus
 from data.tokenizer import Tokenizer
-from hpo.config import Config, ConfigError, StudyConfig, stored_config
+from hpo.config import Config, ConfigError, StudyConfig, run_config_key, stored_config
 from hpo.interruption import Interruption
 from hpo.sampling import make_pruner, make_sampler
 from hpo.space import base_params
 from hpo.status import record_study_run
 from hpo.storage import displayed_url, make_storage
+from hpo.study_values import RUN_CONFIGS_ATTR
 from hpo.supervision import WorkerDeath
 from hpo.versions import software_versions
 from hpo.workers import COUNTED_STATES, FINISHED_STATES, WorkerPlan, run_processes, run_worker, worker_plans
@@ -113,7 +114,17 @@ def open_study(study_name: str, storage_url: str, config: Config, seed: int, for
         if config.study.baseline_trial:
             # The config's own recipe runs first: every study holds the reference the search must beat.
             study.enqueue_trial(base_params(config), user_attrs={"baseline": True}, skip_if_exists=True)
+    record_run_config(study, config)
     return study
+
+
+def record_run_config(study: optuna.Study, config: Config) -> None:
+    """Keep the configuration this run's trials use (before their params) in the study, under its key, which
+    each trial records (RUN_CONFIG_ATTR): after a --force resume every trial still rebuilds into what it ran."""
+    stored = study.user_attrs.get(RUN_CONFIGS_ATTR, {})
+    key = run_config_key(config)
+    if key not in stored:
+        study.set_user_attr(RUN_CONFIGS_ATTR, {**stored, key: config_to_dict(config)})
 
 
 def note_software_change(study: optuna.Study, software: dict[str, Any]) -> None:

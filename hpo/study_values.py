@@ -5,6 +5,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from training.config import PROBE_TARGETS
 
+RUN_CONFIGS_ATTR = "run_configs"  # study user attr: every configuration its runs used, by run_config_key
+RUN_CONFIG_ATTR = "run_config"  # trial user attr: the key of the configuration it ran with (before its params)
 TOKENS_ATTR = "tokens_seen"  # trial user attr: the tokens it trained on
 OLD_TOKENS_ATTR = (
     "budget_tokens"  # the same in studies from before 2026-12-04 (planned, for pruned token-budget trials)

@@ -20,10 +20,11 @@ from optuna.trial import TrialState
 from threadpoolctl import threadpool_limits
 
 from data.machine import usable_cpus
-from hpo.config import Config
+from hpo.config import Config, run_config_key
 from hpo.interruption import INTERRUPTED_EXIT_CODE, Interruption, sigint_handled_by
 from hpo.sampling import make_pruner, make_sampler
 from hpo.storage import make_storage
+from hpo.study_values import RUN_CONFIG_ATTR
 from hpo.supervision import WorkerDeath, exit_cause, fail_and_retry, sign_trial, trials_of, worker_id
 from hpo.trial_logs import TrialLogs, logs_folder
 
@@ -122,9 +123,11 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     )
 
     trial_logs = TrialLogs(logs_folder(plan.study_name), plan.worker_index)
+    config_key = run_config_key(plan.config)
 
     def run_trial(trial: optuna.Trial) -> float:
         sign_trial(trial, plan.seed)
+        trial.set_user_attr(RUN_CONFIG_ATTR, config_key)
         with trial_logs.capture(trial), interruption.requeue_on_stop(trial):
             return pretrain_and_probe_trial(trial)
 

@@ -283,3 +283,31 @@ def test_a_new_study_runs_its_base_recipe_first(tmp_path):
     assert queued.system_attrs["fixed_params"] == params and queued.user_attrs == {"baseline": True}
     without = load_config(CONFIG_PATH, ["study.baseline_trial=false"])
     assert not open_study("plain", f"sqlite:///{tmp_path / 'plain.db'}", without, seed=0).trials
+
+
+@pytest.mark.slow
+def test_after_a_forced_change_each_trial_still_exports_what_it_ran(tmp_path, capsys, tiny_study_flags):
+    storage = f"sqlite:///{tmp_path / 'forced.db'}"
+    arguments = ["--study_name", "forced", "--storage", storage, *tiny_study_flags, "--set", "study.pruner=none"]
+    assert main.main([*arguments, "--n_trials", "1", "--seed", "0", "--set", "study.baseline_trial=false"]) == 0
+    # Resumed with a space that no longer searches model.dropout (a change of meaning: --force).
+    narrower = tmp_path / "narrower.yaml"
+    narrower.write_text(
+        "search_space:\n  train:\n    learning_rate: {type: float, low: 5.0e-4, high: 3.0e-3, log: true}\n"
+    )
+    assert main.main(["--config", str(narrower), *arguments, "--n_trials", "1", "--seed", "1", "--force"]) == 0
+    first, second = optuna.load_study(study_name="forced", storage=storage).trials
+    assert "model.dropout" in first.params and "model.dropout" not in second.params
+    capsys.readouterr()
+
+    assert main.main(["export", "--study_name", "forced", "--storage", storage, "--top_k", "2"]) == 0
+
+    exported = {
+        config.provenance["trial"]: config
+        for config in (load_config(tmp_path / f"studies/forced/top_2/rank_{rank}.yaml") for rank in (1, 2))
+    }
+    assert exported[0].model.dropout == first.params["model.dropout"]
+    assert set(exported[0].search_space) == {"model", "train", "masking"}
+    assert exported[1].model.dropout == load_config(CONFIG_PATH).model.dropout  # what trial 1 ran: no dropout dim
+    assert exported[1].train.learning_rate == second.params["train.learning_rate"]
+    assert set(exported[1].search_space) == {"train"}
