@@ -82,6 +82,28 @@ def add_confirm_flags(parser: argparse.ArgumentParser) -> None:
     add_data_dir_flag(parser)
 
 
+def add_compare_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="a setting and the values to compare, e.g. --grid model.attention_kind=standard,rope (repeatable: "
+        "every combination is a cell)",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="runs per cell, train.seed = the config's + 0..N-1")
+    parser.add_argument(
+        "--budget",
+        choices=("tokens", "seconds"),
+        default="tokens",
+        help="the comparison's currency: equal train.budget_tokens (default) or equal train.budget_seconds",
+    )
+    parser.add_argument("--n_jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--config", default=str(PROJECT_DIR / "config.yaml"), help="config file (default config.yaml)")
+    parser.add_argument("--force", action="store_true", help="resume a comparison whose other settings changed")
+    add_override_flags(parser)
+
+
 def add_dashboard_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 picks a free one)")
@@ -109,7 +131,7 @@ def run_study_command(args: argparse.Namespace, storage: str) -> int:
     from hpo.config import load_config
     from hpo.inputs import check_study_inputs
     from hpo.study import WORKER_DIED_EXIT_CODE, RunLimits, run_study
-    from hpo.study_values import format_value, value_label
+    from hpo.study_values import format_value, value_error, value_label
 
     config = load_config(args.config, args.overrides)
     data_dir = resolve_data_dir(args.data_dir)
@@ -122,8 +144,8 @@ def run_study_command(args: argparse.Namespace, storage: str) -> int:
         print("no completed trial yet")
     else:
         best = study.best_trial
-        error = best.user_attrs.get("probe_standard_error", 0)
-        print(f"best trial {best.number}: {value_label(study)} {format_value(study, best.value)} ± {error:.4f}")
+        value = format_value(study, best.value, value_error(study, best))
+        print(f"best trial {best.number}: {value_label(study)} {value}")
         for name, value in best.params.items():
             print(f"  {name} = {value}")
     if not run.worker_deaths:
@@ -142,6 +164,30 @@ def run_confirm_command(args: argparse.Namespace, storage: str) -> int:
         args.study_name, storage, resolve_data_dir(args.data_dir), args.top_k, args.seeds, args.n_jobs
     )
     print_confirmation(args.study_name, storage)
+    if run is None or not run.worker_deaths:
+        return 0
+    for death in run.worker_deaths:
+        print(f"warning: {death.describe()}", file=sys.stderr)
+    return WORKER_DIED_EXIT_CODE
+
+
+def run_compare_command(args: argparse.Namespace, storage: str) -> int:
+    from data.files_location import resolve_data_dir
+    from hpo.compare import comparison_lines, run_comparison
+    from hpo.comparison import comparison_config, parse_grid
+    from hpo.config import load_config
+    from hpo.inputs import check_study_inputs
+    from hpo.study import WORKER_DIED_EXIT_CODE
+
+    grid = parse_grid(args.grid)
+    config = comparison_config(load_config(args.config, args.overrides), grid, args.budget)
+    data_dir = resolve_data_dir(args.data_dir)
+    check_study_inputs(config, data_dir, storage)
+    run = run_comparison(
+        args.study_name, storage, config, grid, args.seeds, args.budget, data_dir, args.n_jobs, args.force
+    )
+    print("\n".join(comparison_lines(args.study_name, storage, config)))
+    print(f"the tables, heatmap and paired tests: python main.py report --study_name {args.study_name}")
     if run is None or not run.worker_deaths:
         return 0
     for death in run.worker_deaths:
@@ -221,6 +267,11 @@ COMMANDS = {
         run_confirm_command,
         add_confirm_flags,
     ),
+    "compare": Command(
+        "run every cell of a grid of settings from the same seeds (a study of fixed trials), with paired statistics",
+        run_compare_command,
+        add_compare_flags,
+    ),
     "report": Command("write studies/<name>/report.html: plots, importances, statistics", run_report_command),
     "export": Command("write studies/<name>/best_config.yaml for a retrain", run_export_command, add_export_flags),
     "status": Command(
@@ -285,6 +336,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--top_k ({args.top_k}) must be 0 (best trial only) or more")
     if args.command == "confirm":
         for flag, value in (("top_k", args.top_k), ("seeds", args.seeds), ("n_jobs", args.n_jobs)):
+            if value < 1:
+                parser.error(f"--{flag} ({value}) must be at least 1")
+    if args.command == "compare":
+        for flag, value in (("seeds", args.seeds), ("n_jobs", args.n_jobs)):
             if value < 1:
                 parser.error(f"--{flag} ({value}) must be at least 1")
     return args

@@ -22,7 +22,7 @@ from hpo.confirmation import (
 from hpo.export import trial_base_config
 from hpo.storage import load_existing_study
 from hpo.study import RunLimits, StudyRun, open_study, run_study
-from hpo.study_values import ranked_trials, value_label
+from hpo.study_values import ranked_trials
 
 # Runs in these states need no new copy: done, running (or failed and queued again by the heartbeat), queued,
 # or pruned (a non-finite loss, which the same seed and data would only repeat).
@@ -96,4 +96,4 @@ def run_confirmation(
 def print_confirmation(study_name: str, storage_url: str) -> None:
     study = load_existing_study(study_name, storage_url)
     companion = optuna.load_study(study_name=companion_name(study_name), storage=study._storage)
-    print("\n".join(describe(summarise(companion), value_label(study))))
+    print("\n".join(describe(summarise(companion))))

@@ -13,7 +13,6 @@ This module reads and describes a confirmation without torch (export, status and
 """
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import Config, ConfigError, ParamSpec
 from hpo.statistics import mean_and_standard_error, probability_best
-from hpo.study_values import TOKENS_ATTR, trial_tokens
+from hpo.study_values import TOKENS_ATTR, format_metric, metric_label, trial_tokens
+from training.config import PROBE_TARGETS
+from training.results import format_gain
 
 SUFFIX = "-confirm"
 RECIPES_ATTR = "confirmed_recipes"  # companion study user attr: the recipes, as the study ranked them
@@ -106,6 +107,7 @@ class RecipeSummary:
 @dataclass(frozen=True)
 class ConfirmationSummary:
     study_name: str
+    metric: str  # what the runs' values are (the study's objective name)
     seeds: list[int]  # asked for
     complete_seeds: list[int]  # finished by every recipe: the paired comparison uses these
     runs_done: int
@@ -124,10 +126,11 @@ class ConfirmationSummary:
         """How the leader was chosen, in words (export writes it into the file)."""
         leader = self.leader
         seeds = ", ".join(map(str, self.complete_seeds))
+        mean = format_metric(self.metric, leader.mean, leader.standard_error)
         return (
             f"confirmed leader: the highest mean over {len(self.complete_seeds)} paired seeds (train.seed {seeds}) "
             f"among the study's top {len(self.recipes)} recipes, re-run on each trial's tokens (study "
-            f"{self.study_name!r}); trial {leader.recipe.trial}: {leader.mean:+.4f} ± {leader.standard_error:.4f}, "
+            f"{self.study_name!r}); trial {leader.recipe.trial}: {mean}, "
             f"probability best {leader.probability_best:.2f}"
         )
 
@@ -175,6 +178,7 @@ def summarise(companion: optuna.Study) -> ConfirmationSummary:
         summaries.sort(key=lambda summary: -summary.mean)
     return ConfirmationSummary(
         study_name=companion.study_name,
+        metric=(companion.metric_names or [PROBE_TARGETS["accuracy"]])[0],
         seeds=seeds,
         complete_seeds=complete_seeds,
         runs_done=sum(len(result.values) for result in results),
@@ -183,7 +187,7 @@ def summarise(companion: optuna.Study) -> ConfirmationSummary:
     )
 
 
-def describe(summary: ConfirmationSummary, label: str) -> list[str]:
+def describe(summary: ConfirmationSummary) -> list[str]:
     """The confirmation as lines of text: progress, then one line per recipe, best mean first."""
     lines = [
         f"confirmation (study {summary.study_name!r}): {summary.runs_done} of {summary.runs_planned} runs done; "
@@ -192,20 +196,20 @@ def describe(summary: ConfirmationSummary, label: str) -> list[str]:
     if not summary.recipes:
         return [*lines, "  no seed finished by every recipe yet"]
     lines.append(
-        f"  over {len(summary.complete_seeds)} paired seed(s), best mean first ({label}; the study's own trial "
-        "value beside):"
+        f"  over {len(summary.complete_seeds)} paired seed(s), best mean first ({metric_label(summary.metric)}; the "
+        "study's own trial value beside):"
     )
-    for summary_line in summary.recipes:
-        recipe = summary_line.recipe
+    for line in summary.recipes:
+        recipe = line.recipe
         paired = (
             "leader"
-            if summary_line is summary.leader
-            else f"{summary_line.difference_to_leader:+.4f} ± {summary_line.difference_standard_error:.4f} vs leader"
+            if line is summary.leader
+            else f"{format_gain(line.difference_to_leader, line.difference_standard_error)} vs leader"
         )
-        error = "" if math.isnan(summary_line.standard_error) else f" ± {summary_line.standard_error:.4f}"
         lines.append(
-            f"  trial {recipe.trial}: mean {summary_line.mean:+.4f}{error} ({paired}), P(best) "
-            f"{summary_line.probability_best:.2f} | study value {recipe.value:+.4f} | {recipe.tokens:,} tokens"
+            f"  trial {recipe.trial}: mean {format_metric(summary.metric, line.mean, line.standard_error)} ({paired}), "
+            f"P(best) {line.probability_best:.2f} | study value {format_metric(summary.metric, recipe.value)} | "
+            f"{recipe.tokens:,} tokens"
         )
     return lines
 

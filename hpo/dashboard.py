@@ -4,8 +4,10 @@ import threading
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna_dashboard
+from optuna.artifacts import FileSystemArtifactStore
 
 from hpo.config import ConfigError
+from hpo.curves import artifacts_folder
 from hpo.storage import open_existing_storage
 
 
@@ -20,8 +22,11 @@ def make_dashboard_server(study_name: str, storage_url: str, host: str, port: in
     """A server for the dashboard (port 0 picks a free one) and the URL of the study's page."""
     storage = open_existing_storage(study_name, storage_url)
     study_id = storage.get_study_id_from_name(study_name)
+    artifacts = artifacts_folder(study_name)  # the trials' training curves (hpo/curves.py)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    application = optuna_dashboard.wsgi(storage, artifact_store=FileSystemArtifactStore(str(artifacts)))
     try:
-        server = make_server(host, port, optuna_dashboard.wsgi(storage), handler_class=QuietRequestHandler)
+        server = make_server(host, port, application, handler_class=QuietRequestHandler)
     except OSError as error:
         raise ConfigError(
             f"cannot serve the dashboard on --host {host} --port {port}: {error.strerror}; "

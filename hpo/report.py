@@ -22,10 +22,24 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
+from hpo import comparison as grid_study
 from hpo.confirmation import load_confirmation
+from hpo.curves import curves_figure, trial_curves
+from hpo.export import study_base_config
 from hpo.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_mean_interval, holm_adjust
 from hpo.storage import displayed_url, load_existing_study
-from hpo.study_values import format_value, objective_name, ranked_trials, value_label
+from hpo.study_values import (
+    format_metric,
+    format_value,
+    metric_label,
+    objective_name,
+    ranked_trials,
+    value_error,
+    value_label,
+)
+from training.config import PROBE_TARGETS
+from training.curves import CURVE_EVERY_STEPS
+from training.results import format_accuracy, format_gain
 
 MIN_TRIALS_PER_CHOICE = 3  # fewer completed trials than this: no interval, no test
 SIGNIFICANCE_LEVEL = 0.05  # for the Holm-adjusted p-values
@@ -68,9 +82,9 @@ class Comparison:
     def significant(self) -> bool:
         return self.adjusted_p_value < SIGNIFICANCE_LEVEL
 
-    def verdict(self) -> str:
+    def verdict(self, metric: str = PROBE_TARGETS["accuracy"]) -> str:
         better, worse = self.better, self.worse
-        means = f"mean {better.mean:.4f} vs {worse.mean:.4f}"
+        means = f"mean {format_metric(metric, better.mean)} vs {format_metric(metric, worse.mean)}"
         detail = f"Holm-adjusted p={self.adjusted_p_value:.3g}, raw p={self.p_value:.3g}"
         if self.significant:
             return f"{better.choice} beats {worse.choice} here: {means}, {detail}"
@@ -172,9 +186,8 @@ def summary_section(study: optuna.Study) -> str:
     ranked = ranked_trials(study)
     if ranked:
         best = ranked[0]
-        error = best.user_attrs.get("probe_standard_error", math.nan)
-        value = format_value(study, best.value)
-        lines.append(f"best: trial {best.number}, {value_label(study)} {value} ± {error:.4f} (probe standard error)")
+        value = format_value(study, best.value, value_error(study, best))
+        lines.append(f"best: trial {best.number}, {value_label(study)} {value} (± its standard error)")
     return "".join(f"<p>{html.escape(line)}</p>" for line in lines)
 
 
@@ -258,7 +271,7 @@ def top_trials_section(study: optuna.Study) -> str:
             [
                 str(rank),
                 str(trial.number),
-                f"{format_value(study, trial.value)} ± {attrs.get('probe_standard_error', math.nan):.4f}",
+                format_value(study, trial.value, value_error(study, trial)),
                 _accuracy(attrs.get("probe_accuracy")),
                 _accuracy(attrs.get("random_init_accuracy")),
                 params,
@@ -280,31 +293,34 @@ def top_trials_section(study: optuna.Study) -> str:
 
 
 def _accuracy(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
+    return "–" if value is None else format_accuracy(value)
 
 
-def _choice_row(summary: ChoiceSummary) -> list[str]:
+def _choice_row(summary: ChoiceSummary, metric: str) -> list[str]:
     completed = len(summary.values)
-    best = f"{max(summary.values):.4f}" if summary.values else "–"
+    best = format_metric(metric, max(summary.values)) if summary.values else "–"
     if summary.enough:
         low, high = bootstrap_mean_interval(summary.values)
-        mean = f"{summary.mean:.4f} [{low:.4f}, {high:.4f}]"
+        mean = f"{format_metric(metric, summary.mean)} [{100 * low:.2f}, {100 * high:.2f}]"
     else:
         mean = f"too few completed trials ({completed} &lt; {MIN_TRIALS_PER_CHOICE}): not tested"
     return [html.escape(summary.choice), str(completed), str(summary.pruned), best, mean]
 
 
-def dimension_statistics(trials: list[FrozenTrial], name: str, choices: list, label: str = "accuracy") -> str:
+def dimension_statistics(
+    trials: list[FrozenTrial], name: str, choices: list, metric: str = PROBE_TARGETS["accuracy"]
+) -> str:
     """Table of the choices of one dimension and the verdicts of their pairwise tests."""
     summaries = summarise_choices(trials, name, choices)
-    header = ["choice", "completed", "pruned", "best", f"mean {html.escape(label)} [bootstrap 95% CI]"]
-    table = _table(header, [_choice_row(summary) for summary in summaries])
+    label = html.escape(metric_label(metric))
+    header = ["choice", "completed", "pruned", "best", f"mean {label} [bootstrap 95% CI, points]"]
+    table = _table(header, [_choice_row(summary, metric) for summary in summaries])
     comparisons = compare_choices(summaries)
     if not comparisons:
         return table + _note(
             f"No test yet: fewer than two choices have {MIN_TRIALS_PER_CHOICE} completed trials; run more trials."
         )
-    verdicts = "".join(f"<li>{html.escape(comparison.verdict())}</li>" for comparison in comparisons)
+    verdicts = "".join(f"<li>{html.escape(comparison.verdict(metric))}</li>" for comparison in comparisons)
     return table + f"<ul>{verdicts}</ul>"
 
 
@@ -322,7 +338,9 @@ def choices_section(study: optuna.Study) -> str:
     )
     parts = [_note(about)]
     for name, choices in dimensions.items():
-        parts.append(f"<h3>{html.escape(name)}</h3>" + dimension_statistics(trials, name, choices, value_label(study)))
+        parts.append(
+            f"<h3>{html.escape(name)}</h3>" + dimension_statistics(trials, name, choices, objective_name(study))
+        )
     return "".join(parts)
 
 
@@ -349,10 +367,10 @@ def confirmation_section(study: optuna.Study) -> str:
             str(line.recipe.trial),
             format_value(study, line.recipe.value),
             ", ".join(format_value(study, value) for value in line.values),
-            f"{format_value(study, line.mean)} ± {line.standard_error:.4f}",
+            format_value(study, line.mean, line.standard_error),
             "leader"
             if line is summary.leader
-            else f"{line.difference_to_leader:+.4f} ± {line.difference_standard_error:.4f}",
+            else format_gain(line.difference_to_leader, line.difference_standard_error),
             f"{line.probability_best:.2f}",
             f"{line.recipe.tokens:,}",
         ]
@@ -370,6 +388,136 @@ def confirmation_section(study: optuna.Study) -> str:
     return _note(about) + _table(header, rows)
 
 
+def comparison_cells_section(study: optuna.Study) -> str:
+    """A comparison study's cells: the table, then the heatmap of their mean values."""
+    summary = grid_study.summarise(study, study_base_config(study))
+    metric = objective_name(study)
+    about = (
+        f"Every cell of the grid from the same seeds (train.seed {', '.join(map(str, summary.seeds))}), all other "
+        f"settings fixed, at {summary.budget_description}; {summary.runs_done} of {summary.runs_planned} runs done. "
+        f"Each run is scored against its own random-init encoder; means ± standard errors over seeds (points), "
+        "and the mean of each run's own paired standard error of the probe (the probe's part of the noise)."
+    )
+    rows = [grid_study.cell_row(cell, summary.seeds) for cell in summary.cells]
+    table_rows = [
+        [
+            html.escape(row["cell"]),
+            str(row["seeds"]),
+            format_metric(metric, row["mean"], row["standard_error"]),
+            f"{100 * row['probe_error']:.2f}",
+            format_accuracy(row["accuracy"]),
+            format_accuracy(row["random_init_accuracy"]),
+            f"{row['validation_loss']:.3f}",
+            f"{row['tokens']:,.0f}",
+            f"{row['tokens_per_second']:,.0f}",
+        ]
+        for row in rows
+    ]
+    header = [
+        "cell",
+        "seeds",
+        f"mean {html.escape(metric_label(metric))} ± s.e.",
+        "probe s.e. (points)",
+        "probe accuracy",
+        "random init accuracy",
+        "validation loss",
+        "tokens",
+        "tokens/s",
+    ]
+    return _note(about) + _table(header, table_rows) + _figure(lambda: comparison_heatmap(summary, rows, metric))
+
+
+def comparison_heatmap(summary: "grid_study.ComparisonSummary", rows: list[dict], metric: str) -> go.Figure:
+    """Mean value per cell: the first grid key down, the others' combinations across."""
+    keys = list(summary.grid)
+    first, rest = keys[0], keys[1:]
+    columns = [
+        ", ".join(f"{key.split('.')[-1]}={value}" for key, value in zip(rest, values, strict=True)) or "all"
+        for values in itertools.product(*(summary.grid[key] for key in rest))
+    ]
+    by_cell = {cell.label: row for cell, row in zip(summary.cells, rows, strict=True)}
+    z, text = [], []
+    for value in summary.grid[first]:
+        z_row, text_row = [], []
+        for cell in summary.cells:
+            if cell.settings[first] != value:
+                continue
+            row = by_cell[cell.label]
+            z_row.append(100 * row["mean"])
+            text_row.append(format_metric(metric, row["mean"], row["standard_error"]))
+        z.append(z_row)
+        text.append(text_row)
+    figure = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=columns,
+            y=[f"{first.split('.')[-1]}={value}" for value in summary.grid[first]],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Viridis",
+            colorbar={"title": "points"},
+        )
+    )
+    figure.update_layout(
+        title=f"mean {metric_label(metric)} by cell, at {summary.budget_description}", height=120 + 60 * len(z)
+    )
+    return figure
+
+
+def comparison_tests_section(study: optuna.Study) -> str:
+    summary = grid_study.summarise(study, study_base_config(study))
+    if not summary.tests:
+        return _note("No pair of cells has two seeds done by both yet: no test.")
+    about = (
+        f"Every pair of cells on the seeds both finished, at {summary.budget_description}: the mean paired "
+        "difference (first minus second, points) with its percentile bootstrap 95% interval over seeds "
+        f"({BOOTSTRAP_RESAMPLES} resamples), Cohen's d of the paired differences, and a paired t-test, or the "
+        f"Wilcoxon signed-rank test when a Shapiro-Wilk test rejects the differences' normality (p < "
+        f"{grid_study.NORMALITY_LEVEL}); p-values Holm-corrected over all {len(summary.tests)} pairs, significance "
+        f"level {grid_study.SIGNIFICANCE_LEVEL}. With 3 seeds a Wilcoxon test cannot reach p < 0.25, and a t-test "
+        "rests on the differences being normal: read small-seed verdicts as such."
+    )
+    rows = [
+        [
+            html.escape(test.first),
+            html.escape(test.second),
+            str(test.seeds),
+            f"{100 * test.difference:+.2f} [{100 * test.interval[0]:+.2f}, {100 * test.interval[1]:+.2f}]",
+            f"{test.cohens_d:.2f}",
+            test.test,
+            f"{test.p_value:.3g}",
+            f"{test.adjusted_p_value:.3g}" + (" (significant)" if test.significant else ""),
+        ]
+        for test in sorted(summary.tests, key=lambda test: test.adjusted_p_value)
+    ]
+    header = ["first", "second", "seeds", "difference [95% CI]", "Cohen's d", "test", "p", "Holm p"]
+    return _note(about) + _table(header, rows)
+
+
+def curves_section(study: optuna.Study) -> str:
+    """The training curves of the top trials, or of every run of a comparison (labelled by cell and seed)."""
+    if grid_study.COMPARISON_ATTR in study.user_attrs:
+        summary = grid_study.summarise(study, study_base_config(study))
+        runs = {f"{cell.label}, seed {seed}": trial for cell in summary.cells for seed, trial in cell.trials.items()}
+        what = "every run of the comparison"
+    else:
+        runs = {f"trial {trial.number}": trial for trial in ranked_trials(study)[:TOP_TRIALS]}
+        what = f"the top {len(runs)} trials"
+    curves = {}
+    for label, trial in runs.items():
+        found = trial_curves(study, [trial])
+        if found:
+            curves[label] = next(iter(found.values()))
+    if not curves:
+        return _note("No training curve found (trials write theirs beside their logs, in studies/NAME/logs/).")
+    about = (
+        f"The training curves of {what}: the mean training loss and gradient norm of every {CURVE_EVERY_STEPS} "
+        "steps, the learning rate and the tokens per second of training time, against tokens (each trial's "
+        "studies/NAME/logs/trial_N.curve.jsonl)."
+    )
+    return _note(about) + _figure(lambda: curves_figure(curves, f"training curves of {what}"))
+
+
 SECTIONS: dict[str, Callable[[optuna.Study], str]] = {
     "Summary": summary_section,
     "Optimisation history": history_section,
@@ -379,6 +527,7 @@ SECTIONS: dict[str, Callable[[optuna.Study], str]] = {
     "Slices": slice_section,
     "Intermediate values (pruning curves)": intermediate_section,
     f"Top {TOP_TRIALS} trials": top_trials_section,
+    "Training curves": curves_section,
     "Confirmation over seeds": confirmation_section,
     "Categorical choices: which is better?": choices_section,
 }
@@ -391,12 +540,20 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertica
 """
 
 
+# A comparison study (`main.py compare`) leads with these.
+COMPARISON_SECTIONS: dict[str, Callable[[optuna.Study], str]] = {
+    "Comparison: cells": comparison_cells_section,
+    "Comparison: paired tests between cells": comparison_tests_section,
+}
+
+
 def render_report(study: optuna.Study, storage_url: str) -> str:
     """The whole report as one HTML page, plotly.js inlined once so that it opens offline."""
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     about = _note(f"storage {displayed_url(storage_url)}; generated {generated}")
     title = html.escape(f"Study {study.study_name}")
-    body = "".join(f"<h2>{html.escape(heading)}</h2>{section(study)}" for heading, section in SECTIONS.items())
+    sections = {**COMPARISON_SECTIONS, **SECTIONS} if grid_study.COMPARISON_ATTR in study.user_attrs else SECTIONS
+    body = "".join(f"<h2>{html.escape(heading)}</h2>{section(study)}" for heading, section in sections.items())
     return (
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style>'
         f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script></head>'

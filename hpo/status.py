@@ -11,8 +11,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.confirmation import describe, load_confirmation
+from hpo.curves import latest_point
 from hpo.storage import displayed_url, load_existing_study
-from hpo.study_values import format_value, objective_name, ranked_trials, value_label
+from hpo.study_values import format_value, objective_name, outcome, ranked_trials, value_error, value_label
 from hpo.trial_logs import WORKER_LABEL_ATTR
 
 RUN_ATTR = "last_run"  # the study's user attr describing the latest run, which the estimate is about
@@ -63,25 +64,32 @@ def best_lines(study: optuna.Study) -> list[str]:
         return ["best so far: no completed trial yet"]
     best = ranked[0]
     attrs = best.user_attrs
-    line = f"best so far: trial {best.number}, {value_label(study)} {format_value(study, best.value)}"
-    if "probe_standard_error" in attrs:
-        line += f" ± {attrs['probe_standard_error']:.4f}"
-    accuracy = attrs.get("probe_accuracy", best.value if objective_name(study) == "probe_accuracy" else None)
-    if accuracy is not None and "random_init_accuracy" in attrs:
-        random_init = attrs["random_init_accuracy"]
-        line += f" (accuracy {accuracy:.4f}, gain {accuracy - random_init:+.4f} over random init {random_init:.4f})"
+    value = format_value(study, best.value, value_error(study, best))
+    line = f"best so far: trial {best.number}, {value_label(study)} {value}"
+    if "probe_accuracy" in attrs or objective_name(study) == "probe_accuracy":
+        line += f" ({outcome(best)})"
     shown = {name: f"{value:.4g}" if isinstance(value, float) else value for name, value in best.params.items()}
     return [line, *(f"  {name} = {value}" for name, value in shown.items())]
 
 
-def running_lines(running: list[FrozenTrial], now: datetime.datetime) -> list[str]:
+def running_lines(study: optuna.Study, running: list[FrozenTrial], now: datetime.datetime) -> list[str]:
+    """Each running trial: its time so far, its worker, and the latest point of its training curve."""
     if not running:
         return ["running: none"]
-    return ["running:"] + [
-        f"  trial {trial.number}: {format_duration((now - trial.datetime_start).total_seconds())} so far, "
-        f"{trial.user_attrs.get(WORKER_LABEL_ATTR, 'worker unknown')}"
-        for trial in running
-    ]
+    lines = ["running:"]
+    for trial in running:
+        line = (
+            f"  trial {trial.number}: {format_duration((now - trial.datetime_start).total_seconds())} so far, "
+            f"{trial.user_attrs.get(WORKER_LABEL_ATTR, 'worker unknown')}"
+        )
+        point = latest_point(study.study_name, trial.number)
+        if point is not None:
+            line += (
+                f"; step {point.step:,} ({point.tokens:,} tokens): loss {point.loss:.3f}, "
+                f"{point.tokens_per_second:,.0f} tokens/s"
+            )
+        lines.append(line)
+    return lines
 
 
 def finish_seconds(running_left: list[float], to_start: int, mean: float, workers: int) -> float:
@@ -138,8 +146,8 @@ def describe_status(study: optuna.Study, storage_url: str, now: datetime.datetim
         f"study {study.study_name!r} in {displayed_url(storage_url)}, maximising {objective_name(study)}",
         counts_line(study),
         *best_lines(study),
-        *(describe(confirmation, value_label(study)) if confirmation else ["confirmation: none (`main.py confirm`)"]),
-        *running_lines(running, now),
+        *(describe(confirmation) if confirmation else ["confirmation: none (`main.py confirm`)"]),
+        *running_lines(study, running, now),
         estimate_line(study, running, now),
     ]
     return "\n".join(lines)

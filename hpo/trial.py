@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import torch
 
@@ -17,11 +18,14 @@ from data.agnews import load_agnews, stratified_subset
 from data.corpus import PackedCorpus, load_corpus
 from data.tokenizer import Tokenizer
 from hpo.config import Config
+from hpo.curves import curve_path
 from hpo.space import suggest
-from hpo.study_values import TOKENS_ATTR
+from hpo.study_values import GAIN_ERROR_ATTR, TOKENS_ATTR
 from training.config import REFERENCE_ROLES, settings_with_roles
+from training.curves import TrainingCurve
 from training.pretrain import Pretrainer, random_init_encoder, resolve_device
 from training.probe import Probe
+from training.results import pack_correct, paired_gain, unpack_correct
 
 FAIL_REASON_CHARS = 500  # of an exception's text kept with a failed trial
 
@@ -52,6 +56,7 @@ def peak_memory_megabytes(device: torch.device) -> float:
 
 RANDOM_INIT_ATTR_PREFIX = "random_init_accuracy:"  # + architecture key: a study user attr per architecture
 RANDOM_INIT_QUICK_ATTR_PREFIX = "random_init_quick_accuracy:"  # the same for the quick probe
+RANDOM_INIT_CORRECT_ATTR_PREFIX = "random_init_correct:"  # its rows right or wrong (packed), for the gain's error
 
 
 def architecture_key(config: Config) -> str:
@@ -68,6 +73,7 @@ class RandomInit:
 
     accuracy: float
     quick_accuracy: float
+    correct: np.ndarray  # (rows,) bool, of the final probe: the gain is paired on these rows
 
 
 def random_init_scores(study: optuna.Study, config: Config, resources: Resources, device: torch.device) -> RandomInit:
@@ -75,14 +81,19 @@ def random_init_scores(study: optuna.Study, config: Config, resources: Resources
     later trials reuse them."""
     key = architecture_key(config)
     final_key, quick_key = RANDOM_INIT_ATTR_PREFIX + key, RANDOM_INIT_QUICK_ATTR_PREFIX + key
-    if final_key not in study.user_attrs or quick_key not in study.user_attrs:
+    correct_key = RANDOM_INIT_CORRECT_ATTR_PREFIX + key
+    if any(name not in study.user_attrs for name in (final_key, quick_key, correct_key)):
         encoder = random_init_encoder(config, resources.tokenizer.vocab_size, device)
-        if final_key not in study.user_attrs:
-            study.set_user_attr(final_key, resources.probe.score(encoder, device, config.probe.folds).accuracy)
+        if final_key not in study.user_attrs or correct_key not in study.user_attrs:
+            final = resources.probe.score(encoder, device, config.probe.folds)
+            study.set_user_attr(final_key, final.accuracy)
+            study.set_user_attr(correct_key, pack_correct(final.correct))
         if quick_key not in study.user_attrs:
             quick = resources.quick_probe.score(encoder, device, config.probe.quick_folds).accuracy
             study.set_user_attr(quick_key, quick)
-    return RandomInit(study.user_attrs[final_key], study.user_attrs[quick_key])
+    rows = len(resources.probe.labels)
+    correct = unpack_correct(study.user_attrs[correct_key], rows)
+    return RandomInit(study.user_attrs[final_key], study.user_attrs[quick_key], correct)
 
 
 def target_value(config: Config, accuracy: float, random_init_accuracy: float) -> float:
@@ -127,8 +138,11 @@ class PretrainAndProbe:
         whose step counts differ, are compared at the same share of their budgets."""
         pending_points = sorted(config.train.report_points)
         report_index = 0
+        curve = TrainingCurve(curve_path(trial.study.study_name, trial.number))
         while not trainer.finished:
-            loss = trainer.train_step().loss
+            result = trainer.train_step()
+            curve.after_step(trainer, result)
+            loss = result.loss
             if not math.isfinite(loss):
                 trial.set_user_attr("pruned_reason", f"training loss is {loss} at step {trainer.step}")
                 raise optuna.TrialPruned(f"loss {loss} at step {trainer.step}")
@@ -156,6 +170,7 @@ class PretrainAndProbe:
             trial.set_user_attr("pruned_reason", "embeddings are not finite")
             raise optuna.TrialPruned("embeddings are not finite")
         trial.set_user_attr("gain_over_random_init", final.accuracy - random_init.accuracy)
+        trial.set_user_attr(GAIN_ERROR_ATTR, paired_gain(final.correct, random_init.correct)[1])
         return target_value(config, final.accuracy, random_init.accuracy)
 
 

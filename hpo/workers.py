@@ -21,10 +21,11 @@ from threadpoolctl import threadpool_limits
 
 from data.machine import usable_cpus
 from hpo.config import Config, run_config_key
+from hpo.curves import publish_trial_curve, save_study_figure
 from hpo.interruption import INTERRUPTED_EXIT_CODE, Interruption, sigint_handled_by
 from hpo.sampling import make_pruner, make_sampler
 from hpo.storage import make_storage
-from hpo.study_values import RUN_CONFIG_ATTR
+from hpo.study_values import RUN_CONFIG_ATTR, outcome, ranked_trials
 from hpo.supervision import WorkerDeath, exit_cause, fail_and_retry, sign_trial, trials_of, worker_id
 from hpo.trial_logs import TrialLogs, logs_folder
 
@@ -65,19 +66,15 @@ def _format_trial(trial: optuna.trial.FrozenTrial, worker_index: int) -> str:
     params = " ".join(f"{name.split('.')[-1]}={_short(value)}" for name, value in trial.params.items())
     attrs = trial.user_attrs
     if trial.state == optuna.trial.TrialState.COMPLETE:
-        accuracy = attrs.get("probe_accuracy", trial.value)
-        outcome = f"accuracy {accuracy:.4f} ± {attrs.get('probe_standard_error', float('nan')):.4f}"
-        if "random_init_accuracy" in attrs:
-            gain = accuracy - attrs["random_init_accuracy"]
-            outcome += f", gain {gain:+.4f} over random init {attrs['random_init_accuracy']:.4f}"
+        result = outcome(trial)
     elif trial.state == optuna.trial.TrialState.PRUNED:
-        outcome = f"pruned: {attrs.get('pruned_reason', f'at report point {trial.last_step}')}"
+        result = f"pruned: {attrs.get('pruned_reason', f'at report point {trial.last_step}')}"
     else:
-        outcome = f"{trial.state.name.lower()}: {attrs.get('fail_reason', '')}".strip(" :")
+        result = f"{trial.state.name.lower()}: {attrs.get('fail_reason', '')}".strip(" :")
     speed = attrs.get("tokens_per_second", 0.0)
     seconds = attrs.get("wall_seconds", 0.0)
     name = f"trial {trial.number} (baseline)" if attrs.get("baseline") else f"trial {trial.number}"
-    return f"[worker {worker_index}] {name}: {outcome} | {params} | {speed:,.0f} tokens/s | {seconds:.0f} s"
+    return f"[worker {worker_index}] {name}: {result} | {params} | {speed:,.0f} tokens/s | {seconds:.0f} s"
 
 
 def _short(value) -> str:
@@ -106,6 +103,14 @@ def thread_limits(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def publish(action: Callable[[], None], what: str) -> None:
+    """Run a step that shows results in the dashboard; a disk that fails it costs the pictures, not the trial."""
+    try:
+        action()
+    except OSError as error:
+        print(f"warning: {what} not published: {error}", file=sys.stderr)
+
+
 def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     """One worker: load shared resources once, then optimise its share of the trials.
 
@@ -128,13 +133,17 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     def run_trial(trial: optuna.Trial) -> float:
         sign_trial(trial, plan.seed)
         trial.set_user_attr(RUN_CONFIG_ATTR, config_key)
-        with trial_logs.capture(trial), interruption.requeue_on_stop(trial):
-            return pretrain_and_probe_trial(trial)
+        try:
+            with trial_logs.capture(trial), interruption.requeue_on_stop(trial):
+                return pretrain_and_probe_trial(trial)
+        finally:
+            publish(lambda: publish_trial_curve(trial), f"trial {trial.number}'s training curve")
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         line = _format_trial(trial, plan.worker_index)
         print(line, flush=True)
         trial_logs.append(trial.number, line)
+        publish(lambda: save_study_figure(study, ranked_trials(study)), "the study's training curves")
 
     callbacks = [progress, interruption.stop_study]
     if plan.max_trials is not None:  # the parent's share of the cap is exact; this covers other machines' workers

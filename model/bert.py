@@ -57,17 +57,19 @@ class Encoder(nn.Module):
     """Token ids (B, S) -> hidden states (B, S, H), with an MLM/CLM head tied to the embeddings.
 
     With `next_sentence`, it also has BERT's segment (token type) embeddings and a next-sentence
-    classifier on the pooled first token.
+    classifier on the pooled first token. A `causal` encoder was trained to predict the next token (CLM):
+    its sentence embedding reads it the way it was trained, each token seeing only those before it.
     """
 
-    def __init__(self, config: ModelConfig, vocab_size: int, next_sentence: bool = False):
+    def __init__(self, config: ModelConfig, vocab_size: int, next_sentence: bool = False, causal: bool = False):
         super().__init__()
         config.validate()
         self.config = config
+        self.causal = causal
         self.token_embedding = nn.Embedding(vocab_size, config.hidden_size)
         self.segment_embedding = nn.Embedding(2, config.hidden_size) if next_sentence else None
         self.next_sentence_head = nn.Linear(config.hidden_size, 2) if next_sentence else None
-        self.positions = POSITIONS_BY_ATTENTION_KIND[config.attention_kind](config.max_seq_len, config.hidden_size)
+        self.positions = POSITIONS_BY_ATTENTION_KIND[config.attention_kind](config)
         self.embedding_norm = nn.LayerNorm(config.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
@@ -211,8 +213,10 @@ class Encoder(nn.Module):
         return torch.tanh(self.pooler(hidden[:, 0]))
 
     def sentence_embedding(self, input_ids: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
-        """(B, H) embedding for the probe, pooled as model.pooling says (POOLINGS)."""
-        hidden = self.encode(input_ids, key_padding_mask)  # (B, S, H)
+        """(B, H) embedding for the probe, the encoder read as it was trained (causal after CLM; one segment, id
+        0, after next-sentence pairs), pooled as model.pooling says (POOLINGS)."""
+        token_types = torch.zeros_like(input_ids) if self.segment_embedding is not None else None
+        hidden = self.encode(input_ids, key_padding_mask, self.causal, token_types)  # (B, S, H)
         return POOLINGS[self.config.pooling](self, hidden, key_padding_mask)
 
     def parameter_groups(
@@ -263,6 +267,12 @@ def mean_pooling(encoder: Encoder, hidden: torch.Tensor, key_padding_mask: torch
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def last_token_pooling(encoder: Encoder, hidden: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """The last real token's state (under causal attention, the only one that has seen the whole text)."""
+    last = key_padding_mask.long().cumsum(1).argmax(1)  # (B,) index of the last real token
+    return hidden[torch.arange(len(hidden), device=hidden.device), last]
+
+
 def first_token_pooling(encoder: Encoder, hidden: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
     """The first token's ([CLS]) state."""
     return hidden[:, 0]
@@ -276,6 +286,7 @@ def bert_pooling(encoder: Encoder, hidden: torch.Tensor, key_padding_mask: torch
 POOLINGS: dict[str, Callable[[Encoder, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mean": mean_pooling,
     "first": first_token_pooling,
+    "last": last_token_pooling,
     "pooler": bert_pooling,
 }
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 # (tests/test_registries.py checks each equals its registry's keys).
 ATTENTION_KINDS = ("standard", "absolute", "rope", "exposb")  # kernels.ATTENTION_KINDS
 ATTENTION_BACKENDS = ("auto", "triton", "reference", "oracle")  # kernels.BACKENDS
-POOLINGS = ("mean", "first", "pooler")  # model.bert.POOLINGS
+POOLINGS = ("mean", "first", "last", "pooler")  # model.bert.POOLINGS
+SINUSOID_AMPLITUDES = ("table", "unit")  # model.positions.SinusoidalPositions
 
 
 @dataclass
@@ -25,6 +26,8 @@ class ModelConfig:
     attention_backend: str = field(metadata={"role": "train"})  # one of kernels.BACKENDS
     pooling: str = field(metadata={"role": "start"})  # a key of model.bert.POOLINGS
     max_seq_len: int = field(metadata={"role": "start"})
+    # absolute: sinusoids at the token table's scale (table) or at amplitude 1 (unit, before 2026-12-04)
+    sinusoid_amplitude: str = field(metadata={"role": "start", "legacy": "unit"})
     gradient_checkpointing: bool = field(metadata={"role": "train"})
     # torch.compile the encoder's forward for training (training/pretrain.py)
     compile: bool = field(metadata={"role": "train", "legacy": False})
@@ -36,6 +39,9 @@ class ModelConfig:
             raise ValueError(
                 f"model.attention_backend = {self.attention_backend!r}; expected one of {ATTENTION_BACKENDS}"
             )
+        if self.sinusoid_amplitude not in SINUSOID_AMPLITUDES:
+            expected = ", ".join(SINUSOID_AMPLITUDES)
+            raise ValueError(f"model.sinusoid_amplitude = {self.sinusoid_amplitude!r}; expected one of {expected}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"model.pooling = {self.pooling!r}; expected one of {list(POOLINGS)}")
         if self.hidden_size <= 0 or self.num_layers <= 0 or self.num_heads <= 0:

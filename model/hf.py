@@ -23,8 +23,8 @@ MODEL_TYPE = "bert-pretraining-hpo"
 
 
 class BertHpoConfig(PreTrainedConfig):
-    """ModelConfig's fields, the vocabulary size, and whether the encoder has the next-sentence parts
-    (segment table and classifier).
+    """ModelConfig's fields, the vocabulary size, whether the encoder has the next-sentence parts (segment table
+    and classifier), and whether it was trained causally (CLM), so that a loaded encoder embeds as it was trained.
 
     Hugging Face configs declare their fields with defaults (a default-constructed config is what
     save_pretrained diffs against), so this class repeats config.yaml's model section: the one place that
@@ -40,6 +40,7 @@ class BertHpoConfig(PreTrainedConfig):
 
     vocab_size: int = 50261  # GPT-2's 50,257 ids and the four encoder specials (data/tokenizer.py)
     next_sentence: bool = False
+    causal: bool = False
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 2
@@ -50,12 +51,15 @@ class BertHpoConfig(PreTrainedConfig):
     attention_backend: str = "auto"
     pooling: str = "mean"
     max_seq_len: int = 512
+    sinusoid_amplitude: str = "unit"
     gradient_checkpointing: bool = False
     compile: bool = False
 
     @classmethod
-    def from_model_config(cls, model: ModelConfig, vocab_size: int, next_sentence: bool) -> "BertHpoConfig":
-        return cls(vocab_size=vocab_size, next_sentence=next_sentence, **dataclasses.asdict(model))
+    def from_model_config(
+        cls, model: ModelConfig, vocab_size: int, next_sentence: bool, causal: bool = False
+    ) -> "BertHpoConfig":
+        return cls(vocab_size=vocab_size, next_sentence=next_sentence, causal=causal, **dataclasses.asdict(model))
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(**{field.name: getattr(self, field.name) for field in dataclasses.fields(ModelConfig)})
@@ -69,14 +73,17 @@ class BertHpoModel(PreTrainedModel):
 
     def __init__(self, config: BertHpoConfig):
         super().__init__(config)
-        self.encoder = Encoder(config.model_config(), config.vocab_size, config.next_sentence)
+        self.encoder = Encoder(config.model_config(), config.vocab_size, config.next_sentence, config.causal)
         self.post_init()
 
     @classmethod
     def from_encoder(cls, encoder: Encoder) -> "BertHpoModel":
         """A CPU copy of a trained encoder (weights copied, nothing drawn at random)."""
         config = BertHpoConfig.from_model_config(
-            encoder.config, encoder.token_embedding.num_embeddings, encoder.segment_embedding is not None
+            encoder.config,
+            encoder.token_embedding.num_embeddings,
+            encoder.segment_embedding is not None,
+            encoder.causal,
         )
         with no_init_weights():
             model = cls(config)
@@ -97,13 +104,15 @@ class BertHpoModel(PreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
     ) -> BaseModelOutput:
         """input_ids (B, S); attention_mask (B, S), 1 or True for real tokens (default: all real);
-        token_type_ids (B, S) in {0, 1}, used only by an encoder pretrained with next-sentence pairs."""
+        token_type_ids (B, S) in {0, 1}, used only by an encoder pretrained with next-sentence pairs. The
+        attention runs as in pretraining: causal for an encoder trained by CLM (config.causal)."""
         key_padding_mask = self._key_padding_mask(input_ids, attention_mask)
-        hidden = self.encoder.encode(input_ids, key_padding_mask, causal=False, token_types=token_type_ids)
+        hidden = self.encoder.encode(input_ids, key_padding_mask, self.encoder.causal, token_type_ids)
         return BaseModelOutput(last_hidden_state=hidden)  # (B, S, H)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, H) sentence embeddings, pooled as the study's probe pools them (config.pooling)."""
+        """(B, H) sentence embeddings, as the study's probe reads them: attention as in pretraining, segment 0,
+        pooled by config.pooling."""
         return self.encoder.sentence_embedding(input_ids, self._key_padding_mask(input_ids, attention_mask))
 
     @staticmethod

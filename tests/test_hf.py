@@ -21,10 +21,12 @@ KINDS = list(kernels.ATTENTION_KINDS)
 VOCAB = 100
 
 
-def tiny_model(kind: str, pooling: str = "mean", next_sentence: bool = False, seed: int = 0) -> BertHpoModel:
+def tiny_model(
+    kind: str, pooling: str = "mean", next_sentence: bool = False, seed: int = 0, causal: bool = False
+) -> BertHpoModel:
     model_config = defaults("model", hidden_size=32, num_layers=2, attention_kind=kind, pooling=pooling, max_seq_len=64)
     torch.manual_seed(seed)
-    return BertHpoModel(BertHpoConfig.from_model_config(model_config, VOCAB, next_sentence)).eval()
+    return BertHpoModel(BertHpoConfig.from_model_config(model_config, VOCAB, next_sentence, causal)).eval()
 
 
 def padded_batch(pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,16 +87,17 @@ def test_config_round_trips_and_speaks_hugging_face_names(tmp_path, tokenizer):
         hidden_size=48, num_layers=3, num_heads=4, ffn_multiple=2, embedding_std=0.5, dropout=0.2,
         attention_kind="exposb", attention_backend="reference", pooling="first", max_seq_len=96,
         gradient_checkpointing=True, compile=True,
+        sinusoid_amplitude={"unit": "table", "table": "unit"}[defaults("model").sinusoid_amplitude],
     )  # fmt: skip
     default = defaults("model")
     assert all(getattr(model_config, f.name) != getattr(default, f.name) for f in dataclasses.fields(default))
-    config = BertHpoConfig.from_model_config(model_config, vocab_size=321, next_sentence=True)
+    config = BertHpoConfig.from_model_config(model_config, vocab_size=321, next_sentence=True, causal=True)
 
     assert BertHpoConfig.from_dict(config.to_dict()).model_config() == model_config
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert type(loaded) is BertHpoConfig and loaded.model_config() == model_config
-    assert (loaded.vocab_size, loaded.next_sentence) == (321, True)
+    assert (loaded.vocab_size, loaded.next_sentence, loaded.causal) == (321, True, True)
     assert (loaded.num_hidden_layers, loaded.num_attention_heads, loaded.max_position_embeddings) == (3, 4, 96)
 
 
@@ -129,3 +132,27 @@ def test_retrain_output_folder_loads_with_automodel(tmp_path, monkeypatch, capfd
     weights = torch.load(output / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(tensor, weights[name]) for name, tensor in loaded.encoder.state_dict().items())
     assert loaded.encoder.state_dict().keys() == weights.keys()
+
+
+@pytest.mark.parametrize(("causal", "next_sentence"), [(True, False), (False, True)])
+def test_a_loaded_encoder_embeds_as_it_was_trained(tmp_path, monkeypatch, causal, next_sentence):
+    """AutoModel reads the direction and the segment from the saved config, as the study's probe does."""
+    from model.bert import Encoder
+
+    tiny_model("exposb", next_sentence=next_sentence, causal=causal).save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert loaded.config.causal is causal and loaded.encoder.causal is causal
+    calls = []
+    original = Encoder.encode
+
+    def spy(self, input_ids, key_padding_mask, causal=False, token_types=None):
+        calls.append((causal, None if token_types is None else token_types.unique().tolist()))
+        return original(self, input_ids, key_padding_mask, causal, token_types)
+
+    monkeypatch.setattr(Encoder, "encode", spy)
+    input_ids, attention_mask = padded_batch()
+    with torch.no_grad():
+        loaded.embed(input_ids, attention_mask=attention_mask)
+        loaded(input_ids, attention_mask=attention_mask)
+    assert calls[0] == (causal, [0] if next_sentence else None)
+    assert calls[1][0] is causal  # forward too attends as in pretraining

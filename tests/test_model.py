@@ -1,8 +1,10 @@
+import dataclasses
+
 import pytest
 import torch
 
 import kernels
-from hpo.config import defaults
+from hpo.config import default_config, defaults
 from kernels import reference
 from model.bert import Encoder
 from model.positions import LearnedPositions, NoPositions, SinusoidalPositions
@@ -91,7 +93,7 @@ def test_head_computes_logits_only_at_predicted_positions(monkeypatch):
     assert shapes == [(2, 32)]
 
 
-@pytest.mark.parametrize("pooling", ["mean", "first", "pooler"])
+@pytest.mark.parametrize("pooling", ["mean", "first", "last", "pooler"])
 def test_sentence_embedding_ignores_padding(pooling):
     model = Encoder(defaults("model", hidden_size=32, num_heads=2, pooling=pooling), 100).eval()
     input_ids, key_padding_mask = padded_batch()
@@ -295,3 +297,44 @@ def test_model_compile_trains_as_eager(data_dir, tokenizer, tmp_path, monkeypatc
     eager, compiled = losses
     assert compiled == pytest.approx(eager, rel=1e-4)
     assert state_keys[0] == state_keys[1]
+
+
+@pytest.mark.parametrize(("objective", "nsp"), [("clm", False), ("mlm", True), ("mlm", False)])
+def test_the_probe_reads_an_encoder_as_it_was_trained(objective, nsp, monkeypatch):
+    """Causal attention for a CLM encoder, segment 0 for a next-sentence one: the probe's embedding (and so its
+    random-init reference) sees what pretraining saw."""
+    from training.pretrain import initial_encoder
+    from training.probe import embed
+
+    config = default_config()
+    config.model = defaults("model", hidden_size=32, num_heads=2)
+    config.train = dataclasses.replace(config.train, objective=objective, nsp=nsp)
+    encoder = initial_encoder(config, vocab_size=100)
+    calls = []
+    original = Encoder.encode
+
+    def spy(self, input_ids, key_padding_mask, causal=False, token_types=None):
+        calls.append((causal, None if token_types is None else token_types.unique().tolist()))
+        return original(self, input_ids, key_padding_mask, causal, token_types)
+
+    monkeypatch.setattr(Encoder, "encode", spy)
+    embed(encoder, [[1, 5, 7], [1, 9]], pad_id=0, batch_size=8, device=torch.device("cpu"))
+    assert calls == [(objective == "clm", [0] if nsp else None)]
+
+
+def test_last_token_pooling_takes_each_rows_last_real_token():
+    from model.bert import last_token_pooling
+
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)  # (B, S, H)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    assert last_token_pooling(None, hidden, mask).flatten().tolist() == [2.0, 7.0]
+
+
+def test_absolute_positions_at_the_token_tables_scale():
+    from model.positions import SinusoidalPositions
+
+    unit = SinusoidalPositions(defaults("model", sinusoid_amplitude="unit", embedding_std=0.1))
+    table = SinusoidalPositions(defaults("model", sinusoid_amplitude="table", embedding_std=0.1))
+    assert unit.table.abs().max().item() == pytest.approx(1.0, abs=1e-3)
+    # The root mean square of a position vector equals a table row's at the start: embedding_std.
+    assert table.table.pow(2).mean(1).sqrt().mean().item() == pytest.approx(0.1, rel=0.02)

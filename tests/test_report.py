@@ -102,15 +102,16 @@ def test_report_names_the_better_attention_kind_and_lists_the_top_trials(tmp_pat
 
     assert "rope beats standard here" in page
     exposb = choice_rows(page, "exposb")[0]
-    assert "<td>1</td><td>1</td><td>0.5800</td>" in exposb  # completed, pruned, best
+    assert "<td>1</td><td>1</td><td>58.00%</td>" in exposb  # completed, pruned, best (a fake study: accuracy)
     assert f"too few completed trials (1 &lt; {MIN_TRIALS_PER_CHOICE})" in exposb
     assert "<td>0</td><td>0</td><td>–</td>" in choice_rows(page, "absolute")[0]
     best = max(study.trials, key=lambda t: t.value or 0)
     top_row = re.search(
-        r"<tr><td>1</td><td>(\d+)</td><td>([\d.]+) ± 0.0120</td><td>([\d.]+)</td><td>([\d.]+)</td>", page
+        r"<tr><td>1</td><td>(\d+)</td><td>([\d.]+)% ± 1.20</td><td>([\d.]+)%</td><td>([\d.]+)%</td>", page
     )
-    assert top_row and int(top_row[1]) == best.number and float(top_row[2]) == pytest.approx(best.value, abs=1e-4)
-    assert (float(top_row[3]), float(top_row[4])) == (pytest.approx(best.value, abs=1e-4), FAKE_RANDOM_INIT_ACCURACY)
+    assert top_row and int(top_row[1]) == best.number and float(top_row[2]) == pytest.approx(100 * best.value, abs=0.01)
+    assert float(top_row[3]) == pytest.approx(100 * best.value, abs=0.01)
+    assert float(top_row[4]) == pytest.approx(100 * FAKE_RANDOM_INIT_ACCURACY)
     assert f"{best.user_attrs['tokens_per_second']:,.0f}" in page
     for heading in ("PED-ANOVA", "fANOVA", "Parallel coordinates", "Slices", "Intermediate values"):
         assert f"<h2>{heading}" in page or f": {heading}</h2>" in page

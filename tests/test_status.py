@@ -36,7 +36,12 @@ def finished_trial(number: int, state: TrialState, value: float | None, seconds:
         datetime_complete=started + datetime.timedelta(seconds=seconds),
         params={"train.learning_rate": 0.001 * (number + 1)},
         distributions={"train.learning_rate": LEARNING_RATE},
-        user_attrs={"probe_accuracy": 0.62 + value, "random_init_accuracy": 0.62, "probe_standard_error": 0.01}
+        user_attrs={
+            "probe_accuracy": 0.62 + value,
+            "random_init_accuracy": 0.62,
+            "probe_standard_error": 0.01,
+            "gain_standard_error": 0.006,
+        }
         if value is not None
         else {},
         system_attrs={},
@@ -72,8 +77,8 @@ def test_status_counts_states_and_shows_the_best_the_running_trial_and_an_estima
     assert "maximising probe_gain_over_random_init" in lines[0]
     assert lines[1] == "4 trials: 1 running, 2 complete, 1 pruned"
     assert lines[2] == (
-        "best so far: trial 1, gain over random init +0.0800 ± 0.0100 "
-        "(accuracy 0.7000, gain +0.0800 over random init 0.6200)"
+        "best so far: trial 1, gain over random init +8.00 ± 0.60 points "
+        "(accuracy 70.00% ± 1.00, gain +8.00 ± 0.60 points over random init 62.00%)"
     )
     assert lines[3] == "  train.learning_rate = 0.002"
     assert lines[4] == "confirmation: none (`main.py confirm`)"
@@ -149,8 +154,26 @@ def test_a_study_run_writes_trial_logs_and_records_itself(tmp_path, monkeypatch,
     assert main.main(["--study_name", "tiny", "--storage", storage, *tiny_study_flags, "--n_trials", "1"]) == 0
     log = (tmp_path / "studies" / "tiny" / "logs" / "trial_0000.log").read_text()
     assert log.startswith("trial 0 started ") and "[worker 0] trial 0 (baseline): " in log
-    run = optuna.load_study(study_name="tiny", storage=storage).user_attrs[RUN_ATTR]
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    run = study.user_attrs[RUN_ATTR]
     assert (run["trials_to_add"], run["n_jobs"], run["timeout"]) == (1, 1, None)
+    # Its training curve: beside the log, as the trial's artifacts, and as the study's figure in the dashboard.
+    from optuna.artifacts import get_all_artifact_meta
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    from training.curves import read_curve
+
+    points = read_curve(tmp_path / "studies" / "tiny" / "logs" / "trial_0000.curve.jsonl")
+    trial = study.trials[0]
+    assert (
+        points and points[-1].step == trial.user_attrs["steps"] and points[-1].tokens == trial.user_attrs["tokens_seen"]
+    )
+    assert sorted(meta.mimetype for meta in get_all_artifact_meta(trial, storage=study._storage)) == [
+        "application/jsonl",
+        "image/png",
+    ]
+    system_attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert list(get_plotly_graph_objects(system_attrs)) == ["training_curves"]
 
 
 class Terminal(io.StringIO):
@@ -202,3 +225,30 @@ def test_the_study_tools_start_without_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=main.PROJECT_DIR, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout, result.stdout
+
+
+def test_training_curves_are_written_read_and_drawn(tmp_path, monkeypatch):
+    """A run's curve: one point every CURVE_EVERY_STEPS steps and at the last step, windows averaged."""
+    from types import SimpleNamespace
+
+    from hpo.curves import curves_figure, thinned
+    from training.curves import CURVE_EVERY_STEPS, TrainingCurve, read_curve
+
+    path = tmp_path / "curve.jsonl"
+    curve = TrainingCurve(path)
+    steps = 2 * CURVE_EVERY_STEPS + 3
+    for step in range(1, steps + 1):
+        trainer = SimpleNamespace(
+            step=step, train_seconds=0.5 * step, tokens_seen=100 * step, tokens_per_step=100, finished=step == steps
+        )
+        curve.after_step(trainer, SimpleNamespace(loss=float(step), gradient_norm=2.0, learning_rate=1e-3))
+    points = read_curve(path)
+    assert [point.step for point in points] == [CURVE_EVERY_STEPS, 2 * CURVE_EVERY_STEPS, steps]
+    assert points[0].loss == sum(range(1, CURVE_EVERY_STEPS + 1)) / CURVE_EVERY_STEPS  # the window's mean
+    assert points[-1].tokens == 100 * steps and points[0].tokens_per_second == pytest.approx(200.0)
+    with open(path, "a") as file:
+        file.write('{"step": 5, "tok')  # a line cut by a crash is skipped
+    assert len(read_curve(path)) == 3
+    assert len(thinned(points * 200)) <= 301
+    figure = curves_figure({"trial 0": points}, "training curves")
+    assert len(figure.data) == 4 and figure.layout.title.text == "training curves"

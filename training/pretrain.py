@@ -65,7 +65,9 @@ def initial_encoder(config: RunConfig, vocab_size: int, seed: int | None = None)
     """The encoder a run starts from, built after seeding torch with train.seed (or `seed`): a run and
     the random-init baseline of its architecture get the same weights."""
     torch.manual_seed(config.train.seed if seed is None else seed)
-    return Encoder(config.model, vocab_size, next_sentence=config.train.next_sentence)
+    return Encoder(
+        config.model, vocab_size, next_sentence=config.train.next_sentence, causal=config.train.objective == "clm"
+    )
 
 
 def random_init_encoder(config: RunConfig, vocab_size: int, device: torch.device) -> Encoder:
@@ -133,15 +135,28 @@ class Execution:
         return self.accumulation_steps * self.world_size
 
 
-def clip_gradient_norm(parameters: list[nn.Parameter], max_norm: float) -> None:
-    """torch's clip_grad_norm_ over dense and sparse (row-sparse embedding) gradients alike."""
+def _gradients_and_norm(parameters: list[nn.Parameter]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The gradients (sparse ones coalesced) and their total L2 norm."""
     gradients = [p.grad.coalesce() if p.grad.is_sparse else p.grad for p in parameters if p.grad is not None]
-    if not gradients:
-        return
     norms = [torch.linalg.vector_norm(g.values() if g.is_sparse else g) for g in gradients]
-    scale = (max_norm / (torch.linalg.vector_norm(torch.stack(norms)) + 1e-6)).clamp(max=1.0)
+    return gradients, torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
+def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """The total L2 norm of the gradients, dense and sparse (row-sparse embedding) alike."""
+    return _gradients_and_norm(parameters)[1]
+
+
+def clip_gradient_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_ over dense and sparse (row-sparse embedding) gradients alike; returns the norm
+    before clipping."""
+    gradients, total = _gradients_and_norm(parameters)
+    if not gradients:
+        return total
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for parameter, gradient in zip((p for p in parameters if p.grad is not None), gradients, strict=True):
         parameter.grad = gradient.mul_(scale)
+    return total
 
 
 def row_sparse(gradient: torch.Tensor) -> torch.Tensor:
@@ -171,6 +186,7 @@ class StepResult:
     loss: float  # mean over this process's micro-batches
     tokens: int  # over all processes
     learning_rate: float  # of the top (full-rate) parameter group, as used by this step
+    gradient_norm: float  # of all the gradients, before clipping
 
 
 def check_execution(train: TrainConfig, execution: Execution) -> None:
@@ -371,8 +387,11 @@ class Pretrainer:
             table.grad = row_sparse(table.grad)  # for SparseAdam, after DDP's dense all-reduce
         for optimizer in self.optimizers:
             self.scaler.unscale_(optimizer)
+        parameters = list(self.model.parameters())
         if self.config.train.grad_clip > 0:
-            clip_gradient_norm(list(self.model.parameters()), self.config.train.grad_clip)
+            norm = clip_gradient_norm(parameters, self.config.train.grad_clip)
+        else:
+            norm = gradient_norm(parameters)
         for optimizer in self.optimizers:
             self.scaler.step(optimizer)
         self.scaler.update()
@@ -382,7 +401,7 @@ class Pretrainer:
         self.train_seconds += self.clock() - started
         for scheduler in self.schedulers:  # after the clock, so a time budget's schedule sees this step's time
             scheduler.step()
-        return StepResult(loss=mean_loss, tokens=self.tokens_per_step, learning_rate=learning_rate)
+        return StepResult(mean_loss, self.tokens_per_step, learning_rate, norm.item())
 
     @torch.no_grad()
     def validation_loss(self) -> float:

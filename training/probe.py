@@ -27,8 +27,13 @@ from training.config import ProbeConfig
 @dataclass
 class ProbeResult:
     accuracy: float
-    standard_error: float
+    standard_error: float  # binomial, of the accuracy
     rows: int
+    correct: np.ndarray | None = None  # (rows,) bool: each row right or wrong (out of fold), for paired comparisons
+
+    def summary(self) -> dict:
+        """The figures without the rows, for a results file."""
+        return {"accuracy": self.accuracy, "standard_error": self.standard_error, "rows": self.rows}
 
 
 def encode_texts(texts: list[str], tokenizer: Tokenizer, max_length: int) -> list[list[int]]:
@@ -73,8 +78,9 @@ def cross_validated_accuracy(features: np.ndarray, labels: np.ndarray, folds: in
         # probe.max_iter bounds the probe's cost; an unconverged fit still scores what the features hold.
         warnings.simplefilter("ignore", ConvergenceWarning)
         predictions = cross_val_predict(_classifier(config), features, labels, cv=splitter)
-    accuracy = float((predictions == labels).mean())
-    return ProbeResult(accuracy, math.sqrt(accuracy * (1 - accuracy) / len(labels)), len(labels))
+    correct = predictions == labels
+    accuracy = float(correct.mean())
+    return ProbeResult(accuracy, math.sqrt(accuracy * (1 - accuracy) / len(labels)), len(labels), correct)
 
 
 def held_out_accuracy(
@@ -88,8 +94,9 @@ def held_out_accuracy(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         classifier = _classifier(config).fit(train_features, train_labels)
-    accuracy = float((classifier.predict(test_features) == test_labels).mean())
-    return ProbeResult(accuracy, math.sqrt(accuracy * (1 - accuracy) / len(test_labels)), len(test_labels))
+    correct = classifier.predict(test_features) == test_labels
+    accuracy = float(correct.mean())
+    return ProbeResult(accuracy, math.sqrt(accuracy * (1 - accuracy) / len(test_labels)), len(test_labels), correct)
 
 
 class Probe:

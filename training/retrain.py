@@ -35,10 +35,12 @@ from data.progress import progress_bar
 from data.tokenizer import Tokenizer
 from model.bert import Encoder
 from training.config import WEIGHT_ROLES, ConfigError, RunConfig, config_to_dict, settings_with_roles
+from training.curves import TrainingCurve
 from training.pretrain import Execution, Pretrainer, StepResult, random_init_encoder, resolve_device
-from training.probe import Probe, cross_validated_accuracy, held_out_accuracy
-from training.results import TrialScore
+from training.probe import Probe, ProbeResult, cross_validated_accuracy, held_out_accuracy
+from training.results import TrialScore, format_accuracy, format_gain, paired_gain
 
+CURVE_FILE = "curve.jsonl"  # in the output folder: the run's training curve (training/curves.py)
 # The other ranks wait at a barrier while rank 0 probes, which takes minutes on a CPU.
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)
 
@@ -262,35 +264,47 @@ class ProgressLine:
         self.bar.close()
 
 
+SPLITS = {
+    "selection_accuracy": "AG News train.csv, stratified {folds}-fold cross-validation",
+    "test_accuracy": "AG News fit on train.csv, scored on test.csv",
+}
+
+
 def evaluate(trainer: Pretrainer, data_dir: Path) -> dict:
     """Validation loss, the study's selection score (k-fold CV over train.csv) and the AG News test score,
     each beside the same scores of the encoder the run started from (same architecture and seed, before
-    any pretraining) and the gain over them: what the pretraining bought."""
+    any pretraining) and the gain over them, with the gain's own (paired) standard error: what the
+    pretraining bought."""
     config, device = trainer.config, trainer.device
     selection, test = load_agnews(data_dir)
     probes = Probe(selection, trainer.tokenizer, config.probe), Probe(test, trainer.tokenizer, config.probe)
 
-    def scores(model: Encoder) -> dict:
+    def scores(model: Encoder) -> dict[str, ProbeResult]:
         train_features, test_features = (probe.features(model, device) for probe in probes)
-        cross_validated = cross_validated_accuracy(train_features, selection.labels, config.probe.folds, config.probe)
-        tested = held_out_accuracy(train_features, selection.labels, test_features, test.labels, config.probe)
         return {
-            "selection_accuracy": {
-                "split": f"AG News train.csv, stratified {config.probe.folds}-fold cross-validation",
-                **dataclasses.asdict(cross_validated),
-            },
-            "test_accuracy": {"split": "AG News fit on train.csv, scored on test.csv", **dataclasses.asdict(tested)},
+            "selection_accuracy": cross_validated_accuracy(
+                train_features, selection.labels, config.probe.folds, config.probe
+            ),
+            "test_accuracy": held_out_accuracy(
+                train_features, selection.labels, test_features, test.labels, config.probe
+            ),
+        }
+
+    def described(results: dict[str, ProbeResult]) -> dict:
+        return {
+            split: {"split": SPLITS[split].format(folds=config.probe.folds), **result.summary()}
+            for split, result in results.items()
         }
 
     pretrained = scores(trainer.model)
     random_init = scores(random_init_encoder(config, trainer.tokenizer.vocab_size, device))
+    gains = {split: paired_gain(pretrained[split].correct, random_init[split].correct) for split in SPLITS}
     return {
         "validation_loss": trainer.validation_loss(),
-        **pretrained,
-        "random_init": random_init,
-        "gain_over_random_init": {
-            split: pretrained[split]["accuracy"] - random_init[split]["accuracy"] for split in pretrained
-        },
+        **described(pretrained),
+        "random_init": described(random_init),
+        "gain_over_random_init": {split: gain for split, (gain, _) in gains.items()},
+        "gain_standard_error": {split: error for split, (_, error) in gains.items()},
     }
 
 
@@ -330,16 +344,17 @@ def write_outputs(trainer: Pretrainer, results: dict, output_dir: Path) -> None:
 
 
 def summary(results: dict, output_dir: Path) -> str:
-    def accuracy(split: str) -> str:
+    def scores(split: str) -> str:
         score, start = results[split], results["random_init"][split]
+        gain = format_gain(results["gain_over_random_init"][split], results["gain_standard_error"][split])
         return (
-            f"{score['accuracy']:.4f} ± {score['standard_error']:.4f} (random init {start['accuracy']:.4f}: "
-            f"gain {results['gain_over_random_init'][split]:+.4f})"
+            f"{format_accuracy(score['accuracy'], score['standard_error'])} (random init "
+            f"{format_accuracy(start['accuracy'])}: gain {gain})"
         )
 
     return (
         f"validation loss {results['validation_loss']:.4f} | AG News selection (CV) accuracy "
-        f"{accuracy('selection_accuracy')} | test accuracy {accuracy('test_accuracy')}\n"
+        f"{scores('selection_accuracy')} | test accuracy {scores('test_accuracy')}\n"
         f"wrote {output_dir / 'results.yaml'}, model.pt"
         + (
             ", config.json and model.safetensors (AutoModel.from_pretrained after `import model.hf`)"
@@ -362,13 +377,15 @@ def describe_schedule(config: RunConfig) -> str:
     return f"{train.schedule}{inherited}: {shape} after a {train.warmup_fraction:.0%} warm-up"
 
 
-def train(trainer: Pretrainer, checkpoints: CheckpointFolder, config_hash: str, world: World) -> None:
+def train(trainer: Pretrainer, checkpoints: CheckpointFolder, config_hash: str, world: World, curve_file: Path) -> None:
     retrain = trainer.config.retrain
     progress = ProgressLine(trainer, retrain.log_every_steps) if world.is_main else None
+    curve = TrainingCurve(curve_file) if world.is_main else None
     while not trainer.finished:
         result = trainer.train_step()
         if progress:
             progress.after_step(trainer, result)
+            curve.after_step(trainer, result)
         # The last step too: a stop during the final probes (minutes on a CPU) then resumes with no step to redo.
         if trainer.step % retrain.checkpoint_every_steps == 0 or trainer.finished:
             save_checkpoint(trainer, checkpoints, config_hash, world)
@@ -402,7 +419,7 @@ def retrain(
             )
             if trial is not None:
                 print(f"the recipe's {trial.describe()}", flush=True)
-        train(trainer, checkpoints, config_hash, world)
+        train(trainer, checkpoints, config_hash, world, output_dir / CURVE_FILE)
         results = None
         if world.is_main:
             results = {
@@ -421,11 +438,11 @@ def retrain(
             write_outputs(trainer, results, output_dir)
             print(summary(results, output_dir), flush=True)
             if trial is not None:
-                print(
-                    f"gain {results['gain_over_random_init']['selection_accuracy']:+.4f} (CV) after "
-                    f"{results['tokens']:,} tokens, where the study's {trial.describe()}",
-                    flush=True,
+                gain = format_gain(
+                    results["gain_over_random_init"]["selection_accuracy"],
+                    results["gain_standard_error"]["selection_accuracy"],
                 )
+                print(f"gain {gain} (CV) after {results['tokens']:,} tokens, where the study's {trial.describe()}")
         if world.world_size > 1:
             dist.barrier()
         return results

@@ -1,0 +1,104 @@
+"""`main.py compare`: every cell of a grid of settings from the same seeds, as a study of fixed trials
+(hpo/comparison.py), run with the study's workers; then the table of what it found."""
+
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import TrialState
+
+from hpo.comparison import (
+    COMPARISON_ATTR,
+    cell_row,
+    cells,
+    run_params,
+    summarise,
+)
+from hpo.config import Config, ConfigError
+from hpo.storage import load_existing_study
+from hpo.study import RunLimits, StudyRun, open_study, run_study
+from hpo.study_values import format_metric, metric_label
+from training.results import format_accuracy, format_gain
+
+# Runs in these states need no new copy: done, running (or failed and queued again), queued, or pruned (a
+# non-finite loss, which the same seed and data would only repeat).
+PRESENT_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
+
+
+def run_comparison(
+    study_name: str,
+    storage_url: str,
+    config: Config,
+    grid: dict[str, list[Any]],
+    seeds: int,
+    budget: str,
+    data_dir: Path,
+    n_jobs: int,
+    force: bool = False,
+) -> StudyRun | None:
+    """Run every (cell, seed) of the comparison (config: hpo.comparison.comparison_config's) the study does not
+    hold yet; returns the run, None when every run was done. Run it again to resume, or with more --seeds."""
+    study = open_study(study_name, storage_url, config, seed=0, force=force)
+    recorded = study.user_attrs.get(COMPARISON_ATTR)
+    if recorded is not None and (recorded["grid"] != grid or recorded["budget"] != budget):
+        raise ConfigError(
+            f"study {study_name!r} compares {recorded['grid']} at equal {recorded['budget']}; this command asks for "
+            f"{grid} at equal {budget}: use a new --study_name"
+        )
+    all_seeds = sorted({*(recorded or {}).get("seeds", []), *(config.train.seed + index for index in range(seeds))})
+    study.set_user_attr(COMPARISON_ATTR, {"grid": grid, "seeds": all_seeds, "budget": budget})
+    present = [
+        trial.params or trial.system_attrs.get("fixed_params", {})
+        for trial in study.get_trials(deepcopy=False, states=PRESENT_STATES)
+    ]
+    queued = 0
+    for seed in all_seeds:  # seed by seed, so that a stopped comparison has whole seeds done
+        for cell in cells(grid):
+            if run_params(cell, seed) not in present:
+                study.enqueue_trial(run_params(cell, seed))
+                queued += 1
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    print(
+        f"comparing {len(cells(grid))} cell(s) x {len(all_seeds)} seed(s) (train.seed "
+        f"{', '.join(map(str, all_seeds))}) at {budget_words(config, budget)}: {queued} run(s) queued now, "
+        f"{waiting} to run, in study {study_name!r}"
+    )
+    if waiting == 0:
+        return None
+    return run_study(study_name, storage_url, config, data_dir, RunLimits(n_trials=waiting), n_jobs, 0, force)
+
+
+def budget_words(config: Config, budget: str) -> str:
+    if budget == "tokens":
+        return f"equal tokens ({config.train.budget_tokens:,} per run)"
+    return f"equal seconds ({config.train.budget_seconds:g} s of training per run)"
+
+
+def comparison_lines(study_name: str, storage_url: str, config: Config) -> list[str]:
+    """The comparison as text: one line per cell, best first, and the significant paired differences."""
+    study = load_existing_study(study_name, storage_url)
+    summary = summarise(study, config)
+    metric = config.probe.metric_name
+    lines = [
+        f"comparison {study_name!r} at {summary.budget_description}: {summary.runs_done} of {summary.runs_planned} "
+        f"runs done; {metric_label(metric)}, mean ± standard error over seeds"
+    ]
+    rows = sorted((cell_row(cell, summary.seeds) for cell in summary.cells), key=lambda row: -row["mean"])
+    for row in rows:
+        lines.append(
+            f"  {row['cell']}: {format_metric(metric, row['mean'], row['standard_error'])} over {row['seeds']} seed(s) "
+            f"| accuracy {format_accuracy(row['accuracy'])}, random init {format_accuracy(row['random_init_accuracy'])}"
+            f" | validation loss {row['validation_loss']:.3f} | {row['tokens']:,.0f} tokens at "
+            f"{row['tokens_per_second']:,.0f}/s"
+        )
+    significant = [test for test in summary.tests if test.significant]
+    lines.append(
+        f"  paired differences significant after Holm's correction over {len(summary.tests)} pairs: "
+        f"{len(significant)}" + ("" if significant else " (the report lists every pair)")
+    )
+    for test in significant:
+        lines.append(
+            f"    {test.first} - {test.second}: {format_gain(test.difference)} [{100 * test.interval[0]:+.2f}, "
+            f"{100 * test.interval[1]:+.2f}], d = {test.cohens_d:.2f}, {test.test} p = {test.adjusted_p_value:.3g} "
+            "(Holm)"
+        )
+    return lines

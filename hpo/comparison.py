@@ -1,0 +1,231 @@
+"""A controlled comparison: every cell of a grid of settings (say, attention kind x objective) run from the same
+seeds, all other settings fixed, with the statistics a paper's table needs.
+
+`main.py compare` (hpo/compare.py) runs the grid as an Optuna study of fixed trials (each cell x seed enqueued:
+resumable, parallel, visible in the dashboard, shareable over PostgreSQL like any study). A run's parameters
+say all it runs: one value per grid key, and train.seed. For a given seed every cell starts from its own
+architecture's weights drawn from that seed and sees the same data order (common random numbers), so cells
+are compared seed by seed: paired t-test or Wilcoxon signed-rank as the differences' normality allows,
+Cohen's d of the paired differences, bootstrap 95% intervals over seeds, Holm correction over all pairs.
+
+The budget is the comparison's currency, named in every title: equal tokens (what a setting learns per token)
+or equal seconds (what it learns per second on the machine at hand, where, on a CPU, exposb runs its PyTorch
+reference at about a third of the speed of the softmax kinds).
+
+This module reads and describes a comparison without torch (the report uses it).
+"""
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+from scipy import stats
+
+from hpo.config import Config, ConfigError, ParamSpec, dimensions
+from hpo.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, holm_adjust, mean_and_standard_error
+from hpo.study_values import GAIN_ERROR_ATTR, TOKENS_ATTR
+
+COMPARISON_ATTR = "comparison"  # study user attr: {"grid": {key: [values]}, "seeds": [...], "budget": ...}
+SEED_PARAM = "train.seed"
+SEED_RANGE = (0, 2**31 - 1)
+BUDGETS = ("tokens", "seconds")
+NORMALITY_LEVEL = 0.05  # Shapiro-Wilk p below this: the differences are not taken as normal (Wilcoxon)
+SIGNIFICANCE_LEVEL = 0.05
+
+
+def parse_grid(assignments: list[str]) -> dict[str, list[Any]]:
+    """["model.attention_kind=standard,rope", "train.objective=mlm,clm"] -> {key: [values]} (values read as YAML)."""
+    grid: dict[str, list[Any]] = {}
+    for assignment in assignments:
+        key, separator, text = assignment.partition("=")
+        values = [yaml.safe_load(value.strip()) for value in text.split(",") if value.strip()]
+        if not separator or key.count(".") != 1 or not values:
+            raise ConfigError(
+                f"--grid {assignment!r}: expected SECTION.KEY=V1,V2,..., e.g. --grid model.attention_kind=standard,rope"
+            )
+        if key in grid:
+            raise ConfigError(f"--grid {key} is given twice; give all its values in one --grid")
+        if len(set(map(str, values))) != len(values):
+            raise ConfigError(f"--grid {assignment!r} repeats a value")
+        grid[key.strip()] = values
+    if not grid:
+        raise ConfigError(
+            "compare needs at least one --grid KEY=V1,V2,... (e.g. --grid model.attention_kind=standard,rope)"
+        )
+    if SEED_PARAM in grid:
+        raise ConfigError(f"--grid {SEED_PARAM}: the seeds are --seeds, the same for every cell")
+    return grid
+
+
+def comparison_config(base: Config, grid: dict[str, list[Any]], budget: str) -> Config:
+    """The comparison study's configuration: `base` with a search space of exactly the grid's keys (each a choice
+    of its values) and train.seed, the chosen budget, no quick probes, no pruning and no baseline trial."""
+    if budget not in BUDGETS:
+        raise ConfigError(f"--budget {budget!r}; expected one of {', '.join(BUDGETS)}")
+    train = dataclasses.replace(base.train, report_points=[])
+    if budget == "tokens":
+        train = dataclasses.replace(train, budget_seconds=None)
+    elif train.budget_seconds is None:
+        raise ConfigError("--budget seconds needs train.budget_seconds (e.g. --set train.budget_seconds=150)")
+    space: dict[str, dict[str, ParamSpec]] = {}
+    for key, values in grid.items():
+        section, field_name = key.split(".")
+        space.setdefault(section, {})[field_name] = ParamSpec(type="categorical", choices=list(values))
+    space.setdefault("train", {})["seed"] = ParamSpec(type="int", low=SEED_RANGE[0], high=SEED_RANGE[1])
+    study = dataclasses.replace(base.study, pruner="none", baseline_trial=False)
+    config = dataclasses.replace(base, train=train, study=study, search_space=space, provenance=None)
+    config.validate()  # each grid key a field, each value valid, every combination of them too
+    return config
+
+
+def cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in the grid's order."""
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def run_params(cell: dict[str, Any], seed: int) -> dict[str, Any]:
+    return {**cell, SEED_PARAM: seed}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell's runs: its trials by seed."""
+
+    settings: dict[str, Any]
+    trials: dict[int, FrozenTrial]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{key.split('.')[-1]}={value}" for key, value in self.settings.items())
+
+    def mean(self, attribute: str) -> float:
+        values = [trial.user_attrs[attribute] for trial in self.trials.values() if attribute in trial.user_attrs]
+        return statistics_mean(values)
+
+    def values(self, seeds: list[int]) -> list[float]:
+        return [self.trials[seed].value for seed in seeds]
+
+
+def statistics_mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Two cells on the seeds both finished: the mean paired difference (first minus second), its bootstrap 95%
+    interval, Cohen's d of the differences, and the test the differences allow."""
+
+    first: str
+    second: str
+    seeds: int
+    difference: float
+    interval: tuple[float, float]
+    cohens_d: float
+    test: str  # "paired t-test" or "Wilcoxon signed-rank"
+    p_value: float
+    adjusted_p_value: float = math.nan
+
+    @property
+    def significant(self) -> bool:
+        return self.adjusted_p_value < SIGNIFICANCE_LEVEL
+
+
+@dataclass(frozen=True)
+class ComparisonSummary:
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    budget: str
+    budget_description: str  # e.g. "equal tokens: 2,000,000 per run"
+    cells: list[Cell]
+    tests: list[PairedTest]
+
+    @property
+    def runs_done(self) -> int:
+        return sum(len(cell.trials) for cell in self.cells)
+
+    @property
+    def runs_planned(self) -> int:
+        return len(self.cells) * len(self.seeds)
+
+
+def paired_test(first: Cell, second: Cell, seeds: list[int]) -> PairedTest | None:
+    """The paired comparison of two cells on `seeds`; None with fewer than two seeds."""
+    if len(seeds) < 2:
+        return None
+    differences = np.array(first.values(seeds)) - np.array(second.values(seeds))
+    mean = float(differences.mean())
+    spread = float(differences.std(ddof=1))
+    cohens_d = mean / spread if spread > 0 else math.copysign(math.inf, mean) if mean else 0.0
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    resampled = differences[rng.integers(0, len(differences), size=(BOOTSTRAP_RESAMPLES, len(differences)))]
+    low, high = np.percentile(resampled.mean(axis=1), [2.5, 97.5])
+    normal = len(differences) < 3 or spread == 0 or stats.shapiro(differences).pvalue >= NORMALITY_LEVEL
+    if spread == 0:
+        test, p_value = "paired t-test", (1.0 if mean == 0 else 0.0)
+    elif normal:
+        test, p_value = "paired t-test", float(stats.ttest_rel(first.values(seeds), second.values(seeds)).pvalue)
+    else:
+        test, p_value = "Wilcoxon signed-rank", float(stats.wilcoxon(differences).pvalue)
+    return PairedTest(first.label, second.label, len(seeds), mean, (float(low), float(high)), cohens_d, test, p_value)
+
+
+def describe_budget(config: Config, budget: str) -> str:
+    if budget == "tokens":
+        return f"equal tokens: {config.train.budget_tokens:,} per run"
+    return f"equal seconds: {config.train.budget_seconds:g} s of training per run, on the machine that ran it"
+
+
+def summarise(study: optuna.Study, config: Config) -> ComparisonSummary:
+    """What the comparison found so far: each cell over its finished seeds, and every pair of cells tested on
+    the seeds both finished (Holm-corrected together)."""
+    comparison = study.user_attrs[COMPARISON_ATTR]
+    grid, seeds = comparison["grid"], comparison["seeds"]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    found = []
+    for settings in cells(grid):
+        trials = {}
+        for trial in complete:
+            seed = trial.params.get(SEED_PARAM)
+            if trial.params == run_params(settings, seed):
+                trials[seed] = trial
+        found.append(Cell(settings, trials))
+    tests = []
+    for first, second in itertools.combinations(found, 2):
+        shared = [seed for seed in seeds if seed in first.trials and seed in second.trials]
+        test = paired_test(first, second, shared)
+        if test is not None:
+            tests.append(test)
+    adjusted = holm_adjust([test.p_value for test in tests])
+    tests = [dataclasses.replace(test, adjusted_p_value=value) for test, value in zip(tests, adjusted, strict=True)]
+    budget = comparison["budget"]
+    return ComparisonSummary(grid, seeds, budget, describe_budget(config, budget), found, tests)
+
+
+def cell_row(cell: Cell, seeds: list[int]) -> dict[str, Any]:
+    """One cell's figures: mean value ± SE over its seeds, and the means of what a person reads beside it."""
+    done = [seed for seed in seeds if seed in cell.trials]
+    mean, error = mean_and_standard_error(cell.values(done)) if done else (math.nan, math.nan)
+    return {
+        "cell": cell.label,
+        "seeds": len(done),
+        "mean": mean,
+        "standard_error": error,
+        "accuracy": cell.mean("probe_accuracy"),
+        "random_init_accuracy": cell.mean("random_init_accuracy"),
+        "probe_error": cell.mean(GAIN_ERROR_ATTR),
+        "validation_loss": cell.mean("validation_loss"),
+        "tokens": cell.mean(TOKENS_ATTR),
+        "tokens_per_second": cell.mean("tokens_per_second"),
+    }
+
+
+def grid_dimensions_match(config: Config, grid: dict[str, list[Any]]) -> bool:
+    """Whether the configuration's search space is exactly this grid (and the seed)."""
+    names = {name for name, *_ in dimensions(config)}
+    return names == {*grid, SEED_PARAM}
