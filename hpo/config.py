@@ -201,8 +201,8 @@ def _checked_values(spec: ParamSpec) -> list:
     if spec.type == "fixed":
         return [spec.value]
     if spec.type == "int":
-        values = list(range(int(spec.low), int(spec.high) + 1, int(spec.step or 1)))
-        return values if len(values) <= ENUMERATED_INT_VALUES else [values[0], values[-1]]
+        values = range(int(spec.low), int(spec.high) + 1, int(spec.step or 1))  # a range: a seed's 2**31 values
+        return list(values) if len(values) <= ENUMERATED_INT_VALUES else [values[0], values[-1]]
     return [spec.low, spec.high]
 
 
