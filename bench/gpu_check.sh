@@ -28,6 +28,10 @@
 #      autocast, tiny/small/base at S=128 and base at S=512, MFU against a bf16 matmul, peak memory.
 #   d. bench/trial_throughput.py: trials per hour with 1, 2 and 4 workers on the GPU (tiny trials).
 #   e. bench/learning_curve.py --quick --budget_seconds 120, when that file exists.
+#   f. main.py compare: the README's headline grid (4 attention kinds x MLM/CLM x 3 seeds at 2M tokens), 4
+#      workers on the GPU, our Triton kernels: the CPU table's cells again, through the kernels, in minutes.
+#   g. bench/time_to_gain.py --device cuda: ours against Hugging Face (recipe, defaults) at 10, 20 and 40 s
+#      of training, bf16, one seed, the three ways side by side on the GPU.
 #
 # REHEARSAL on the CPU (CI runs it): `bash bench/gpu_check.sh --rehearse [DIR]` runs every step at
 # toy sizes (TRITON_INTERPRET=1 for the kernels) through the same commands, and exits non-zero if
@@ -65,7 +69,7 @@ export PYTHONUNBUFFERED=1
 if ((REHEARSE)); then
     export TRITON_INTERPRET=1
     # Generous boxes: the rehearsal checks the commands, not the timings.
-    declare -A BOXES=([a1]=300 [a2]=120 [b1]=300 [b2]=300 [c]=300 [d]=300 [e]=600)
+    declare -A BOXES=([a1]=300 [a2]=120 [b1]=300 [b2]=300 [c]=300 [d]=300 [e]=600 [f]=300 [g]=300)
 else
     if [[ -d .whl/gpu ]]; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -74,7 +78,7 @@ else
     fi
     # cuBLAS is deterministic with this workspace setting (step a runs deterministic algorithms).
     export CUBLAS_WORKSPACE_CONFIG=:4096:8
-    declare -A BOXES=([a1]=60 [a2]=30 [b1]=60 [b2]=50 [c]=90 [d]=95 [e]=155)
+    declare -A BOXES=([a1]=50 [a2]=30 [b1]=50 [b2]=40 [c]=80 [d]=50 [e]=70 [f]=120 [g]=50)
 fi
 
 STATUS_LINES=()
@@ -147,6 +151,11 @@ if ((REHEARSE)); then
     TRAIN=(--rehearse)
     THROUGHPUT=(--rehearse --seconds 15)
     CURVE=(--quick --budget_seconds 5 --device cpu)
+    # A grid and a time-to-gain at toy sizes through the same commands: a small corpus, short sequences.
+    TOY=(--set "data.sources=[wikipedia]" --set data.seq_len=32 --set train.validation_sequences=16
+        --set probe.max_length=32 --set probe.folds=2 --set probe.quick_folds=2 --set probe.max_iter=100)
+    COMPARE=(--seeds 2 --set train.budget_tokens=2048 --set probe.quick_rows=200 "${TOY[@]}")
+    TIME_TO_GAIN=(--device cpu --points 1,2 --seeds 0 --jobs 1 --probe_rows 200 "${TOY[@]}")
 else
     step a1 "pytest -m gpu" "" "$PYTHON" "${DETERMINISTIC_PYTEST[@]}" -q -rA -m gpu tests
     step a2 "kernel and compile tests on CUDA" "" "$PYTHON" "${DETERMINISTIC_PYTEST[@]}" -q -rA -m "not gpu" "${KERNEL_TESTS[@]}"
@@ -154,6 +163,8 @@ else
     TRAIN=()
     THROUGHPUT=(--seconds 15)
     CURVE=(--quick --budget_seconds 120)
+    COMPARE=(--seeds 3 --set train.budget_tokens=2000000)
+    TIME_TO_GAIN=(--device cuda --points 10,20,40 --seeds 0 --jobs 3)
 fi
 step b1 "attention kernels, bidirectional" "$WORK/attention.md" \
     "$PYTHON" bench/attention.py "${ATTENTION[@]}" --markdown "$WORK/attention.md"
@@ -170,6 +181,12 @@ else
     STATUS_LINES+=("| e | learning curve | skipped: no bench/learning_curve.py | 0 |")
     write_summary
 fi
+
+step f "attention kinds x objectives, 3 seeds (main.py compare; its printed table)" "" \
+    "$PYTHON" main.py compare --study_name kinds --storage "sqlite:///$WORK/kinds.db" \
+    --grid model.attention_kind=standard,rope,exposb,absolute --grid train.objective=mlm,clm --n_jobs 4 "${COMPARE[@]}"
+step g "seconds to a gain: ours against Hugging Face" "$WORK/time_to_gain/time_to_gain.md" \
+    "$PYTHON" -m bench.time_to_gain "${TIME_TO_GAIN[@]}" --work "$WORK/time_to_gain/runs" --output "$WORK/time_to_gain"
 
 echo "summary: $RESULTS/summary.md; everything: $RESULTS/gpu_check.tar.gz"
 if ((REHEARSE && FAILED)); then

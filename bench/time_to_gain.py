@@ -12,6 +12,7 @@ random-init encoder:
 
     python -m bench.time_to_gain                        # 30, 75, 150, 300, 600 s; seeds 0 and 1; two at a time
     python -m bench.time_to_gain --points 20,60 --seeds 0 --jobs 1
+    python -m bench.time_to_gain --device cuda --points 10,30,60 --jobs 3   # the GPU machine (bench/gpu_check.sh)
 
 Each run trains one torch thread for the longest point's seconds of training time (probes not counted; the LR
 schedules follow the share of the budget spent) and stops at each point for the probe (AG News, 5-fold CV over
@@ -22,10 +23,13 @@ one per core of this machine, so the ways meet the same load). Printed and writt
 """
 
 import argparse
+import hashlib
 import json
 import math
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,28 +87,46 @@ class CollatorTokenizer:
         return self.vocab_size
 
 
-def run(way: str, seed: int, points: list[float], work: Path) -> dict:
-    """One way from one seed, probed at each point (cached in WORK/<way>_<seed>.json)."""
-    path = work / f"{way.replace(' ', '_')}_{seed}.json"
+@dataclass(frozen=True)
+class Setting:
+    """Where and how every run of this benchmark trains and probes."""
+
+    device: str = "cpu"  # cpu: one torch thread per run; cuda: bf16 autocast for every way
+    overrides: tuple[str, ...] = ()  # config.yaml overrides for every way (e.g. a rehearsal's small corpus)
+    probe_rows: int | None = None  # a class-balanced subset of train.csv for the probe (None: all of it)
+
+
+def run(way: str, seed: int, points: list[float], work: Path, setting: Setting = Setting()) -> dict:
+    """One way from one seed, probed at each point (cached in WORK/<way>_<seed>_<key>.json, the key a digest of
+    the points and the setting, so a run with other points or settings never reads this one)."""
+    key = hashlib.sha256(repr((sorted(points), setting)).encode()).hexdigest()[:10]
+    path = work / f"{way.replace(' ', '_')}_{seed}_{key}.json"
     if path.exists():
         return json.loads(path.read_text())
     import torch
 
-    from data.agnews import load_agnews
+    from data.agnews import load_agnews, stratified_subset
     from data.corpus import load_corpus
     from data.files_location import resolve_data_dir
     from data.tokenizer import Tokenizer
     from hpo.config import load_config
     from training.probe import Probe
 
-    torch.set_num_threads(1)
+    if setting.device == "cpu":
+        torch.set_num_threads(1)
     data_dir = resolve_data_dir()
-    config = load_config(PROJECT_DIR / "config.yaml", [f"train.seed={seed}", f"train.budget_seconds={max(points)}"])
+    config = load_config(
+        PROJECT_DIR / "config.yaml",
+        [*setting.overrides, f"train.seed={seed}", f"train.budget_seconds={max(points)}"],
+    )
     tokenizer = Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken")
     corpus = load_corpus(data_dir, config.data, tokenizer)
-    probe = Probe(load_agnews(data_dir)[0], tokenizer, config.probe)
-    device = torch.device("cpu")
-    trainer = (ours if way == "ours" else hugging_face)(way, config, corpus, tokenizer)
+    probe_texts = load_agnews(data_dir)[0]
+    if setting.probe_rows:
+        probe_texts = stratified_subset(probe_texts, setting.probe_rows, config.probe.seed)
+    probe = Probe(probe_texts, tokenizer, config.probe)
+    device = torch.device(setting.device)
+    trainer = (ours if way == "ours" else hugging_face)(way, config, corpus, tokenizer, device)
 
     def score() -> float:
         return probe.score(trainer.encoder, device, config.probe.folds).accuracy
@@ -134,12 +156,11 @@ def run(way: str, seed: int, points: list[float], work: Path) -> dict:
 class ours:  # noqa: N801 (a trainer factory named for its row of the table)
     """The trial's loop: a Pretrainer with a time budget of the longest point."""
 
-    def __init__(self, way, config, corpus, tokenizer):
-        import torch
+    def __init__(self, way, config, corpus, tokenizer, device):
+        from training.pretrain import Execution, Pretrainer
 
-        from training.pretrain import Pretrainer
-
-        self.trainer = Pretrainer(config, corpus, tokenizer, torch.device("cpu"))
+        precision = "bf16" if device.type == "cuda" else "fp32"
+        self.trainer = Pretrainer(config, corpus, tokenizer, device, Execution(precision=precision))
         self.encoder = self.trainer.model
 
     @property
@@ -158,7 +179,7 @@ class hugging_face:  # noqa: N801
     """BertForMaskedLM under the recipe (way "HF recipe") or the common BERT defaults ("HF defaults"), with the
     LR schedule following the share of the time budget spent, as ours does."""
 
-    def __init__(self, way, config, corpus, tokenizer):
+    def __init__(self, way, config, corpus, tokenizer, device):
         import time
 
         import torch
@@ -185,7 +206,8 @@ class hugging_face:  # noqa: N801
             pad_token_id=tokenizer.pad_id,
             attn_implementation="sdpa",
         )
-        self.model = BertForMaskedLM(hf_config).train()
+        self.model = BertForMaskedLM(hf_config).to(device).train()
+        self.device = device
         self.encoder = MeanPooledHuggingFace(self.model)
         peak = train.learning_rate if recipe else HF_DEFAULTS["learning_rate"]
         table_rate = peak * (train.embedding_lr_multiplier if recipe else 1.0)
@@ -241,11 +263,15 @@ class hugging_face:  # noqa: N801
         inputs, labels = self.collator.torch_mask_tokens(
             rows.clone(), special_tokens_mask=torch.isin(rows, self.specials)
         )
-        loss = self.model(input_ids=inputs, labels=labels).loss
+        inputs, labels = inputs.to(self.device), labels.to(self.device)
+        on_gpu = self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_gpu):  # as ours runs on a GPU
+            loss = self.model(input_ids=inputs, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = loss.item()  # waits for the GPU, as ours does, so the clock times the step
         self.step += 1
         self.train_seconds += self.clock() - started
 
@@ -268,6 +294,9 @@ def main() -> None:
     parser.add_argument("--ways", default=",".join(WAYS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--work", default="studies/bench/time_to_gain")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 autocast for every way")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, every way")
+    parser.add_argument("--probe_rows", type=int, help="probe a class-balanced subset of train.csv (default: all)")
     parser.add_argument("--output", default="bench/results")
     args = parser.parse_args()
     points = sorted(float(value) for value in args.points.split(","))
@@ -276,8 +305,9 @@ def main() -> None:
     work = Path(args.work).resolve()
     os.environ["CI"] = "1"  # no progress bars
     plan = [(way, seed) for seed in seeds for way in ways]
-    with ProcessPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run, way, seed, points, work) for way, seed in plan]
+    setting = Setting(args.device, tuple(args.set), args.probe_rows)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run, way, seed, points, work, setting) for way, seed in plan]
         runs = [future.result() for future in futures]
     table, summary = report(runs, ways, seeds, points)
     output = Path(args.output)

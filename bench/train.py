@@ -3,6 +3,7 @@
     python -m bench.train                       # every row of the device's table (GPU if visible)
     python -m bench.train --device cpu --threads 2 --markdown bench/results/train.md
     python -m bench.train --rehearse            # a toy row on the CPU through every code path
+    python -m bench.train --workload trial      # only the table of the trial's own step
 
 One step = forward, backward, gradient clipping to norm 1 and an AdamW update, on a batch of
 random token ids with exactly round(15% x B x S) positions predicted (input [MASK], label the
@@ -22,6 +23,16 @@ products, the head at the predicted positions only; backward = 2x forward), the 
 every contestant, so their utilisations compare like their speeds. Utilisation is against the
 peak of a plain square matmul in the step's dtype (bf16 on a GPU, fp32 on the CPU) measured in
 this run, before and after the rows (the better of the two). Speedup "vs X" = X ms / ours ms.
+
+A second table measures the trial's own workload (config.yaml's recipe: batch 8 x 128, 40% of the tokens
+predicted, dropout 0), which differs from the first table's in what a step costs:
+- ours: the step a trial runs, training.pretrain.Pretrainer.train_step on the packed corpus: the next batch,
+  its masking (80/10/10), the sampled softmax (the batch's targets + 2,048 ids drawn from the unigram law)
+  and row-sparse updates of the token table (SparseAdam), AdamW for the rest;
+- ours, exact softmax: the same step with train.sampled_softmax null (logits over the whole vocabulary);
+- HF (and HF + compile on a GPU): BertForMaskedLM at the same batch with the same share predicted, dropout 0.
+Model FLOPs and MFU count the exact softmax's head for all of them (the sampled softmax needs less: its
+MFU then reads as the exact step's work done per second).
 """
 
 import argparse
@@ -37,10 +48,14 @@ from pathlib import Path
 
 import torch
 
+from data.corpus import load_corpus
 from data.files_location import resolve_data_dir
 from data.tokenizer import Tokenizer
-from hpo.config import defaults
+from hpo.config import defaults, load_config
 from model.bert import Encoder
+from training.pretrain import Execution, Pretrainer
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 # name -> (hidden, layers, heads). tiny is config.yaml's smallest preset; small and base are BERT's.
 SIZES = {
@@ -56,6 +71,10 @@ DROPOUT = 0.1
 GPU_ROWS = (("tiny", 128, 32), ("small", 128, 32), ("base", 128, 32), ("base", 512, 32))
 CPU_ROWS = (("tiny", 128, 32), ("small", 128, 32), ("base", 128, 8), ("base", 512, 2))
 REHEARSAL_ROWS = (("toy", 32, 4),)
+# The trial's workload (config.yaml's batch and masking rate) at the sizes a study samples and above.
+TRIAL_GPU_ROWS = (("tiny", 128, 8), ("small", 128, 8), ("base", 128, 8))
+TRIAL_CPU_ROWS = (("tiny", 128, 8), ("small", 128, 8))
+TRIAL_REHEARSAL_ROWS = (("toy", 32, 4),)
 MATMUL_SIZE = {"cuda": 8192, "cpu": 2048, "rehearsal": 256}
 
 
@@ -133,17 +152,17 @@ def matmul_peak_flops(settings: Settings) -> float:
     return 2.0 * size**3 / best
 
 
-def batch_for(seq_len: int, batch: int, tokenizer: Tokenizer, device: str, seed: int) -> tuple[torch.Tensor, ...]:
+def batch_for(
+    seq_len: int, batch: int, tokenizer: Tokenizer, device: str, seed: int, share: float = PREDICTED_SHARE
+) -> tuple[torch.Tensor, ...]:
     """input_ids, labels, key_padding_mask (B, S): [CLS] then random ordinary tokens, exactly
-    round(15% B S) positions predicted (never [CLS]), no padding."""
+    round(share B S) positions predicted (never [CLS]), no padding."""
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, tokenizer.eos_id, (batch, seq_len), generator=generator)  # GPT-2's ordinary ids
     input_ids[:, 0] = tokenizer.cls_id
     positions = torch.arange(batch * seq_len)
     candidates = positions[positions % seq_len != 0]
-    chosen = candidates[
-        torch.randperm(len(candidates), generator=generator)[: round(PREDICTED_SHARE * batch * seq_len)]
-    ]
+    chosen = candidates[torch.randperm(len(candidates), generator=generator)[: round(share * batch * seq_len)]]
     predicted = torch.zeros(batch * seq_len, dtype=torch.bool)
     predicted[chosen] = True
     predicted = predicted.view(batch, seq_len)
@@ -153,9 +172,13 @@ def batch_for(seq_len: int, batch: int, tokenizer: Tokenizer, device: str, seed:
     return input_ids.to(device), labels.to(device), key_padding_mask.to(device)
 
 
-def _persistent_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def _persistent_bytes(model: torch.nn.Module, *optimizers: torch.optim.Optimizer) -> int:
     tensors = list(model.parameters()) + [
-        value for state in optimizer.state.values() for value in state.values() if torch.is_tensor(value)
+        value
+        for optimizer in optimizers
+        for state in optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value)
     ]
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
@@ -176,8 +199,55 @@ def _training_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], 
     return step, lambda: _persistent_bytes(model, optimizer)
 
 
+def trial_config(size: str, seq_len: int, batch: int, sampled: bool, rehearse: bool):
+    """config.yaml's recipe at this row's shape, with a token budget no step reaches."""
+    hidden, layers, heads = SIZES[size]
+    overrides = [
+        f"model.hidden_size={hidden}",
+        f"model.num_layers={layers}",
+        f"model.num_heads={heads}",
+        f"model.ffn_multiple={FFN_MULTIPLE}",
+        f"data.seq_len={seq_len}",
+        f"train.batch_size={batch}",
+        "train.budget_seconds=null",
+        "train.budget_tokens=1000000000000",
+    ]
+    if not sampled:
+        overrides.append("train.sampled_softmax=null")
+    if rehearse:  # one small source: the corpus is tokenised in a second
+        overrides.append("data.sources=[wikipedia]")
+    return load_config(PROJECT_DIR / "config.yaml", overrides)
+
+
+def build_trial_contestants(
+    size: str, seq_len: int, batch_size: int, tokenizer: Tokenizer, settings: Settings, rehearse: bool
+) -> dict[str, Callable[[], Contestant]]:
+    """The trial's step (ours with the sampled softmax and the exact one) on the packed corpus."""
+
+    def ours(sampled: bool) -> Contestant:
+        torch.manual_seed(0)
+        config = trial_config(size, seq_len, batch_size, sampled, rehearse)
+        corpus = load_corpus(resolve_data_dir(), config.data, tokenizer)
+        precision = "bf16" if settings.precision == "bf16" else "fp32"
+        trainer = Pretrainer(config, corpus, tokenizer, torch.device(settings.device), Execution(precision=precision))
+
+        return _with_memory(
+            "ours" if sampled else "ours, exact softmax",
+            lambda: torch.tensor(trainer.train_step().loss),
+            lambda: _persistent_bytes(trainer.model, *trainer.optimizers),
+        )
+
+    return {"ours": lambda: ours(True), "ours, exact softmax": lambda: ours(False)}
+
+
 def build_contestants(
-    size: str, vocab_size: int, pad_id: int, batch: tuple[torch.Tensor, ...], settings: Settings
+    size: str,
+    vocab_size: int,
+    pad_id: int,
+    batch: tuple[torch.Tensor, ...],
+    settings: Settings,
+    dropout: float = DROPOUT,
+    include_ours: bool = True,
 ) -> dict[str, Callable[[], Contestant]]:
     """name -> builder of that contestant (built one at a time, so a failure is one note)."""
     from transformers import BertConfig, BertForMaskedLM
@@ -188,7 +258,7 @@ def build_contestants(
     def ours() -> Contestant:
         torch.manual_seed(0)
         config = defaults(
-            "model", hidden_size=hidden, num_layers=layers, num_heads=heads, ffn_multiple=FFN_MULTIPLE, dropout=DROPOUT
+            "model", hidden_size=hidden, num_layers=layers, num_heads=heads, ffn_multiple=FFN_MULTIPLE, dropout=dropout
         )
         encoder = Encoder(config, vocab_size).to(settings.device).train()
         step, persistent = _training_step(
@@ -205,7 +275,7 @@ def build_contestants(
             num_attention_heads=heads,
             intermediate_size=FFN_MULTIPLE * hidden,
             max_position_embeddings=512,
-            hidden_dropout_prob=DROPOUT,
+            hidden_dropout_prob=dropout,
             attention_probs_dropout_prob=0.0,
             pad_token_id=pad_id,
             attn_implementation="sdpa",
@@ -218,7 +288,8 @@ def build_contestants(
         step, persistent = _training_step(model, lambda: forward(input_ids=input_ids, labels=labels).loss, settings)
         return _with_memory("HF + compile" if compiled else "HF", step, persistent)
 
-    builders = {"ours": ours, "HF": lambda: hugging_face(False)}
+    builders = {"ours": ours} if include_ours else {}
+    builders["HF"] = lambda: hugging_face(False)
     if settings.compile_backend:
         builders["HF + compile"] = lambda: hugging_face(True)
     return builders
@@ -265,16 +336,37 @@ def peak_mib(contestant: Contestant, settings: Settings) -> float | None:
     return (contestant.persistent_bytes + torch.cuda.max_memory_allocated() - before) / 2**20
 
 
-def run_row(size: str, seq_len: int, batch_size: int, tokenizer: Tokenizer, settings: Settings) -> Row:
+def run_row(
+    size: str,
+    seq_len: int,
+    batch_size: int,
+    tokenizer: Tokenizer,
+    settings: Settings,
+    trial: bool = False,
+    rehearse: bool = False,
+) -> Row:
+    """One row: the synthetic batch's step (trial False), or the trial's workload (ours on the packed corpus,
+    HF on a synthetic batch with the recipe's share predicted and dropout)."""
     hidden, layers, _ = SIZES[size]
     vocab_size = tokenizer.vocab_size
-    batch = batch_for(seq_len, batch_size, tokenizer, settings.device, seed=seq_len)
+    if trial:
+        recipe = load_config(PROJECT_DIR / "config.yaml")
+        share, dropout = recipe.masking.rate, recipe.model.dropout
+    else:
+        share, dropout = PREDICTED_SHARE, DROPOUT
+    batch = batch_for(seq_len, batch_size, tokenizer, settings.device, seed=seq_len, share=share)
     predicted = int((batch[1] != -100).sum())
     row = Row(
         size, seq_len, batch_size, predicted, model_flops(hidden, layers, batch_size, seq_len, predicted, vocab_size)
     )
+    builders = {}
+    if trial:
+        builders = build_trial_contestants(size, seq_len, batch_size, tokenizer, settings, rehearse)
+    builders |= build_contestants(
+        size, vocab_size, tokenizer.pad_id, batch, settings, dropout=dropout, include_ours=not trial
+    )
     contestants = []
-    for name, build in build_contestants(size, vocab_size, tokenizer.pad_id, batch, settings).items():
+    for name, build in builders.items():
         try:
             contestants.append(build())
             row.results[name] = Result()
@@ -356,6 +448,18 @@ def parse_arguments() -> argparse.Namespace:
         metavar="SIZE:SEQ:BATCH",
         help=f"rows to run, e.g. tiny:128:32 (sizes {', '.join(SIZES)}; default: the device's table)",
     )
+    parser.add_argument(
+        "--trial_rows",
+        nargs="+",
+        metavar="SIZE:SEQ:BATCH",
+        help="rows of the trial-workload table (default: tiny:128:8 and small:128:8, base too on a GPU)",
+    )
+    parser.add_argument(
+        "--workload",
+        choices=("both", "exact", "trial"),
+        default="both",
+        help="exact: the synthetic batch at 15%% predicted; trial: a trial's own step; both (default): two tables",
+    )
     parser.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 autocast on cuda, fp32 on cpu")
     parser.add_argument(
         "--compile_backend",
@@ -407,33 +511,68 @@ def _parse_row(text: str) -> tuple[str, int, int]:
     return size, int(seq_len), int(batch)
 
 
+def run_table(
+    rows: list[tuple[str, int, int]],
+    names: list[str],
+    tokenizer: Tokenizer,
+    settings: Settings,
+    markdown: Path | None,
+    trial: bool,
+    rehearse: bool,
+) -> tuple[list[Row], list[float], list[float]]:
+    """Every row of one table (the table rewritten to `markdown` after each); the matmul peaks and load
+    averages before and after."""
+    load_averages = [os.getloadavg()[0]]
+    peaks = [matmul_peak_flops(settings)]
+    results: list[Row] = []
+    for size, seq_len, batch in rows:
+        print(f"running {'the trial workload, ' if trial else ''}{size} S={seq_len} B={batch} ...", flush=True)
+        results.append(run_row(size, seq_len, batch, tokenizer, settings, trial=trial, rehearse=rehearse))
+        progress = (
+            f"(in progress; at the start: matmul peak {peaks[0] / 1e9:,.0f} GFLOP/s, load {load_averages[0]:.2f})"
+        )
+        if markdown:
+            markdown.parent.mkdir(parents=True, exist_ok=True)
+            markdown.write_text(render(results, names, max(peaks), progress, settings.device == "cuda"))
+    peaks.append(matmul_peak_flops(settings))
+    load_averages.append(os.getloadavg()[0])
+    return results, peaks, load_averages
+
+
 def main() -> None:
     arguments = parse_arguments()
     settings, rows = settings_from(arguments)
     if arguments.threads:
         torch.set_num_threads(arguments.threads)
     tokenizer = Tokenizer(resolve_data_dir() / "tokenizers" / "gpt2.tiktoken")
-    load_averages = [os.getloadavg()[0]]
-    peaks = [matmul_peak_flops(settings)]
-    results: list[Row] = []
-    names = ["ours", "HF"] + (["HF + compile"] if settings.compile_backend else [])
-    for size, seq_len, batch in rows:
-        print(f"running {size} S={seq_len} B={batch} ...", flush=True)
-        results.append(run_row(size, seq_len, batch, tokenizer, settings))
-        progress = (
-            f"(in progress; at the start: matmul peak {peaks[0] / 1e9:,.0f} GFLOP/s, load {load_averages[0]:.2f})"
-        )
-        table = render(results, names, max(peaks), progress, settings.device == "cuda")
-        if arguments.markdown:
-            arguments.markdown.parent.mkdir(parents=True, exist_ok=True)
-            arguments.markdown.write_text(table)
-    peaks.append(matmul_peak_flops(settings))
-    load_averages.append(os.getloadavg()[0])
-    title = describe(settings, peaks, torch.get_num_threads(), load_averages)
-    table = render(results, names, max(peaks), title, settings.device == "cuda")
-    print(table)
+    hf_names = ["HF"] + (["HF + compile"] if settings.compile_backend else [])
+    tables = []
+    if arguments.workload in ("both", "exact"):
+        names = ["ours", *hf_names]
+        exact_md = arguments.markdown
+        results, peaks, loads = run_table(rows, names, tokenizer, settings, exact_md, False, arguments.rehearse)
+        title = describe(settings, peaks, torch.get_num_threads(), loads)
+        tables.append(render(results, names, max(peaks), title, settings.device == "cuda"))
+    if arguments.workload in ("both", "trial"):
+        names = ["ours", "ours, exact softmax", *hf_names]
+        trial_rows = trial_rows_from(arguments, settings)
+        results, peaks, loads = run_table(trial_rows, names, tokenizer, settings, None, True, arguments.rehearse)
+        title = "The trial's workload (sampled softmax, row-sparse token table, the recipe's batch and masking). "
+        title += describe(settings, peaks, torch.get_num_threads(), loads)
+        tables.append(render(results, names, max(peaks), title, settings.device == "cuda"))
+    text = "\n".join(tables)
+    print(text)
     if arguments.markdown:
-        arguments.markdown.write_text(table)
+        arguments.markdown.parent.mkdir(parents=True, exist_ok=True)
+        arguments.markdown.write_text(text)
+
+
+def trial_rows_from(arguments: argparse.Namespace, settings: Settings) -> list[tuple[str, int, int]]:
+    if arguments.trial_rows:
+        return [_parse_row(text) for text in arguments.trial_rows]
+    if arguments.rehearse:
+        return list(TRIAL_REHEARSAL_ROWS)
+    return list(TRIAL_GPU_ROWS if settings.device == "cuda" else TRIAL_CPU_ROWS)
 
 
 if __name__ == "__main__":

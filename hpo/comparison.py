@@ -18,6 +18,7 @@ This module reads and describes a comparison without torch (the report uses it).
 import dataclasses
 import itertools
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,12 @@ def comparison_config(base: Config, grid: dict[str, list[Any]], budget: str) -> 
     space.setdefault("train", {})["seed"] = ParamSpec(type="int", low=SEED_RANGE[0], high=SEED_RANGE[1])
     study = dataclasses.replace(base.study, pruner="none", baseline_trial=False)
     config = dataclasses.replace(base, train=train, study=study, search_space=space, provenance=None)
-    config.validate()  # each grid key a field, each value valid, every combination of them too
+    try:
+        config.validate()  # each grid key a field, each value valid, every combination of them too
+    except ConfigError as error:  # said in the words of the command: the grid is this study's search space
+        message = re.sub(r"^search_space\.(\S+) choice (\S+) gives", r"--grid \1=\2 gives", str(error))
+        message = re.sub(r"^search_space: (.*) together give", r"--grid \1 together give", message)
+        raise ConfigError(message) from error
     return config
 
 

@@ -105,7 +105,7 @@ def test_skewed_differences_take_the_wilcoxon_test():
         (["attention_kind=standard"], "expected SECTION.KEY=V1,V2"),
         (["model.attention_kind=standard,standard"], "repeats a value"),
         (["train.seed=1,2"], "the seeds are --seeds"),
-        ([], "compare needs a --grid"),
+        ([], "compare needs at least one --grid"),
     ],
 )
 def test_a_bad_grid_is_named(grid, message):

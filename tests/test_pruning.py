@@ -3,6 +3,7 @@ replay bench counts the pruner's false prunes on a study that ran without prunin
 
 import itertools
 
+import numpy as np
 import optuna
 import pytest
 from conftest import CONFIG_PATH, TINY_OVERRIDES
@@ -33,8 +34,11 @@ def test_trials_with_a_time_budget_are_pruned_at_the_same_report_point(tmp_path,
     quick_scores = iter([0.60, 0.61, 0.62, 0.40, 0.41, 0.42])
     monkeypatch.setattr(hpo.trial, "Pretrainer", FakeClockPretrainer)
     monkeypatch.setattr(resources.quick_probe, "score", lambda *args: ProbeResult(next(quick_scores), 0.01, 200))
+    rows = len(resources.probe.labels)  # the final probe's rows right or wrong: the gain is paired on them
     monkeypatch.setattr(
-        hpo.trial, "random_init_scores", lambda *args: hpo.trial.RandomInit(accuracy=0.5, quick_accuracy=0.5)
+        hpo.trial,
+        "random_init_scores",
+        lambda *args: hpo.trial.RandomInit(accuracy=0.5, quick_accuracy=0.5, correct=np.zeros(rows, dtype=bool)),
     )
     pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
     study = optuna.create_study(direction="maximize", pruner=pruner)

@@ -91,7 +91,7 @@ def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(config_file, tm
     assert retrain(config_file) == 0  # default output: retrain_<config name>/ beside the config
     uninterrupted = tmp_path / "retrain_best_config"
     printed = capsys.readouterr().out
-    trial = "trial 7 of study 'demo': gain +0.0500 (accuracy 0.5500, random init 0.5000) after 1,024 tokens"
+    trial = "trial 7 of study 'demo': gain +5.00 points (accuracy 55.00%, random init 50.00%) after 1,024 tokens"
     assert f"the recipe's {trial}" in printed  # from the export's provenance, before and after the run
     assert re.search(rf"gain [+-]0\.\d{{4}} \(CV\) after 1,536 tokens, where the study's {re.escape(trial)}", printed)
     assert re.search(

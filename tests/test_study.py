@@ -232,7 +232,7 @@ def test_a_new_study_names_its_objective_and_lines_label_the_value(tmp_path):
     from hpo.study import open_study
     from hpo.study_values import format_value, value_label
 
-    for target, label, shown in (("gain", "gain over random init", "+0.0500"), ("accuracy", "accuracy", "0.0500")):
+    for target, label, shown in (("gain", "gain over random init", "+5.00 points"), ("accuracy", "accuracy", "5.00%")):
         config = load_config(CONFIG_PATH, [f"probe.target={target}"])
         study = open_study(f"named_{target}", f"sqlite:///{tmp_path / target}.db", config, seed=0)
         assert study.metric_names == [config.probe.metric_name]
