@@ -30,9 +30,14 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="fi
 @contextlib.contextmanager
 def study_command(storage: str, n_jobs: int, tiny_study_flags: list[str]) -> Iterator[subprocess.Popen]:
     """`main.py` with a long trial budget in a new process group; whatever is left of the group is killed after."""
-    command = [sys.executable, str(PROJECT_DIR / "main.py"), "--study_name", "stop", "--storage", storage]
-    command += ["--n_trials", "4"]
-    command += ["--n_jobs", str(n_jobs), *tiny_study_flags, *LONG_TRIAL]
+    with main_command(["--n_trials", "4", "--n_jobs", str(n_jobs), *tiny_study_flags, *LONG_TRIAL], storage) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def main_command(arguments: list[str], storage: str) -> Iterator[subprocess.Popen]:
+    """`main.py ARGUMENTS` on study "stop" in a new process group; whatever is left of the group is killed after."""
+    command = [sys.executable, str(PROJECT_DIR / "main.py"), *arguments, "--study_name", "stop", "--storage", storage]
     process = subprocess.Popen(
         command, cwd=Path.cwd(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -97,6 +102,39 @@ def test_ctrl_c_stops_every_process_and_queues_the_running_trials(tmp_path, tiny
         r"interrupted: \d+ finished trials are saved; run the same command to resume", lines[0]
     )
     assert_interrupted_trials_are_queued_again(storage, n_jobs)
+
+
+@pytest.mark.slow
+def test_a_comparison_stopped_by_ctrl_c_resumes_with_the_same_command(tmp_path, tiny_study_flags):
+    storage = f"sqlite:///{tmp_path / 'stop.db'}"
+    grid = ["--grid", "model.attention_kind=standard,rope", "--seeds", "1"]
+    # Runs of 64 steps: running when stopped (or probing), quick to finish when resumed.
+    compare = ["compare", *grid, "--n_jobs", "1", *tiny_study_flags, "--set", "train.budget_tokens=16384"]
+    with main_command(compare, storage) as process:
+        wait_for_running_trials(process, storage, 1)
+        os.killpg(process.pid, signal.SIGINT)
+        error = communicate_or_fail(process, STOP_SECONDS)
+    assert process.returncode == 130 and "Traceback" not in error, error
+    trials = optuna.load_study(study_name="stop", storage=storage).trials
+    (interrupted,) = [trial for trial in trials if "interrupted" in trial.user_attrs]
+    assert interrupted.state == TrialState.FAIL and not [t for t in trials if t.state == TrialState.RUNNING]
+    waiting = [trial for trial in trials if trial.state == TrialState.WAITING]
+    again = [trial for trial in waiting if trial.user_attrs.get("requeued_from_trial") == interrupted.number]
+    assert len(waiting) == 2 and len(again) == 1  # the stopped run queued again, the other cell still queued
+    assert again[0].system_attrs["fixed_params"] == interrupted.params
+
+    resumed = subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "main.py"), *compare, "--study_name", "stop", "--storage", storage],
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_SECONDS + 300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "0 run(s) queued now, 2 to run" in resumed.stdout  # the stopped run and the one not started
+    assert "2 of 2 runs done" in resumed.stdout
+    study = optuna.load_study(study_name="stop", storage=storage)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(trial.params["model.attention_kind"] for trial in done) == ["rope", "standard"]
 
 
 def child_pids(parent: int) -> list[int]:
