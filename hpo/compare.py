@@ -90,6 +90,17 @@ def comparison_lines(study_name: str, storage_url: str, config: Config) -> list[
             f" | validation loss {row['validation_loss']:.3f} | {row['tokens']:,.0f} tokens at "
             f"{row['tokens_per_second']:,.0f}/s"
         )
+    if summary.effects:
+        lines.append(
+            f"  main effects (each setting's values paired over the other settings and seeds; Holm over "
+            f"{len(summary.effects)}):"
+        )
+    for test in summary.effects:
+        lines.append(
+            f"    {test.first} - {test.second}: {format_gain(test.difference)} [{100 * test.interval[0]:+.2f}, "
+            f"{100 * test.interval[1]:+.2f}] over {test.seeds} pairs, d = {test.cohens_d:.2f}, {test.test} "
+            f"p = {test.adjusted_p_value:.3g} (Holm)" + (" *" if test.significant else "")
+        )
     significant = [test for test in summary.tests if test.significant]
     lines.append(
         f"  paired differences significant after Holm's correction over {len(summary.tests)} pairs: "

@@ -150,6 +150,7 @@ class ComparisonSummary:
     budget_description: str  # e.g. "equal tokens: 2,000,000 per run"
     cells: list[Cell]
     tests: list[PairedTest]
+    effects: list[PairedTest] = dataclasses.field(default_factory=list)  # main effects (main_effects)
 
     @property
     def runs_done(self) -> int:
@@ -164,7 +165,40 @@ def paired_test(first: Cell, second: Cell, seeds: list[int]) -> PairedTest | Non
     """The paired comparison of two cells on `seeds`; None with fewer than two seeds."""
     if len(seeds) < 2:
         return None
-    differences = np.array(first.values(seeds)) - np.array(second.values(seeds))
+    return paired_values_test(first.label, second.label, first.values(seeds), second.values(seeds))
+
+
+def main_effects(found: list[Cell], grid: dict[str, list[Any]], seeds: list[int]) -> list[PairedTest]:
+    """Each grid key's values compared two by two, paired over every (other settings, seed) that both finished:
+    the key's main effect over the grid's other settings (their interaction shows in the cells). Only for a grid
+    of two keys or more (with one key, the pairs of cells are these comparisons). `seeds` of the tests counts
+    the matched pairs."""
+    if len(grid) < 2:
+        return []
+    by_settings = {tuple(sorted(cell.settings.items())): cell for cell in found}
+    effects = []
+    for key, values in grid.items():
+        name = key.split(".")[-1]
+        for first_value, second_value in itertools.combinations(values, 2):
+            first_values, second_values = [], []
+            for cell in found:
+                if cell.settings[key] != first_value:
+                    continue
+                other = by_settings[tuple(sorted({**cell.settings, key: second_value}.items()))]
+                shared = [seed for seed in seeds if seed in cell.trials and seed in other.trials]
+                first_values += cell.values(shared)
+                second_values += other.values(shared)
+            if len(first_values) >= 2:
+                label = f"{name}={first_value}", f"{name}={second_value}"
+                effects.append(paired_values_test(*label, first_values, second_values))
+    return effects
+
+
+def paired_values_test(
+    first_label: str, second_label: str, first_values: list[float], second_values: list[float]
+) -> PairedTest:
+    """Paired difference, bootstrap interval, Cohen's d and test of matched values (first minus second)."""
+    differences = np.array(first_values) - np.array(second_values)
     mean = float(differences.mean())
     spread = float(differences.std(ddof=1))
     cohens_d = mean / spread if spread > 0 else math.copysign(math.inf, mean) if mean else 0.0
@@ -175,10 +209,11 @@ def paired_test(first: Cell, second: Cell, seeds: list[int]) -> PairedTest | Non
     if spread == 0:
         test, p_value = "paired t-test", (1.0 if mean == 0 else 0.0)
     elif normal:
-        test, p_value = "paired t-test", float(stats.ttest_rel(first.values(seeds), second.values(seeds)).pvalue)
+        test, p_value = "paired t-test", float(stats.ttest_rel(first_values, second_values).pvalue)
     else:
         test, p_value = "Wilcoxon signed-rank", float(stats.wilcoxon(differences).pvalue)
-    return PairedTest(first.label, second.label, len(seeds), mean, (float(low), float(high)), cohens_d, test, p_value)
+    interval = (float(low), float(high))
+    return PairedTest(first_label, second_label, len(differences), mean, interval, cohens_d, test, p_value)
 
 
 def describe_budget(config: Config, budget: str) -> str:
@@ -209,8 +244,11 @@ def summarise(study: optuna.Study, config: Config) -> ComparisonSummary:
             tests.append(test)
     adjusted = holm_adjust([test.p_value for test in tests])
     tests = [dataclasses.replace(test, adjusted_p_value=value) for test, value in zip(tests, adjusted, strict=True)]
+    effects = main_effects(found, grid, seeds)
+    adjusted = holm_adjust([test.p_value for test in effects])
+    effects = [dataclasses.replace(test, adjusted_p_value=value) for test, value in zip(effects, adjusted, strict=True)]
     budget = comparison["budget"]
-    return ComparisonSummary(grid, seeds, budget, describe_budget(config, budget), found, tests)
+    return ComparisonSummary(grid, seeds, budget, describe_budget(config, budget), found, tests, effects)
 
 
 def cell_row(cell: Cell, seeds: list[int]) -> dict[str, Any]:

@@ -494,6 +494,34 @@ def comparison_tests_section(study: optuna.Study) -> str:
     return _note(about) + _table(header, rows)
 
 
+def comparison_effects_section(study: optuna.Study) -> str:
+    summary = grid_study.summarise(study, study_base_config(study))
+    if not summary.effects:
+        return _note("Main effects need a grid of two settings or more, and two matched runs of each pair of values.")
+    about = (
+        "Each setting of the grid on its own: its values two by two, paired over every combination of the other "
+        f"settings and every seed that both finished (the main effect over the grid, at {summary.budget_description}"
+        "; whether it depends on the other settings shows in the cells). The same statistics as the pairs of cells "
+        f"below, Holm-corrected over the {len(summary.effects)} comparisons here; the pairs column counts matched "
+        "runs, which share seeds (and so data order) within an other-setting, so they are not fully independent."
+    )
+    rows = [
+        [
+            html.escape(test.first),
+            html.escape(test.second),
+            str(test.seeds),
+            f"{100 * test.difference:+.2f} [{100 * test.interval[0]:+.2f}, {100 * test.interval[1]:+.2f}]",
+            f"{test.cohens_d:.2f}",
+            test.test,
+            f"{test.p_value:.3g}",
+            f"{test.adjusted_p_value:.3g}" + (" (significant)" if test.significant else ""),
+        ]
+        for test in summary.effects
+    ]
+    header = ["first", "second", "pairs", "difference [95% CI]", "Cohen's d", "test", "p", "Holm p"]
+    return _note(about) + _table(header, rows)
+
+
 def curves_section(study: optuna.Study) -> str:
     """The training curves of the top trials, or of every run of a comparison (labelled by cell and seed)."""
     if grid_study.COMPARISON_ATTR in study.user_attrs:
@@ -543,6 +571,7 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertica
 # A comparison study (`main.py compare`) leads with these.
 COMPARISON_SECTIONS: dict[str, Callable[[optuna.Study], str]] = {
     "Comparison: cells": comparison_cells_section,
+    "Comparison: main effects": comparison_effects_section,
     "Comparison: paired tests between cells": comparison_tests_section,
 }
 

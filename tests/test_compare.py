@@ -55,6 +55,7 @@ def test_compare_runs_every_cell_from_the_same_seeds_and_reports_them(tmp_path, 
     assert main.main(["report", "--study_name", "grid", "--storage", storage]) == 0
     report = (tmp_path / "studies/grid/report.html").read_text()
     assert "Comparison: cells" in report and "Comparison: paired tests between cells" in report
+    assert "Comparison: main effects" in report and "objective=mlm" in report
     assert "equal tokens: 1,024 per run" in report and "Heatmap" in report and "Cohen" in report
     assert "attention_kind=rope, objective=clm" in report
 
@@ -128,3 +129,43 @@ def test_a_grid_value_the_config_refuses_is_one_line_and_writes_nothing(tmp_path
     assert error.count("\n") == 1 and error.startswith("error: ")
     assert __import__("re").search(message, error), error
     assert not (tmp_path / "bad.db").exists()
+
+
+def test_main_effects_pair_each_setting_over_the_others_and_the_seeds():
+    from hpo.comparison import main_effects
+
+    def cell(kind: str, objective: str, values: list[float]) -> Cell:
+        trials = {
+            seed: optuna.trial.create_trial(
+                params={"model.attention_kind": kind, "train.objective": objective, SEED_PARAM: seed},
+                distributions={
+                    "model.attention_kind": optuna.distributions.CategoricalDistribution(["standard", "rope"]),
+                    "train.objective": optuna.distributions.CategoricalDistribution(["mlm", "clm"]),
+                    SEED_PARAM: optuna.distributions.IntDistribution(0, 100),
+                },
+                value=value,
+            )
+            for seed, value in enumerate(values)
+        }
+        return Cell({"model.attention_kind": kind, "train.objective": objective}, trials)
+
+    # clm is mlm + 0.05 in both kinds (give or take 0.001); rope is standard + 0.01; the seeds move everything.
+    seed_effect = [0.0, 0.03, -0.02]
+    found = [
+        cell(
+            kind,
+            objective,
+            [
+                0.5 + s + 0.01 * (kind == "rope") + 0.05 * (objective == "clm") + 0.001 * i
+                for i, s in enumerate(seed_effect)
+            ],
+        )
+        for kind in ("standard", "rope")
+        for objective in ("mlm", "clm")
+    ]
+    grid = {"model.attention_kind": ["standard", "rope"], "train.objective": ["mlm", "clm"]}
+    kinds, objectives = main_effects(found, grid, [0, 1, 2])
+    assert (kinds.first, kinds.second, kinds.seeds) == ("attention_kind=standard", "attention_kind=rope", 6)
+    assert kinds.difference == pytest.approx(-0.01) and objectives.difference == pytest.approx(-0.05)
+    assert objectives.seeds == 6 and objectives.p_value < 1e-6
+    assert main_effects(found[:2], {"train.objective": ["mlm", "clm"]}, [0, 1, 2]) == []  # one key: the pairs say it
