@@ -8,6 +8,7 @@ from optuna.trial import TrialState
 
 from hpo.comparison import (
     COMPARISON_ATTR,
+    PairedTest,
     cell_row,
     cells,
     run_params,
@@ -96,20 +97,21 @@ def comparison_lines(study_name: str, storage_url: str, config: Config) -> list[
             f"{len(summary.effects)}):"
         )
     for test in summary.effects:
-        lines.append(
-            f"    {test.first} - {test.second}: {format_gain(test.difference)} [{100 * test.interval[0]:+.2f}, "
-            f"{100 * test.interval[1]:+.2f}] over {test.seeds} pairs, d = {test.cohens_d:.2f}, {test.test} "
-            f"p = {test.adjusted_p_value:.3g} (Holm)" + (" *" if test.significant else "")
-        )
+        lines.append(paired_test_line(test, f" over {test.seeds} pairs") + (" *" if test.significant else ""))
     significant = [test for test in summary.tests if test.significant]
     lines.append(
         f"  paired differences significant after Holm's correction over {len(summary.tests)} pairs: "
         f"{len(significant)}" + ("" if significant else " (the report lists every pair)")
     )
     for test in significant:
-        lines.append(
-            f"    {test.first} - {test.second}: {format_gain(test.difference)} [{100 * test.interval[0]:+.2f}, "
-            f"{100 * test.interval[1]:+.2f}], d = {test.cohens_d:.2f}, {test.test} p = {test.adjusted_p_value:.3g} "
-            "(Holm)"
-        )
+        lines.append(paired_test_line(test))
     return lines
+
+
+def paired_test_line(test: PairedTest, counted: str = "") -> str:
+    """One paired test as a line: difference in points, its bootstrap interval, d, the test's Holm p."""
+    return (
+        f"    {test.first} - {test.second}: {format_gain(test.difference)} [{100 * test.interval[0]:+.2f}, "
+        f"{100 * test.interval[1]:+.2f}]{counted}, d = {test.cohens_d:.2f}, {test.test} "
+        f"p = {test.adjusted_p_value:.3g} (Holm)"
+    )

@@ -464,6 +464,23 @@ def comparison_heatmap(summary: "grid_study.ComparisonSummary", rows: list[dict]
     return figure
 
 
+def paired_test_rows(tests: list["grid_study.PairedTest"]) -> list[list[str]]:
+    """Table rows of paired tests (pairs of cells, or main effects): difference in points with its interval."""
+    return [
+        [
+            html.escape(test.first),
+            html.escape(test.second),
+            str(test.seeds),
+            f"{100 * test.difference:+.2f} [{100 * test.interval[0]:+.2f}, {100 * test.interval[1]:+.2f}]",
+            f"{test.cohens_d:.2f}",
+            test.test,
+            f"{test.p_value:.3g}",
+            f"{test.adjusted_p_value:.3g}" + (" (significant)" if test.significant else ""),
+        ]
+        for test in tests
+    ]
+
+
 def comparison_tests_section(study: optuna.Study) -> str:
     summary = grid_study.summarise(study, study_base_config(study))
     if not summary.tests:
@@ -477,19 +494,7 @@ def comparison_tests_section(study: optuna.Study) -> str:
         f"level {grid_study.SIGNIFICANCE_LEVEL}. With 3 seeds a Wilcoxon test cannot reach p < 0.25, and a t-test "
         "rests on the differences being normal: read small-seed verdicts as such."
     )
-    rows = [
-        [
-            html.escape(test.first),
-            html.escape(test.second),
-            str(test.seeds),
-            f"{100 * test.difference:+.2f} [{100 * test.interval[0]:+.2f}, {100 * test.interval[1]:+.2f}]",
-            f"{test.cohens_d:.2f}",
-            test.test,
-            f"{test.p_value:.3g}",
-            f"{test.adjusted_p_value:.3g}" + (" (significant)" if test.significant else ""),
-        ]
-        for test in sorted(summary.tests, key=lambda test: test.adjusted_p_value)
-    ]
+    rows = paired_test_rows(sorted(summary.tests, key=lambda test: test.adjusted_p_value))
     header = ["first", "second", "seeds", "difference [95% CI]", "Cohen's d", "test", "p", "Holm p"]
     return _note(about) + _table(header, rows)
 
@@ -505,19 +510,7 @@ def comparison_effects_section(study: optuna.Study) -> str:
         f"below, Holm-corrected over the {len(summary.effects)} comparisons here; the pairs column counts matched "
         "runs, which share seeds (and so data order) within an other-setting, so they are not fully independent."
     )
-    rows = [
-        [
-            html.escape(test.first),
-            html.escape(test.second),
-            str(test.seeds),
-            f"{100 * test.difference:+.2f} [{100 * test.interval[0]:+.2f}, {100 * test.interval[1]:+.2f}]",
-            f"{test.cohens_d:.2f}",
-            test.test,
-            f"{test.p_value:.3g}",
-            f"{test.adjusted_p_value:.3g}" + (" (significant)" if test.significant else ""),
-        ]
-        for test in summary.effects
-    ]
+    rows = paired_test_rows(summary.effects)
     header = ["first", "second", "pairs", "difference [95% CI]", "Cohen's d", "test", "p", "Holm p"]
     return _note(about) + _table(header, rows)
 
