@@ -1,6 +1,7 @@
 """Command line: run a study of pretraining recipes (the default command); report, export, browse, retrain its best."""
 
 import argparse
+import signal
 import sys
 import typing
 from collections.abc import Callable
@@ -352,6 +353,11 @@ def main(argv: list[str]) -> int:
     from hpo.storage import default_storage_url
 
     command = COMMANDS[args.command]
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # A shell starts a background job (`python main.py ... &`) with SIGINT ignored, and Python keeps that:
+        # `kill -INT PID` would then stop nothing. Every command here stops cleanly on it (a study passes the
+        # stop on to its workers and queues their running trials again), so it is taken back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         storage = (args.storage or default_storage_url(args.study_name)) if command.on_study else None
         return command.run(args, storage)

@@ -277,7 +277,10 @@ class hugging_face:  # noqa: N801
 
 
 def seconds_to_reach(points: list[dict], target: float) -> float:
-    """The first time the mean gain reaches `target`, interpolated linearly between points (nan if never)."""
+    """The first time the mean gain reaches `target`, interpolated linearly between points (nan if never; 0 for a
+    target at or below zero, which the random-init encoder holds by definition)."""
+    if target <= 0:
+        return 0.0
     previous = (0.0, 0.0)
     for point in points:
         if point["gain"] >= target:
@@ -314,7 +317,7 @@ def main() -> None:
     output.mkdir(parents=True, exist_ok=True)
     (output / "time_to_gain.md").write_text(table)
     (output / "time_to_gain.json").write_text(json.dumps({"runs": runs, "summary": summary, "table": table}, indent=1))
-    plot(summary, output / "time_to_gain.png")
+    plot(summary, output / "time_to_gain.png", args.device)
     print(table)
 
 
@@ -347,13 +350,25 @@ def report(runs: list[dict], ways: list[str], seeds: list[int], points: list[flo
     for way in ways[1:]:
         for target in TARGETS:
             theirs, mine = summary[way]["reach"][str(target)], ours_reach.get(str(target), math.nan)
-            ratio = theirs / mine
-            lines.append(
-                f"- to +{100 * target:.0f} points: {way} needs {theirs:.0f} s, ours {mine:.0f} s: ratio {ratio:.2f}"
-            )
+            if math.isnan(theirs):
+                lines.append(
+                    f"- to +{100 * target:.0f} points: {way} does not reach it in {points[-1]:g} s, ours needs "
+                    f"{mine:.0f} s: ratio above {points[-1] / mine:.1f}"
+                )
+            else:
+                lines.append(
+                    f"- to +{100 * target:.0f} points: {way} needs {theirs:.0f} s, ours {mine:.0f} s: "
+                    f"ratio {theirs / mine:.2f}"
+                )
     last = points[-1]
     for way in ways[1:]:
         their_gain = summary[way]["points"][-1]["gain"]
+        if their_gain <= 0:
+            lines.append(
+                f"- {way}'s gain at {last:g} s ({100 * their_gain:+.1f} points) is none: its encoder probes no better "
+                "than its random init, so there is nothing for ours to reach"
+            )
+            continue
         when = seconds_to_reach(summary["ours"]["points"], their_gain)
         lines.append(
             f"- {way}'s gain at {last:g} s ({100 * their_gain:+.1f} points) is reached by ours at {when:.0f} s: "
@@ -366,7 +381,7 @@ def report(runs: list[dict], ways: list[str], seeds: list[int], points: list[flo
     return "\n".join(lines) + "\n", summary
 
 
-def plot(summary: dict, path: Path) -> None:
+def plot(summary: dict, path: Path, device: str = "cpu") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -380,7 +395,10 @@ def plot(summary: dict, path: Path) -> None:
         axes.errorbar(seconds, gains, yerr=errors, marker="o", capsize=3, label=way)
     axes.axhline(0, color="grey", linewidth=0.8)
     axes.set_xscale("log")
-    axes.set_xlabel("seconds of training (one CPU thread)")
+    seconds = [point["seconds"] for point in next(iter(summary.values()))["points"]]
+    axes.set_xticks(seconds, [f"{value:g}" for value in seconds])
+    axes.minorticks_off()
+    axes.set_xlabel("seconds of training (" + ("one CPU thread" if device == "cpu" else "one GPU, bf16") + ")")
     axes.set_ylabel("probe gain over random init (points)")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)

@@ -2,10 +2,12 @@
 split into phases (exclusive seconds: a phase's time minus the phases it calls).
 
     python -m bench.trial_overhead                          # config.yaml's recipe, its 150 s time budget
+    python -m bench.trial_overhead --threads 2              # as `--n_jobs 1` runs on a 2-core machine
     python -m bench.trial_overhead --set train.budget_seconds=30 --output /tmp/overhead
 
 One fresh study (studies in a temporary folder, the corpus cache shared), one trial, one worker in this
-process (`--n_jobs 1`), the baseline recipe, pruning off so that every phase runs: start-up (imports), the input
+process (`--n_jobs 1`) with `--threads` threads (default 1: as each of the README demo's two workers runs on
+a 2-core machine), the baseline recipe, pruning off so that every phase runs: start-up (imports), the input
 checks, creating the study, loading the tokenizer, corpus and probe texts, the random-init probes, building
 the model, the training steps, the quick probes at the report points, the validation loss, the final probe,
 the study's database writes and publishing the training curve. "Outside training" is the wall time minus the
@@ -108,8 +110,15 @@ def instrument(timer: PhaseTimer) -> None:
 def main_entry() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="the trial's threads (default 1: as each of the README demo's two workers on a 2-core machine)",
+    )
     parser.add_argument("--output", default="bench/results")
     args = parser.parse_args()
+    hpo.workers.usable_cpus = lambda: args.threads  # one worker: its threads are the usable CPUs
     timer = PhaseTimer()
     imports = time.perf_counter() - STARTED
     instrument(timer)
@@ -123,7 +132,8 @@ def main_entry() -> None:
     timer.seconds["start-up (imports)"] += imports
     training_seconds = timer.seconds["training steps"]
     lines = [
-        f"One trial of `python main.py --n_trials 1 --n_jobs 1 {' '.join(flags)}` in a fresh study: {wall:.1f} s of "
+        f"One trial of `python main.py --n_trials 1 --n_jobs 1 {' '.join(flags)}` in a fresh study, "
+        f"{args.threads} thread(s): {wall:.1f} s of "
         f"wall time, {training_seconds:.1f} s of it in training steps, {wall - training_seconds:.1f} s "
         f"({(wall - training_seconds) / wall:.0%}) outside training.",
         "",

@@ -52,12 +52,19 @@ def load_agnews(data_dir: Path) -> tuple[LabelledTexts, LabelledTexts]:
     return read_split(Path(data_dir) / "ag_news" / "train.csv"), read_split(Path(data_dir) / "ag_news" / "test.csv")
 
 
+def stratified_rows(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, class-balanced subset of at most `size` rows (all rows if size >= their count)."""
+    if size >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = size // len(classes)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
+    return np.sort(np.concatenate(chosen))
+
+
 def stratified_subset(split: LabelledTexts, size: int, seed: int) -> LabelledTexts:
     """A seeded, class-balanced subset of at most `size` rows (used by the quick probe)."""
     if size >= len(split.labels):
         return split
-    rng = np.random.default_rng(seed)
-    classes = np.unique(split.labels)
-    per_class = size // len(classes)
-    chosen = [rng.permutation(np.flatnonzero(split.labels == c))[:per_class] for c in classes]
-    return split.subset(np.sort(np.concatenate(chosen)))
+    return split.subset(stratified_rows(split.labels, size, seed))

@@ -14,7 +14,7 @@ import numpy as np
 import optuna
 import torch
 
-from data.agnews import load_agnews, stratified_subset
+from data.agnews import load_agnews, stratified_rows
 from data.corpus import PackedCorpus, load_corpus
 from data.tokenizer import Tokenizer
 from hpo.config import Config
@@ -24,7 +24,7 @@ from hpo.study_values import GAIN_ERROR_ATTR, TOKENS_ATTR
 from training.config import REFERENCE_ROLES, settings_with_roles
 from training.curves import TrainingCurve
 from training.pretrain import Pretrainer, random_init_encoder, resolve_device
-from training.probe import Probe
+from training.probe import Probe, cross_validated_accuracy
 from training.results import pack_correct, paired_gain, unpack_correct
 
 FAIL_REASON_CHARS = 500  # of an exception's text kept with a failed trial
@@ -38,14 +38,16 @@ class Resources:
     corpus: PackedCorpus
     probe: Probe
     quick_probe: Probe
+    quick_rows: np.ndarray  # the quick probe's rows among the probe's
 
     @classmethod
     def load(cls, config: Config, data_dir: Path) -> "Resources":
         tokenizer = Tokenizer(data_dir / "tokenizers" / "gpt2.tiktoken")
         corpus = load_corpus(data_dir, config.data, tokenizer)
         selection, _ = load_agnews(data_dir)
-        quick = stratified_subset(selection, config.probe.quick_rows, config.probe.seed)
-        return cls(tokenizer, corpus, Probe(selection, tokenizer, config.probe), Probe(quick, tokenizer, config.probe))
+        rows = stratified_rows(selection.labels, config.probe.quick_rows, config.probe.seed)
+        quick = Probe(selection.subset(rows), tokenizer, config.probe)
+        return cls(tokenizer, corpus, Probe(selection, tokenizer, config.probe), quick, rows)
 
 
 def peak_memory_megabytes(device: torch.device) -> float:
@@ -78,19 +80,21 @@ class RandomInit:
 
 def random_init_scores(study: optuna.Study, config: Config, resources: Resources, device: torch.device) -> RandomInit:
     """Computed once per architecture and kept in the study's user attrs, so workers, resumed runs and
-    later trials reuse them."""
+    later trials reuse them. One embedding pass serves both probes: the quick probe's rows are the probe's."""
     key = architecture_key(config)
     final_key, quick_key = RANDOM_INIT_ATTR_PREFIX + key, RANDOM_INIT_QUICK_ATTR_PREFIX + key
     correct_key = RANDOM_INIT_CORRECT_ATTR_PREFIX + key
     if any(name not in study.user_attrs for name in (final_key, quick_key, correct_key)):
         encoder = random_init_encoder(config, resources.tokenizer.vocab_size, device)
+        features, labels = resources.probe.features(encoder, device), resources.probe.labels
         if final_key not in study.user_attrs or correct_key not in study.user_attrs:
-            final = resources.probe.score(encoder, device, config.probe.folds)
+            final = cross_validated_accuracy(features, labels, config.probe.folds, config.probe)
             study.set_user_attr(final_key, final.accuracy)
             study.set_user_attr(correct_key, pack_correct(final.correct))
         if quick_key not in study.user_attrs:
-            quick = resources.quick_probe.score(encoder, device, config.probe.quick_folds).accuracy
-            study.set_user_attr(quick_key, quick)
+            rows = resources.quick_rows
+            quick = cross_validated_accuracy(features[rows], labels[rows], config.probe.quick_folds, config.probe)
+            study.set_user_attr(quick_key, quick.accuracy)
     rows = len(resources.probe.labels)
     correct = unpack_correct(study.user_attrs[correct_key], rows)
     return RandomInit(study.user_attrs[final_key], study.user_attrs[quick_key], correct)

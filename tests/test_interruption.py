@@ -28,18 +28,32 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="fi
 
 
 @contextlib.contextmanager
-def study_command(storage: str, n_jobs: int, tiny_study_flags: list[str]) -> Iterator[subprocess.Popen]:
+def study_command(
+    storage: str, n_jobs: int, tiny_study_flags: list[str], background: bool = False
+) -> Iterator[subprocess.Popen]:
     """`main.py` with a long trial budget in a new process group; whatever is left of the group is killed after."""
-    with main_command(["--n_trials", "4", "--n_jobs", str(n_jobs), *tiny_study_flags, *LONG_TRIAL], storage) as process:
+    arguments = ["--n_trials", "4", "--n_jobs", str(n_jobs), *tiny_study_flags, *LONG_TRIAL]
+    with main_command(arguments, storage, background) as process:
         yield process
 
 
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
-def main_command(arguments: list[str], storage: str) -> Iterator[subprocess.Popen]:
-    """`main.py ARGUMENTS` on study "stop" in a new process group; whatever is left of the group is killed after."""
+def main_command(arguments: list[str], storage: str, background: bool = False) -> Iterator[subprocess.Popen]:
+    """`main.py ARGUMENTS` on study "stop" in a new process group; whatever is left of the group is killed after.
+    background: started as a shell starts `command &`, with SIGINT ignored."""
     command = [sys.executable, str(PROJECT_DIR / "main.py"), *arguments, "--study_name", "stop", "--storage", storage]
     process = subprocess.Popen(
-        command, cwd=Path.cwd(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=Path.cwd(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ignore_sigint if background else None,
     )
     try:
         yield process
@@ -102,6 +116,19 @@ def test_ctrl_c_stops_every_process_and_queues_the_running_trials(tmp_path, tiny
         r"interrupted: \d+ finished trials are saved; run the same command to resume", lines[0]
     )
     assert_interrupted_trials_are_queued_again(storage, n_jobs)
+
+
+@pytest.mark.slow
+def test_sigint_to_a_background_parent_alone_stops_its_workers(tmp_path, tiny_study_flags):
+    """`python main.py ... &` starts with SIGINT ignored; `kill -INT PID` (the parent alone, not the group) must
+    still stop the parent, which passes the stop on to its workers."""
+    storage = f"sqlite:///{tmp_path / 'stop.db'}"
+    with study_command(storage, 2, tiny_study_flags, background=True) as process:
+        wait_for_running_trials(process, storage, 2)
+        os.kill(process.pid, signal.SIGINT)
+        error = communicate_or_fail(process, STOP_SECONDS)
+    assert process.returncode == 130 and "Traceback" not in error, error
+    assert_interrupted_trials_are_queued_again(storage, 2)
 
 
 @pytest.mark.slow

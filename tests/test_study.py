@@ -191,9 +191,10 @@ def test_completed_trials_carry_the_random_encoder_line_computed_once_per_archit
     from conftest import TINY_OVERRIDES
 
     import hpo.trial
-    from hpo.trial import RANDOM_INIT_ATTR_PREFIX, PretrainAndProbe, Resources
+    from hpo.trial import RANDOM_INIT_ATTR_PREFIX, RANDOM_INIT_QUICK_ATTR_PREFIX, PretrainAndProbe, Resources
     from model.bert import Encoder
     from training.pretrain import random_init_encoder
+    from training.probe import cross_validated_accuracy
 
     overrides = [*TINY_OVERRIDES, f"data.cache_dir={tmp_path}", "search_space={}", "model.hidden_size=32"]
     config = load_config(CONFIG_PATH, overrides)
@@ -214,6 +215,12 @@ def test_completed_trials_carry_the_random_encoder_line_computed_once_per_archit
     untrained = Encoder(config.model, resources.tokenizer.vocab_size)
     expected = resources.probe.score(untrained, torch.device("cpu"), config.probe.folds).accuracy
     assert study.user_attrs[key] == expected
+    # The quick probe's line comes from the same embedding pass, on the quick probe's rows of it.
+    features, rows = resources.probe.features(untrained, torch.device("cpu")), resources.quick_rows
+    labels = resources.probe.labels[rows]
+    assert resources.quick_probe.labels.tolist() == labels.tolist()
+    quick = cross_validated_accuracy(features[rows], labels, config.probe.quick_folds, config.probe)
+    assert study.user_attrs[key.replace(RANDOM_INIT_ATTR_PREFIX, RANDOM_INIT_QUICK_ATTR_PREFIX)] == quick.accuracy
     assert config.probe.target == "gain"  # the default: the study ranks what pretraining bought
     for trial in study.trials:
         assert trial.user_attrs["random_init_accuracy"] == expected

@@ -1,0 +1,39 @@
+"""The benchmarks' own arithmetic: what they print must follow from the runs they made."""
+
+import math
+
+import pytest
+
+from bench.time_to_gain import report, seconds_to_reach
+
+
+def points(*pairs: tuple[float, float]) -> list[dict]:
+    return [{"seconds": seconds, "gain": gain} for seconds, gain in pairs]
+
+
+def test_seconds_to_reach_interpolates_between_the_points_around_the_target():
+    curve = points((30, 0.01), (75, 0.04), (150, 0.06))
+    assert seconds_to_reach(curve, 0.03) == pytest.approx(30 + (0.02 / 0.03) * 45)
+    assert seconds_to_reach(curve, 0.005) == pytest.approx(15.0)  # from (0 s, gain 0): the random init
+    assert math.isnan(seconds_to_reach(curve, 0.07))
+
+
+def test_a_target_at_or_below_zero_is_held_by_the_random_init_from_the_start():
+    curve = points((30, 0.03), (75, 0.05))
+    assert seconds_to_reach(curve, 0.0) == 0.0
+    assert seconds_to_reach(curve, -0.1) == 0.0
+
+
+def run(way: str, seed: int, gains: list[float]) -> dict:
+    timeline = [{"seconds": s, "tokens": 1000 * s, "gain": g} for s, g in zip((30, 600), gains, strict=True)]
+    return {"way": way, "seed": seed, "random_init_accuracy": 0.5, "points": timeline}
+
+
+def test_the_report_says_when_a_peer_never_reaches_a_target_or_gains_nothing():
+    runs = [run("ours", 0, [0.04, 0.12]), run("HF recipe", 0, [-0.01, -0.1]), run("HF defaults", 0, [0.0, 0.035])]
+    table, summary = report(runs, ["ours", "HF recipe", "HF defaults"], [0], [30.0, 600.0])
+    assert "to +3 points: HF recipe does not reach it in 600 s, ours needs 22 s: ratio above 26.7" in table
+    assert "HF recipe's gain at 600 s (-10.0 points) is none" in table
+    # HF defaults reach +3.5 at 600 s; ours passes +3.5 between 0 s and 30 s (+4 at 30 s): at 26 s.
+    assert "HF defaults's gain at 600 s (+3.5 points) is reached by ours at 26 s: 0.04 of the time" in table
+    assert summary["HF defaults"]["reach"]["0.03"] == pytest.approx(30 + (0.03 / 0.035) * 570)
