@@ -20,7 +20,7 @@ from data.tokenizer import Tokenizer
 from hpo.config import Config
 from hpo.curves import curve_path
 from hpo.space import suggest
-from hpo.study_values import GAIN_ERROR_ATTR, TOKENS_ATTR
+from hpo.study_values import GAIN_ERROR_ATTR, TOKENS_ATTR, format_metric
 from training.config import REFERENCE_ROLES, settings_with_roles
 from training.curves import TrainingCurve
 from training.pretrain import Pretrainer, random_init_encoder, resolve_device
@@ -159,7 +159,8 @@ class PretrainAndProbe:
                 if trial.should_prune():
                     trial.set_user_attr(
                         "pruned_reason",
-                        f"quick {config.probe.target} {value:+.4f} at report point {report_index} "
+                        f"quick {config.probe.target} {format_metric(config.probe.metric_name, value)} "
+                        f"at report point {report_index} "
                         f"(step {trainer.step})",
                     )
                     raise optuna.TrialPruned(f"pruned at report point {report_index}")

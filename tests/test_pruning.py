@@ -48,7 +48,7 @@ def test_trials_with_a_time_budget_are_pruned_at_the_same_report_point(tmp_path,
     assert first.state == TrialState.COMPLETE and sorted(first.intermediate_values) == [0, 1, 2]
     assert second.state == TrialState.PRUNED and list(second.intermediate_values) == [0]
     assert first.user_attrs["steps"] != second.user_attrs["steps"]  # different step counts, same report point
-    assert "at report point 0" in second.user_attrs["pruned_reason"]
+    assert second.user_attrs["pruned_reason"].startswith("quick gain -10.00 points at report point 0 (step ")
 
 
 def unpruned_trials(finals: list[float], quick: list[list[float]]) -> list[optuna.trial.FrozenTrial]:
