@@ -27,6 +27,7 @@ class Interruption:
     def __init__(self) -> None:
         self.reason: str | None = None
         self.in_objective = False
+        self.stopped_trials: list[int] = []  # numbers of the trials stopped here, to queue again once failed
         self._cause = "interrupted by SIGINT (Ctrl-C)"
 
     def on_sigint(self, signum: int, frame) -> None:
@@ -40,17 +41,24 @@ class Interruption:
     @contextmanager
     def requeue_on_stop(self, trial: optuna.Trial) -> Iterator[None]:
         """Run the trial's code inside: a stop (Ctrl-C, or the parent's death) raises KeyboardInterrupt at once
-        there, and the trial is then failed cleanly, marked "interrupted", and queued to run again."""
+        there, and the trial is then marked "interrupted"; Optuna fails it, and `requeue_stopped` queues it again."""
         self.in_objective = True
         try:
             if self.reason is not None:  # the stop came while this trial was being created
                 raise KeyboardInterrupt
             yield
         except KeyboardInterrupt:
-            requeue(trial, self.reason or "interrupted")
+            optuna.logging.set_verbosity(optuna.logging.ERROR)  # it fails on purpose: no warning and traceback
+            trial.set_user_attr("interrupted", self.reason or "interrupted")
+            self.stopped_trials.append(trial.number)
             raise  # Optuna marks the trial FAIL and passes the KeyboardInterrupt on
         finally:
             self.in_objective = False
+
+    def requeue_stopped(self, study: optuna.Study) -> None:
+        """Queue the trials this process stopped, once Optuna has failed them (see `requeue`)."""
+        while self.stopped_trials:
+            requeue(study, self.stopped_trials.pop(0))
 
     def stop_study(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optimisation callback: no new trial once a stop was asked for between trials."""
@@ -84,14 +92,18 @@ def sigint_handled_by(interruption: Interruption) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def requeue(trial: optuna.Trial, reason: str) -> None:
-    """Record why the trial stops and queue its parameters and user attrs (e.g. "baseline"), as the heartbeat's
-    retry of a dead worker's trial does, so that the next run of the study runs it first."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the trial fails on purpose: no warning and traceback
-    trial.set_user_attr("interrupted", reason)
-    running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    frozen = next(candidate for candidate in running if candidate.number == trial.number)
+def requeue(study: optuna.Study, number: int) -> None:
+    """Queue a stopped trial's parameters and user attrs (e.g. "baseline"), as the heartbeat's retry of a dead
+    worker's trial does, so that the next run of the study runs it first.
+
+    Read from the failed trial's record, written after the stop: a stop in the middle of a suggestion can leave
+    the last parameter's write to be committed with the trial's failure, so a read from inside the objective
+    could miss it. A trial Optuna could not fail (still RUNNING) is left to the heartbeat's retry instead.
+    """
+    stopped = next(trial for trial in study.get_trials(deepcopy=False) if trial.number == number)
+    if stopped.state != TrialState.FAIL:
+        return
     # Stopped before it sampled anything, an enqueued trial holds its parameters only as fixed_params.
-    params = {**frozen.system_attrs.get("fixed_params", {}), **frozen.params}
-    carried = {name: value for name, value in frozen.user_attrs.items() if name != "interrupted"}
-    trial.study.enqueue_trial(params, user_attrs={**carried, "requeued_from_trial": trial.number})
+    params = {**stopped.system_attrs.get("fixed_params", {}), **stopped.params}
+    carried = {name: value for name, value in stopped.user_attrs.items() if name != "interrupted"}
+    study.enqueue_trial(params, user_attrs={**carried, "requeued_from_trial": number})

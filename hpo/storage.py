@@ -3,11 +3,15 @@ that must already exist (report, export, status, dashboard)."""
 
 import sqlite3
 import warnings
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy import event
+from optuna.storages._rdb.models import TrialModel
+from optuna.trial import TrialState
+from sqlalchemy import event, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -45,10 +49,36 @@ def sqlite_database(storage_url: str) -> Path | None:
     return Path(url.database)
 
 
+class ClaimingStorage(RDBStorage):
+    """Optuna's RDB storage whose workers claim a queued (WAITING) trial with one conditional UPDATE.
+
+    Optuna reads the trial's state and then writes RUNNING; on SQLite the read runs outside the write's
+    transaction (SELECT ... FOR UPDATE is a no-op there), so two workers could both claim the same queued trial,
+    run it twice, and the second to finish died on "Cannot tell a COMPLETE trial". `UPDATE ... WHERE
+    state = 'WAITING'` is atomic in every database: exactly one worker's update changes the row.
+    """
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        if state != TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        session = self.scoped_session()
+        try:
+            claimed = session.execute(
+                update(TrialModel)
+                .where(TrialModel.trial_id == trial_id, TrialModel.state == TrialState.WAITING)
+                .values(state=TrialState.RUNNING, _datetime_start_utc=datetime.now(UTC).replace(tzinfo=None))
+            )
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        return claimed.rowcount == 1
+
+
 def make_storage(url: str, config: StudyConfig) -> RDBStorage:
-    """RDB storage with heartbeats: a killed worker's trial is failed and retried."""
+    """RDB storage with heartbeats: a killed worker's trial is failed and retried; a queued trial runs once."""
     try:
-        return RDBStorage(
+        return ClaimingStorage(
             url,
             engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
             heartbeat_interval=config.heartbeat_seconds,

@@ -150,13 +150,16 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
         callbacks.append(MaxTrialsCallback(plan.max_trials, states=COUNTED_STATES))
     timeout = None if plan.deadline is None else max(0.0, plan.deadline - time.time())
     with sigint_handled_by(interruption), thread_limits(plan.threads):
-        study.optimize(
-            run_trial,
-            n_trials=plan.n_trials,
-            timeout=timeout,
-            callbacks=callbacks,
-            catch=(Exception,),
-        )
+        try:
+            study.optimize(
+                run_trial,
+                n_trials=plan.n_trials,
+                timeout=timeout,
+                callbacks=callbacks,
+                catch=(Exception,),
+            )
+        finally:
+            interruption.requeue_stopped(study)
     if interruption.reason is not None:
         raise KeyboardInterrupt
 

@@ -215,6 +215,7 @@ def test_a_queued_trial_stopped_before_it_sampled_is_queued_again_with_its_param
     with pytest.raises(KeyboardInterrupt):
         study.optimize(objective, n_trials=1)
     optuna.logging.set_verbosity(verbosity)  # quietened for the failing trial
+    interruption.requeue_stopped(study)  # as run_worker does once optimize has failed the trial
     failed, queued = study.trials
     assert failed.state == TrialState.FAIL and failed.params == {}
     assert failed.user_attrs == {"interrupted": "interrupted by SIGINT (Ctrl-C)"}
@@ -238,7 +239,36 @@ def test_an_interrupted_trial_is_queued_again_with_its_user_attrs():
     with pytest.raises(KeyboardInterrupt):
         study.optimize(objective, n_trials=1)
     optuna.logging.set_verbosity(verbosity)
+    interruption.requeue_stopped(study)
     failed, queued = study.trials
     assert failed.user_attrs == {"baseline": True, "interrupted": "interrupted by SIGINT (Ctrl-C)"}
     assert queued.state == TrialState.WAITING and queued.system_attrs["fixed_params"] == {"x": 0.5}
     assert queued.user_attrs == {"baseline": True, "requeued_from_trial": 0}
+
+
+def test_a_stopped_trial_is_queued_from_its_failed_record_and_only_once_optuna_failed_it():
+    """The queued copy takes the parameters of the trial's final record (a stop in the middle of a suggestion can
+    leave the last one to be committed with the failure); a trial Optuna could not fail is left to the heartbeat."""
+    study = optuna.create_study()
+    interruption = Interruption()
+
+    def objective(trial: optuna.Trial) -> float:
+        with interruption.requeue_on_stop(trial):
+            trial.suggest_float("x", 0, 1)
+            interruption.reason = "interrupted by SIGINT (Ctrl-C)"
+            raise KeyboardInterrupt
+
+    verbosity = optuna.logging.get_verbosity()
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    optuna.logging.set_verbosity(verbosity)
+    assert [trial.state for trial in study.trials] == [TrialState.FAIL]  # nothing queued before the failure
+    interruption.requeue_stopped(study)
+    failed, queued = study.trials
+    assert queued.system_attrs["fixed_params"] == failed.params and not interruption.stopped_trials
+
+    running = study.ask()  # the queued copy, claimed; as if Optuna's tell had failed, it stays RUNNING
+    interruption.stopped_trials.append(running.number)
+    interruption.requeue_stopped(study)
+    assert [trial.state for trial in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
+    assert not interruption.stopped_trials

@@ -67,3 +67,15 @@ def thread_reporting_objective(config: Config, data_dir: Path) -> Callable[[optu
         return 0.0
 
     return objective
+
+
+def pop_waiting_trials(storage_url: str, study_name: str, popped) -> None:
+    """Claim queued trials as a worker's study.optimize does, until none is left; put the claimed ids on `popped`."""
+    from hpo.config import defaults
+    from hpo.storage import make_storage
+
+    study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url, defaults("study")))
+    claimed = []
+    while (trial_id := study._pop_waiting_trial_id()) is not None:
+        claimed.append(trial_id)
+    popped.put(claimed)
