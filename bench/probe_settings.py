@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench.pruning_replay import replay
 from hpo.export import study_base_config
-from hpo.statistics import pairwise_agreement, spearman_with_interval
+from hpo.statistics import rank_agreement
 from hpo.study_values import TOKENS_ATTR
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -75,9 +75,11 @@ def outside_share(trial: FrozenTrial) -> float:
 
 
 def agreement(first: list[float], second: list[float]) -> str:
-    rho, low, high = spearman_with_interval(first, second)
-    alike = pairwise_agreement(first, second)
-    return f"Spearman {rho:+.2f} [{low:+.2f}, {high:+.2f}], pairs ordered alike {100 * alike:.0f}%"
+    figures = rank_agreement(first, second)
+    return (
+        f"Spearman {figures['spearman']:+.2f} [{figures['spearman_low']:+.2f}, {figures['spearman_high']:+.2f}], "
+        f"pairs ordered alike {100 * figures['pairwise']:.0f}%"
+    )
 
 
 def main() -> None:

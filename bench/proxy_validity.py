@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial
 from bench.retrain_runs import RetrainResult, RetrainRun, retrain_all
 from hpo.confirmation import load_confirmation
 from hpo.export import BEST_TRIAL_RULE, provenance, trial_config, write_config
-from hpo.statistics import mean_and_standard_error, pairwise_agreement, ranks, spearman_with_interval
+from hpo.statistics import mean_and_standard_error, rank_agreement, ranks
 from hpo.storage import default_storage_url, load_existing_study
 from hpo.study_values import ranked_trials, trial_tokens
 
@@ -56,11 +56,6 @@ class Recipe:
         params = self.trial.params
         keys = ("model.attention_kind", "model.size", "masking.strategy")
         return " ".join(str(params[key]) for key in keys if key in params)
-
-
-def compare(short: list[float], long: list[float]) -> dict[str, float]:
-    rho, low, high = spearman_with_interval(short, long)
-    return {"spearman": rho, "spearman_low": low, "spearman_high": high, "pairwise": pairwise_agreement(short, long)}
 
 
 def markdown(
@@ -168,9 +163,9 @@ def main() -> None:
     ]
     longest = multiples[-1]
     long_means = [recipe.mean(longest) for recipe in recipes]
-    comparisons = {("study (seed 0)", f"{longest}x"): compare([r.trial.value for r in recipes], long_means)}
+    comparisons = {("study (seed 0)", f"{longest}x"): rank_agreement([r.trial.value for r in recipes], long_means)}
     for multiple in multiples[:-1]:
-        comparisons[f"{multiple}x", f"{longest}x"] = compare([r.mean(multiple) for r in recipes], long_means)
+        comparisons[f"{multiple}x", f"{longest}x"] = rank_agreement([r.mean(multiple) for r in recipes], long_means)
     long_ranks = ranks(long_means)
     landing = [
         f"The study's best trial ({recipes[0].trial.number}) ranks {long_ranks[0]} of {len(recipes)} at {longest}x."

@@ -343,7 +343,10 @@ def report(runs: list[dict], ways: list[str], seeds: list[int], points: list[flo
             f"{100 * p['gain']:+.1f} ± {100 * p['standard_error']:.1f} ({p['tokens'] / 1e6:.2f}M tok)"
             for p in figures["points"]
         ]
-        reach = [f"{figures['reach'][str(target)]:.0f}" for target in TARGETS]
+        reach = [
+            f"> {points[-1]:g}" if math.isnan(seconds) else f"{seconds:.0f}"
+            for seconds in (figures["reach"][str(target)] for target in TARGETS)
+        ]
         lines.append(f"| {way} | {100 * figures['random_init_accuracy']:.2f}% | " + " | ".join(cells + reach) + " |")
     ours_reach = summary.get("ours", {}).get("reach", {})
     lines.append("")
@@ -365,13 +368,13 @@ def report(runs: list[dict], ways: list[str], seeds: list[int], points: list[flo
         their_gain = summary[way]["points"][-1]["gain"]
         if their_gain <= 0:
             lines.append(
-                f"- {way}'s gain at {last:g} s ({100 * their_gain:+.1f} points) is none: its encoder probes no better "
-                "than its random init, so there is nothing for ours to reach"
+                f"- the gain of {way} at {last:g} s ({100 * their_gain:+.1f} points) is none: its encoder probes "
+                "no better than its random init, so there is nothing for ours to reach"
             )
             continue
         when = seconds_to_reach(summary["ours"]["points"], their_gain)
         lines.append(
-            f"- {way}'s gain at {last:g} s ({100 * their_gain:+.1f} points) is reached by ours at {when:.0f} s: "
+            f"- the gain of {way} at {last:g} s ({100 * their_gain:+.1f} points) is reached by ours at {when:.0f} s: "
             f"{when / last:.2f} of the time"
         )
     lines.append("")

@@ -88,6 +88,13 @@ def pairwise_agreement(first: list[float], second: list[float]) -> float:
     return statistics.fmean(agreements)
 
 
+def rank_agreement(first: list[float], second: list[float]) -> dict[str, float]:
+    """How alike two scores of the same items rank them: Spearman's rho with its bootstrap 95% interval, and the
+    share of pairs ordered alike."""
+    rho, low, high = spearman_with_interval(first, second)
+    return {"spearman": rho, "spearman_low": low, "spearman_high": high, "pairwise": pairwise_agreement(first, second)}
+
+
 def ranks(values: list[float]) -> list[int]:
     """1 for the highest value, 2 for the next, ... (ties in the order given)."""
     order = sorted(range(len(values)), key=lambda index: -values[index])

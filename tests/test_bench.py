@@ -33,7 +33,8 @@ def test_the_report_says_when_a_peer_never_reaches_a_target_or_gains_nothing():
     runs = [run("ours", 0, [0.04, 0.12]), run("HF recipe", 0, [-0.01, -0.1]), run("HF defaults", 0, [0.0, 0.035])]
     table, summary = report(runs, ["ours", "HF recipe", "HF defaults"], [0], [30.0, 600.0])
     assert "to +3 points: HF recipe does not reach it in 600 s, ours needs 22 s: ratio above 26.7" in table
-    assert "HF recipe's gain at 600 s (-10.0 points) is none" in table
+    assert "the gain of HF recipe at 600 s (-10.0 points) is none" in table
+    assert table.splitlines()[3].endswith("| > 600 | > 600 |")  # HF recipe: neither target within the budget
     # HF defaults reach +3.5 at 600 s; ours passes +3.5 between 0 s and 30 s (+4 at 30 s): at 26 s.
-    assert "HF defaults's gain at 600 s (+3.5 points) is reached by ours at 26 s: 0.04 of the time" in table
+    assert "the gain of HF defaults at 600 s (+3.5 points) is reached by ours at 26 s: 0.04 of the time" in table
     assert summary["HF defaults"]["reach"]["0.03"] == pytest.approx(30 + (0.03 / 0.035) * 570)

@@ -11,6 +11,7 @@ from hpo.statistics import (
     mean_and_standard_error,
     pairwise_agreement,
     probability_best,
+    rank_agreement,
     ranks,
     spearman_with_interval,
 )
@@ -62,6 +63,12 @@ def test_pairwise_agreement_and_ranks_by_hand():
     assert pairwise_agreement([1, 2, 3], [10, 30, 20]) == pytest.approx(2 / 3)
     assert pairwise_agreement([1, 1], [1, 2]) == 0.5
     assert ranks([0.2, 0.9, 0.5]) == [3, 1, 2]
+
+
+def test_rank_agreement_gathers_spearman_its_interval_and_the_pairs():
+    figures = rank_agreement([1, 2, 3, 4, 5], [10, 30, 20, 40, 50])
+    assert figures["spearman"] == pytest.approx(0.9) and figures["pairwise"] == pytest.approx(0.9)
+    assert figures["spearman_low"] <= figures["spearman"] <= figures["spearman_high"] <= 1.0
 
 
 def test_spearman_interval_holds_the_estimate_and_narrows_with_items():
