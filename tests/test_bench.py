@@ -2,8 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
 
+from bench.lr_horizon import best_learning_rate
+from bench.proxy_validity import panel
 from bench.time_to_gain import report, seconds_to_reach
 
 
@@ -38,3 +41,23 @@ def test_the_report_says_when_a_peer_never_reaches_a_target_or_gains_nothing():
     # HF defaults reach +3.5 at 600 s; ours passes +3.5 between 0 s and 30 s (+4 at 30 s): at 26 s.
     assert "the gain of HF defaults at 600 s (+3.5 points) is reached by ours at 26 s: 0.04 of the time" in table
     assert summary["HF defaults"]["reach"]["0.03"] == pytest.approx(30 + (0.03 / 0.035) * 570)
+
+
+def test_the_proxy_panel_takes_the_top_and_spreads_the_rest_down_to_the_last():
+    ranked = list(range(14))  # trial numbers in study order, best first
+    assert panel(ranked, top=5, spread=3) == [0, 1, 2, 3, 4, 8, 10, 13]  # rest 5..13 at thirds
+    assert panel(ranked[:7], top=5, spread=3) == list(range(7))  # too few left to spread: all of them
+
+
+def test_the_best_learning_rate_is_the_parabola_vertex_or_says_why_not():
+    log_rates = np.log([1e-3, 1.5e-3, 2.25e-3, 3.375e-3])
+    peaked = -((log_rates - np.log(2e-3)) ** 2)
+    vertex, how = best_learning_rate(log_rates, peaked)
+    assert vertex == pytest.approx(np.log(2e-3)) and how == "parabola vertex"
+    rising = -((log_rates - np.log(1e-2)) ** 2)  # the best lies beyond the grid: its edge, and it says so
+    assert best_learning_rate(log_rates, rising) == (
+        pytest.approx(log_rates[-1]),
+        "parabola vertex beyond the grid: its edge",
+    )
+    valley = (log_rates - log_rates.mean()) ** 2 + 0.1 * np.arange(4)
+    assert best_learning_rate(log_rates, valley)[1] == "best grid point (the parabola opens upwards)"
