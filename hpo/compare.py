@@ -16,7 +16,7 @@ from hpo.comparison import (
 )
 from hpo.config import Config, ConfigError
 from hpo.storage import load_existing_study
-from hpo.study import RunLimits, StudyRun, open_study, run_study
+from hpo.study import StudyRun, open_study, run_queued
 from hpo.study_values import format_metric, metric_label
 from training.results import format_accuracy, format_gain
 
@@ -57,15 +57,11 @@ def run_comparison(
             if run_params(cell, seed) not in present:
                 study.enqueue_trial(run_params(cell, seed))
                 queued += 1
-    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    print(
+    what = (
         f"comparing {len(cells(grid))} cell(s) x {len(all_seeds)} seed(s) (train.seed "
-        f"{', '.join(map(str, all_seeds))}) at {budget_words(config, budget)}: {queued} run(s) queued now, "
-        f"{waiting} to run, in study {study_name!r}"
+        f"{', '.join(map(str, all_seeds))}) at {budget_words(config, budget)}"
     )
-    if waiting == 0:
-        return None
-    return run_study(study_name, storage_url, config, data_dir, RunLimits(n_trials=waiting), n_jobs, 0, force)
+    return run_queued(study, storage_url, config, data_dir, n_jobs, what, queued, force)
 
 
 def budget_words(config: Config, budget: str) -> str:

@@ -21,7 +21,7 @@ from hpo.confirmation import (
 )
 from hpo.export import trial_base_config
 from hpo.storage import load_existing_study
-from hpo.study import RunLimits, StudyRun, open_study, run_study
+from hpo.study import StudyRun, open_study, run_queued
 from hpo.study_values import ranked_trials
 
 # Runs in these states need no new copy: done, running (or failed and queued again by the heartbeat), queued,
@@ -82,15 +82,11 @@ def run_confirmation(
     companion.set_user_attr(RECIPES_ATTR, [dataclasses.asdict(recipe) for recipe in recipes])
     companion.set_user_attr(SEEDS_ATTR, all_seeds)
     queued = enqueue_missing(companion, recipes, all_seeds)
-    waiting = len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    print(
+    what = (
         f"confirming {len(recipes)} recipe(s) of study {study_name!r} (trials "
-        f"{', '.join(str(recipe.trial) for recipe in recipes)}) with train.seed {', '.join(map(str, all_seeds))}: "
-        f"{queued} run(s) queued now, {waiting} to run, in study {companion.study_name!r}"
+        f"{', '.join(str(recipe.trial) for recipe in recipes)}) with train.seed {', '.join(map(str, all_seeds))}"
     )
-    if waiting == 0:
-        return None
-    return run_study(companion.study_name, storage_url, config, data_dir, RunLimits(n_trials=waiting), n_jobs, 0)
+    return run_queued(companion, storage_url, config, data_dir, n_jobs, what, queued)
 
 
 def print_confirmation(study_name: str, storage_url: str) -> None:

@@ -207,6 +207,25 @@ def study_sampler_seed(study: optuna.Study, config: StudyConfig, run_seed: int) 
     return study.user_attrs["qmc_seed"]  # read back: another machine's run may have set it first
 
 
+def run_queued(
+    study: optuna.Study,
+    storage_url: str,
+    config: Config,
+    data_dir: Path,
+    n_jobs: int,
+    what: str,
+    queued: int,
+    force: bool = False,
+) -> StudyRun | None:
+    """Run a study's queued trials (a comparison's or a confirmation's runs) and no others, after a line that says
+    `what`, how many runs were queued now and how many wait; None when none waits."""
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    print(f"{what}: {queued} run(s) queued now, {waiting} to run, in study {study.study_name!r}")
+    if waiting == 0:
+        return None
+    return run_study(study.study_name, storage_url, config, data_dir, RunLimits(n_trials=waiting), n_jobs, 0, force)
+
+
 def run_study(
     study_name: str,
     storage_url: str,

@@ -107,3 +107,19 @@ def in_tmp_path(tmp_path, monkeypatch) -> Path:
     report and exports) stays out of the project."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def encode_calls(monkeypatch) -> list[tuple[bool, list[int] | None]]:
+    """Every Encoder.encode call from here on, as (causal, the token types' distinct values or None)."""
+    from model.bert import Encoder
+
+    calls = []
+    original = Encoder.encode
+
+    def spy(self, input_ids, key_padding_mask, causal=False, token_types=None):
+        calls.append((causal, None if token_types is None else token_types.unique().tolist()))
+        return original(self, input_ids, key_padding_mask, causal, token_types)
+
+    monkeypatch.setattr(Encoder, "encode", spy)
+    return calls

@@ -135,24 +135,14 @@ def test_retrain_output_folder_loads_with_automodel(tmp_path, monkeypatch, capfd
 
 
 @pytest.mark.parametrize(("causal", "next_sentence"), [(True, False), (False, True)])
-def test_a_loaded_encoder_embeds_as_it_was_trained(tmp_path, monkeypatch, causal, next_sentence):
+def test_a_loaded_encoder_embeds_as_it_was_trained(tmp_path, encode_calls, causal, next_sentence):
     """AutoModel reads the direction and the segment from the saved config, as the study's probe does."""
-    from model.bert import Encoder
-
     tiny_model("exposb", next_sentence=next_sentence, causal=causal).save_pretrained(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path)
     assert loaded.config.causal is causal and loaded.encoder.causal is causal
-    calls = []
-    original = Encoder.encode
-
-    def spy(self, input_ids, key_padding_mask, causal=False, token_types=None):
-        calls.append((causal, None if token_types is None else token_types.unique().tolist()))
-        return original(self, input_ids, key_padding_mask, causal, token_types)
-
-    monkeypatch.setattr(Encoder, "encode", spy)
     input_ids, attention_mask = padded_batch()
     with torch.no_grad():
         loaded.embed(input_ids, attention_mask=attention_mask)
         loaded(input_ids, attention_mask=attention_mask)
-    assert calls[0] == (causal, [0] if next_sentence else None)
-    assert calls[1][0] is causal  # forward too attends as in pretraining
+    assert encode_calls[0] == (causal, [0] if next_sentence else None)
+    assert encode_calls[1][0] is causal  # forward too attends as in pretraining

@@ -223,10 +223,8 @@ def test_a_queued_trial_stopped_before_it_sampled_is_queued_again_with_its_param
     assert not interruption.in_objective
 
 
-def test_an_interrupted_trial_is_queued_again_with_its_user_attrs():
-    """The baseline trial, the one most often interrupted, stays the baseline when it runs again."""
-    study = optuna.create_study()
-    study.enqueue_trial({"x": 0.5}, user_attrs={"baseline": True})
+def stop_a_trial_after_it_sampled(study: optuna.Study) -> Interruption:
+    """One trial that samples x and is then stopped as by Ctrl-C; the Interruption that stopped it."""
     interruption = Interruption()
 
     def objective(trial: optuna.Trial) -> float:
@@ -238,7 +236,15 @@ def test_an_interrupted_trial_is_queued_again_with_its_user_attrs():
     verbosity = optuna.logging.get_verbosity()
     with pytest.raises(KeyboardInterrupt):
         study.optimize(objective, n_trials=1)
-    optuna.logging.set_verbosity(verbosity)
+    optuna.logging.set_verbosity(verbosity)  # quietened for the failing trial
+    return interruption
+
+
+def test_an_interrupted_trial_is_queued_again_with_its_user_attrs():
+    """The baseline trial, the one most often interrupted, stays the baseline when it runs again."""
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.5}, user_attrs={"baseline": True})
+    interruption = stop_a_trial_after_it_sampled(study)
     interruption.requeue_stopped(study)
     failed, queued = study.trials
     assert failed.user_attrs == {"baseline": True, "interrupted": "interrupted by SIGINT (Ctrl-C)"}
@@ -250,18 +256,7 @@ def test_a_stopped_trial_is_queued_from_its_failed_record_and_only_once_optuna_f
     """The queued copy takes the parameters of the trial's final record (a stop in the middle of a suggestion can
     leave the last one to be committed with the failure); a trial Optuna could not fail is left to the heartbeat."""
     study = optuna.create_study()
-    interruption = Interruption()
-
-    def objective(trial: optuna.Trial) -> float:
-        with interruption.requeue_on_stop(trial):
-            trial.suggest_float("x", 0, 1)
-            interruption.reason = "interrupted by SIGINT (Ctrl-C)"
-            raise KeyboardInterrupt
-
-    verbosity = optuna.logging.get_verbosity()
-    with pytest.raises(KeyboardInterrupt):
-        study.optimize(objective, n_trials=1)
-    optuna.logging.set_verbosity(verbosity)
+    interruption = stop_a_trial_after_it_sampled(study)
     assert [trial.state for trial in study.trials] == [TrialState.FAIL]  # nothing queued before the failure
     interruption.requeue_stopped(study)
     failed, queued = study.trials

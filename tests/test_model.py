@@ -300,7 +300,7 @@ def test_model_compile_trains_as_eager(data_dir, tokenizer, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize(("objective", "nsp"), [("clm", False), ("mlm", True), ("mlm", False)])
-def test_the_probe_reads_an_encoder_as_it_was_trained(objective, nsp, monkeypatch):
+def test_the_probe_reads_an_encoder_as_it_was_trained(objective, nsp, encode_calls):
     """Causal attention for a CLM encoder, segment 0 for a next-sentence one: the probe's embedding (and so its
     random-init reference) sees what pretraining saw."""
     from training.pretrain import initial_encoder
@@ -310,16 +310,8 @@ def test_the_probe_reads_an_encoder_as_it_was_trained(objective, nsp, monkeypatc
     config.model = defaults("model", hidden_size=32, num_heads=2)
     config.train = dataclasses.replace(config.train, objective=objective, nsp=nsp)
     encoder = initial_encoder(config, vocab_size=100)
-    calls = []
-    original = Encoder.encode
-
-    def spy(self, input_ids, key_padding_mask, causal=False, token_types=None):
-        calls.append((causal, None if token_types is None else token_types.unique().tolist()))
-        return original(self, input_ids, key_padding_mask, causal, token_types)
-
-    monkeypatch.setattr(Encoder, "encode", spy)
     embed(encoder, [[1, 5, 7], [1, 9]], pad_id=0, batch_size=8, device=torch.device("cpu"))
-    assert calls == [(objective == "clm", [0] if nsp else None)]
+    assert encode_calls == [(objective == "clm", [0] if nsp else None)]
 
 
 def test_last_token_pooling_takes_each_rows_last_real_token():
