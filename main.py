@@ -127,11 +127,23 @@ def add_retrain_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def exit_code(run) -> int:
+    """0, or WORKER_DIED_EXIT_CODE after a line for each worker that died (what the run lost and what became of it),
+    the command's last lines; `run` is the StudyRun of the trials run, None when none was to run."""
+    from hpo.study import WORKER_DIED_EXIT_CODE
+
+    if run is None or not run.worker_deaths:
+        return 0
+    for death in run.worker_deaths:
+        print(f"warning: {death.describe()}", file=sys.stderr)
+    return WORKER_DIED_EXIT_CODE
+
+
 def run_study_command(args: argparse.Namespace, storage: str) -> int:
     from data.files_location import resolve_data_dir
     from hpo.config import load_config
     from hpo.inputs import check_study_inputs
-    from hpo.study import WORKER_DIED_EXIT_CODE, RunLimits, run_study
+    from hpo.study import RunLimits, run_study
     from hpo.study_values import format_value, value_error, value_label
 
     config = load_config(args.config, args.overrides)
@@ -149,27 +161,18 @@ def run_study_command(args: argparse.Namespace, storage: str) -> int:
         print(f"best trial {best.number}: {value_label(study)} {value}")
         for name, value in best.params.items():
             print(f"  {name} = {value}")
-    if not run.worker_deaths:
-        return 0
-    for death in run.worker_deaths:  # the last lines: what the run lost, and what became of it
-        print(f"warning: {death.describe()}", file=sys.stderr)
-    return WORKER_DIED_EXIT_CODE
+    return exit_code(run)
 
 
 def run_confirm_command(args: argparse.Namespace, storage: str) -> int:
     from data.files_location import resolve_data_dir
     from hpo.confirm import print_confirmation, run_confirmation
-    from hpo.study import WORKER_DIED_EXIT_CODE
 
     run = run_confirmation(
         args.study_name, storage, resolve_data_dir(args.data_dir), args.top_k, args.seeds, args.n_jobs
     )
     print_confirmation(args.study_name, storage)
-    if run is None or not run.worker_deaths:
-        return 0
-    for death in run.worker_deaths:
-        print(f"warning: {death.describe()}", file=sys.stderr)
-    return WORKER_DIED_EXIT_CODE
+    return exit_code(run)
 
 
 def run_compare_command(args: argparse.Namespace, storage: str) -> int:
@@ -178,7 +181,6 @@ def run_compare_command(args: argparse.Namespace, storage: str) -> int:
     from hpo.comparison import comparison_config, parse_grid
     from hpo.config import load_config
     from hpo.inputs import check_study_inputs
-    from hpo.study import WORKER_DIED_EXIT_CODE
 
     grid = parse_grid(args.grid)
     config = comparison_config(load_config(args.config, args.overrides), grid, args.budget)
@@ -189,11 +191,7 @@ def run_compare_command(args: argparse.Namespace, storage: str) -> int:
     )
     print("\n".join(comparison_lines(args.study_name, storage, config)))
     print(f"the tables, heatmap and paired tests: python main.py report --study_name {args.study_name}")
-    if run is None or not run.worker_deaths:
-        return 0
-    for death in run.worker_deaths:
-        print(f"warning: {death.describe()}", file=sys.stderr)
-    return WORKER_DIED_EXIT_CODE
+    return exit_code(run)
 
 
 def run_report_command(args: argparse.Namespace, storage: str) -> int:
