@@ -10,7 +10,8 @@ each budget B it branches: a copy decays the LR linearly to zero over the last 2
 News, 5-fold CV, beside the random-init encoder of the same seed), while the stable run goes on. Each
 branch is exactly the wsd run of budget B (Hägele et al. 2024 share the stable phase the same way), so a
 grid of budgets costs one run of the longest plus the decays. Runs are one thread each, `--jobs` at a time;
-a finished (scale, seed) is read back from WORK/scale_S_seed_N.json instead of run again.
+a finished (scale, seed) is read back from WORK/scale_S_seed_N_KEY.json instead of run again (KEY: a digest of the
+budgets, the warm-up and the --set overrides), and an interrupted one resumes from its last checkpoint.
 
 The best LR per budget is the vertex of a parabola fitted to gain against log LR (the grid's best point when
 the parabola opens upwards), and beta the slope of log LR* against log tokens (Bjorck et al., ICLR 2025, find
@@ -20,6 +21,7 @@ beta about 0.32 for large GPTs, larger for small models). Writes OUTPUT/lr_horiz
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -35,14 +37,28 @@ SCALES = (0.444, 0.667, 1.0, 1.5, 2.25)  # steps of x1.5 around config.yaml's LR
 TOKENS = (1_000_000, 4_000_000, 16_000_000)
 SEEDS = (1,)
 DECAY_FRACTION = 0.2
+CHECKPOINT_EVERY = 2_000  # stable steps (about 3 minutes on one thread)
 WARMUP_TOKENS = 20_480  # 2% of the shortest budget, the same for every branch (they share the warm-up)
 
 
-def run_scale(scale: float, seed: int, budgets: list[int], warmup_tokens: int, work: Path) -> dict:
-    """One stable run of LR x scale and its decay branches; {budget: figures} (cached in WORK)."""
-    path = work / f"scale_{scale:g}_seed_{seed}.json"
+def run_scale(
+    scale: float,
+    seed: int,
+    budgets: list[int],
+    warmup_tokens: int,
+    work: Path,
+    overrides: tuple[str, ...] = (),
+    checkpoint_every: int = CHECKPOINT_EVERY,
+) -> dict:
+    """One stable run of LR x scale and its decay branches; {budget: figures} (cached in WORK). An interrupted
+    run resumes: the stable run and the figures of the finished branches are saved every `checkpoint_every`
+    stable steps and after each branch (WORK/scale_S_seed_N_KEY.partial.pt); a branch's own decay starts over."""
+    # The key: a run with other budgets, warm-up or overrides never reads this one's files.
+    key = hashlib.sha256(repr((sorted(budgets), warmup_tokens, tuple(overrides))).encode()).hexdigest()[:10]
+    path = work / f"scale_{scale:g}_seed_{seed}_{key}.json"
     if path.exists():
         return json.loads(path.read_text())
+    partial = path.with_suffix(".partial.pt")
     import torch
 
     from data.agnews import load_agnews
@@ -52,10 +68,11 @@ def run_scale(scale: float, seed: int, budgets: list[int], warmup_tokens: int, w
     from hpo.config import load_config
     from training.pretrain import Pretrainer, random_init_encoder
     from training.probe import Probe
+    from training.retrain import atomic_write
 
     torch.set_num_threads(1)
     data_dir = resolve_data_dir()
-    base = load_config(PROJECT_DIR / "config.yaml", [f"train.seed={seed}", "train.budget_seconds=null"])
+    base = load_config(PROJECT_DIR / "config.yaml", [*overrides, f"train.seed={seed}", "train.budget_seconds=null"])
     train = base.train
 
     def config_for(budget: int):
@@ -77,32 +94,50 @@ def run_scale(scale: float, seed: int, budgets: list[int], warmup_tokens: int, w
     device = torch.device("cpu")
     longest = max(budgets)
     stable = Pretrainer(config_for(longest), corpus, tokenizer, device)
-    random_init = probe.score(
-        random_init_encoder(stable.config, tokenizer.vocab_size, device), device, base.probe.folds
-    )
-    figures = {"scale": scale, "seed": seed, "random_init_accuracy": random_init.accuracy, "budgets": {}}
+    work.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        atomic_write(partial, lambda handle: torch.save({"stable": stable.state_dict(), "figures": figures}, handle))
+
+    if partial.exists():
+        saved = torch.load(partial, map_location=device, weights_only=False)
+        stable.load_state_dict(saved["stable"])
+        figures = saved["figures"]
+        print(f"scale {scale:g} seed {seed}: resumed at step {stable.step:,}", flush=True)
+    else:
+        random_init = probe.score(
+            random_init_encoder(stable.config, tokenizer.vocab_size, device), device, base.probe.folds
+        )
+        figures = {"scale": scale, "seed": seed, "random_init_accuracy": random_init.accuracy, "budgets": {}}
     for budget in sorted(budgets):
+        if str(budget) in figures["budgets"]:
+            continue
         branch = Pretrainer(config_for(budget), corpus, tokenizer, device)
         branch_start = round((1 - DECAY_FRACTION) * branch.total_steps)
         while stable.step < branch_start:
             stable.train_step()
+            if stable.step % checkpoint_every == 0:
+                save()
         if budget == longest:
             branch = stable
         else:
             branch.load_state_dict(copy.deepcopy(stable.state_dict()))
         while not branch.finished:
             branch.train_step()
+            if branch is stable and stable.step % checkpoint_every == 0:
+                save()
         result = probe.score(branch.model, device, base.probe.folds)
         figures["budgets"][str(budget)] = {
             "tokens": branch.tokens_seen,
             "accuracy": result.accuracy,
-            "gain": result.accuracy - random_init.accuracy,
+            "gain": result.accuracy - figures["random_init_accuracy"],
             "validation_loss": branch.validation_loss(),
         }
+        save()
         gain = figures["budgets"][str(budget)]["gain"]
         print(f"scale {scale:g} seed {seed}: {budget:,} tokens: gain {100 * gain:+.1f}", flush=True)
-    work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(figures, indent=1))
+    partial.unlink()
     return figures
 
 
@@ -124,6 +159,7 @@ def main() -> None:
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--warmup_tokens", type=int, default=WARMUP_TOKENS)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--work", default="studies/bench/lr_horizon")
     parser.add_argument("--output", default="bench/results")
     args = parser.parse_args()
@@ -134,11 +170,14 @@ def main() -> None:
     os.environ["CI"] = "1"  # no progress bars from the workers
     plan = [(scale, seed) for seed in seeds for scale in scales]
     with ProcessPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_scale, scale, seed, budgets, args.warmup_tokens, work) for scale, seed in plan]
+        futures = [
+            pool.submit(run_scale, scale, seed, budgets, args.warmup_tokens, work, tuple(args.set))
+            for scale, seed in plan
+        ]
         runs = [future.result() for future in futures]
-    from hpo.config import default_config
+    from hpo.config import load_config
 
-    peak = default_config().train.learning_rate
+    peak = load_config(PROJECT_DIR / "config.yaml", args.set).train.learning_rate
     lines = [
         f"Peak LR = scale x {peak:g} (the token table's x embedding_lr_multiplier); wsd, warm-up "
         f"{args.warmup_tokens:,} tokens, decay over the last {DECAY_FRACTION:.0%}; gains in points over the "

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.lr_horizon import best_learning_rate
+from bench.lr_horizon import best_learning_rate, run_scale
 from bench.proxy_validity import panel
 from bench.time_to_gain import report, seconds_to_reach
 
@@ -61,3 +61,34 @@ def test_the_best_learning_rate_is_the_parabola_vertex_or_says_why_not():
     )
     valley = (log_rates - log_rates.mean()) ** 2 + 0.1 * np.arange(4)
     assert best_learning_rate(log_rates, valley)[1] == "best grid point (the parabola opens upwards)"
+
+
+@pytest.mark.slow
+def test_an_interrupted_lr_horizon_run_resumes_to_the_figures_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    from conftest import TINY_OVERRIDES
+
+    from training.pretrain import Pretrainer
+
+    # 256 tokens a step: budgets of 16 and 32 steps, branching at steps 13 and 26; a checkpoint every 4.
+    arguments = (1.0, 1, [4_096, 8_192], 512)
+    overrides = (*TINY_OVERRIDES, f"data.cache_dir={tmp_path / 'cache'}")
+    whole = run_scale(*arguments, tmp_path / "whole", overrides, checkpoint_every=4)
+    assert sorted(whole["budgets"]) == ["4096", "8192"]
+
+    original, calls = Pretrainer.train_step, []
+
+    def stopped_at_the_22nd_step(self):  # stable at step 18, its last checkpoint at 16, the 4,096 branch done
+        calls.append(self.step)
+        if len(calls) == 22:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Pretrainer, "train_step", stopped_at_the_22nd_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_scale(*arguments, tmp_path / "stopped", overrides, checkpoint_every=4)
+    (partial,) = (tmp_path / "stopped").glob("*.partial.pt")
+    calls.clear()
+    monkeypatch.setattr(Pretrainer, "train_step", lambda self: calls.append(self.step) or original(self))
+    resumed = run_scale(*arguments, tmp_path / "stopped", overrides, checkpoint_every=4)
+    assert calls == list(range(16, 32))  # from the checkpoint, and the finished branch not run again
+    assert resumed == whole and not partial.exists()  # bit for bit: the same gains and validation losses
