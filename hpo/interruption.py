@@ -96,9 +96,9 @@ def requeue(study: optuna.Study, number: int) -> None:
     """Queue a stopped trial's parameters and user attrs (e.g. "baseline"), as the heartbeat's retry of a dead
     worker's trial does, so that the next run of the study runs it first.
 
-    Read from the failed trial's record, written after the stop: a stop in the middle of a suggestion can leave
-    the last parameter's write to be committed with the trial's failure, so a read from inside the objective
-    could miss it. A trial Optuna could not fail (still RUNNING) is left to the heartbeat's retry instead.
+    Queued once Optuna has failed the trial, from its final record: a trial Optuna could not fail (still
+    RUNNING: its storage write failed) is left to the heartbeat, whose retry would otherwise queue it twice.
+    A queued trial stopped before it sampled all its parameters keeps the ones it was queued with.
     """
     stopped = next(trial for trial in study.get_trials(deepcopy=False) if trial.number == number)
     if stopped.state != TrialState.FAIL:

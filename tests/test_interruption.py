@@ -94,8 +94,9 @@ def assert_interrupted_trials_are_queued_again(storage: str, count: int) -> None
     assert len(interrupted) == count and all(trial.state == TrialState.FAIL for trial in interrupted)
     queued = {t.user_attrs["requeued_from_trial"]: t for t in trials if t.state == TrialState.WAITING}
     assert sorted(queued) == [trial.number for trial in interrupted]
-    for trial in interrupted:
-        assert trial.params and queued[trial.number].system_attrs["fixed_params"] == trial.params
+    for trial in interrupted:  # a queued trial (the baseline) stopped while it sampled keeps all it was queued with
+        expected = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+        assert trial.params and queued[trial.number].system_attrs["fixed_params"] == expected
 
 
 @pytest.mark.slow
@@ -253,8 +254,8 @@ def test_an_interrupted_trial_is_queued_again_with_its_user_attrs():
 
 
 def test_a_stopped_trial_is_queued_from_its_failed_record_and_only_once_optuna_failed_it():
-    """The queued copy takes the parameters of the trial's final record (a stop in the middle of a suggestion can
-    leave the last one to be committed with the failure); a trial Optuna could not fail is left to the heartbeat."""
+    """Queued once failed, from the failed record; a trial Optuna could not fail (still RUNNING) is left to the
+    heartbeat, whose retry would otherwise queue it a second time."""
     study = optuna.create_study()
     interruption = stop_a_trial_after_it_sampled(study)
     assert [trial.state for trial in study.trials] == [TrialState.FAIL]  # nothing queued before the failure
@@ -267,3 +268,14 @@ def test_a_stopped_trial_is_queued_from_its_failed_record_and_only_once_optuna_f
     interruption.requeue_stopped(study)
     assert [trial.state for trial in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
     assert not interruption.stopped_trials
+
+
+def test_a_queued_trial_stopped_while_it_sampled_keeps_every_parameter_it_was_queued_with():
+    """The baseline stopped between two suggestions (how a Ctrl-C early in a study lands on a loaded machine):
+    its copy runs the whole baseline recipe, not the sampled part of it plus a fresh draw of the rest."""
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.5, "y": 0.75}, user_attrs={"baseline": True})
+    stop_a_trial_after_it_sampled(study).requeue_stopped(study)
+    failed, queued = study.trials
+    assert failed.params == {"x": 0.5}
+    assert queued.system_attrs["fixed_params"] == {"x": 0.5, "y": 0.75} and queued.user_attrs["baseline"]
