@@ -4,7 +4,7 @@ that must already exist (report, export, status, dashboard)."""
 import sqlite3
 import warnings
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import optuna
@@ -66,7 +66,7 @@ class ClaimingStorage(RDBStorage):
             claimed = session.execute(
                 update(TrialModel)
                 .where(TrialModel.trial_id == trial_id, TrialModel.state == TrialState.WAITING)
-                .values(state=TrialState.RUNNING, _datetime_start_utc=datetime.now(timezone.utc).replace(tzinfo=None))
+                .values(state=TrialState.RUNNING, _datetime_start_utc=datetime.now(UTC).replace(tzinfo=None))
             )
             session.commit()
         except BaseException:
