@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cli import numbers, run_cli
 from bench.retrain_runs import PROJECT_DIR
 from hpo.statistics import mean_and_standard_error
 
@@ -154,18 +155,18 @@ def best_learning_rate(log_rates: np.ndarray, gains: np.ndarray) -> tuple[float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scales", default=",".join(map(str, SCALES)), help="LR multiples of config.yaml's")
-    parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument(
+        "--scales", type=numbers(float), default=",".join(map(str, SCALES)), help="LR multiples of config.yaml's"
+    )
+    parser.add_argument("--tokens", type=numbers(int), default=",".join(map(str, TOKENS)))
+    parser.add_argument("--seeds", type=numbers(int), default=",".join(map(str, SEEDS)))
     parser.add_argument("--warmup_tokens", type=int, default=WARMUP_TOKENS)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--work", default="studies/bench/lr_horizon")
     parser.add_argument("--output", default="bench/results")
     args = parser.parse_args()
-    scales = [float(value) for value in args.scales.split(",")]
-    budgets = sorted(int(float(value)) for value in args.tokens.split(","))
-    seeds = [int(value) for value in args.seeds.split(",")]
+    scales, budgets, seeds = args.scales, sorted(args.tokens), args.seeds
     work = Path(args.work).resolve()
     os.environ["CI"] = "1"  # no progress bars from the workers
     plan = [(scale, seed) for seed in seeds for scale in scales]
@@ -238,4 +239,4 @@ def plot(runs: list[dict], scales: list[float], budgets: list[int], peak: float,
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

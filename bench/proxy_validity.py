@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from optuna.trial import FrozenTrial
 
+from bench.cli import numbers, run_cli
 from bench.retrain_runs import RetrainResult, RetrainRun, retrain_all
 from hpo.confirmation import load_confirmation
 from hpo.export import BEST_TRIAL_RULE, provenance, trial_config, write_config
@@ -121,15 +122,14 @@ def main() -> None:
     parser.add_argument("--storage")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--spread", type=int, default=3)
-    parser.add_argument("--multiples", default=",".join(map(str, MULTIPLES)))
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--multiples", type=numbers(int), default=",".join(map(str, MULTIPLES)))
+    parser.add_argument("--seeds", type=numbers(int), default=",".join(map(str, SEEDS)))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--work", help="the runs' folders (default studies/bench/proxy_validity/STUDY)")
     parser.add_argument("--output", default="bench/results", help="folder for proxy_validity.md, .json and .png")
     args = parser.parse_args()
-    multiples = sorted(int(value) for value in args.multiples.split(","))
-    seeds = [int(value) for value in args.seeds.split(",")]
+    multiples, seeds = sorted(args.multiples), args.seeds
     storage = args.storage or default_storage_url(args.study_name)
     study = load_existing_study(args.study_name, storage)
     ranked = ranked_trials(study)
@@ -207,4 +207,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -24,6 +24,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.cli import run_cli
 from hpo.export import study_base_config
 from hpo.sampling import PRUNERS
 from hpo.storage import default_storage_url, load_existing_study
@@ -120,4 +121,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -19,6 +19,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.cli import numbers, run_cli
 from bench.retrain_runs import PROJECT_DIR, RetrainResult, RetrainRun, retrain_all
 from hpo.statistics import mean_and_standard_error
 
@@ -100,14 +101,14 @@ def main() -> None:
     parser.add_argument("--config", default=str(PROJECT_DIR / "config.yaml"), help="the recipe (default config.yaml)")
     parser.add_argument("--schedules", default=",".join(SCHEDULES), help="the first is the paired reference")
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--seeds", type=numbers(int), default=",".join(map(str, SEEDS)))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--work", default="studies/bench/retrain_schedules", help="the runs' folders")
     parser.add_argument("--output", default="bench/results", help="folder for retrain_schedules.md and .json")
     args = parser.parse_args()
     schedules = args.schedules.split(",")
-    seeds = [int(value) for value in args.seeds.split(",")]
+    seeds = args.seeds
     work, config = Path(args.work).resolve(), Path(args.config).resolve()
     plan = [
         (schedule, seed, int(float(tokens)))
@@ -143,4 +144,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cli import numbers, run_cli
 from hpo.statistics import mean_and_standard_error
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -292,8 +293,10 @@ def seconds_to_reach(points: list[dict], target: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--points", default=",".join(map(str, POINTS)), help="seconds of training to probe at")
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument(
+        "--points", type=numbers(float), default=",".join(map(str, POINTS)), help="seconds of training to probe at"
+    )
+    parser.add_argument("--seeds", type=numbers(int), default=",".join(map(str, SEEDS)))
     parser.add_argument("--ways", default=",".join(WAYS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--work", default="studies/bench/time_to_gain")
@@ -302,8 +305,7 @@ def main() -> None:
     parser.add_argument("--probe_rows", type=int, help="probe a class-balanced subset of train.csv (default: all)")
     parser.add_argument("--output", default="bench/results")
     args = parser.parse_args()
-    points = sorted(float(value) for value in args.points.split(","))
-    seeds = [int(value) for value in args.seeds.split(",")]
+    points, seeds = sorted(args.points), args.seeds
     ways = args.ways.split(",")
     work = Path(args.work).resolve()
     os.environ["CI"] = "1"  # no progress bars
@@ -410,4 +412,4 @@ def plot(summary: dict, path: Path, device: str = "cpu") -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,13 +1,20 @@
 """The benchmarks' own arithmetic: what they print must follow from the runs they made."""
 
+import argparse
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.cli import numbers
 from bench.lr_horizon import best_learning_rate, run_scale
 from bench.proxy_validity import panel
 from bench.time_to_gain import report, seconds_to_reach
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def points(*pairs: tuple[float, float]) -> list[dict]:
@@ -92,3 +99,16 @@ def test_an_interrupted_lr_horizon_run_resumes_to_the_figures_of_an_uninterrupte
     resumed = run_scale(*arguments, tmp_path / "stopped", overrides, checkpoint_every=4)
     assert calls == list(range(16, 32))  # from the checkpoint, and the finished branch not run again
     assert resumed == whole and not partial.exists()  # bit for bit: the same gains and validation losses
+
+
+def test_the_benchmarks_read_number_lists_and_say_a_bad_one_or_a_missing_study_in_one_line(tmp_path):
+    assert numbers(int)("1,3,10") == [1, 3, 10] and numbers(int)("1e6,4e6") == [1_000_000, 4_000_000]
+    assert numbers(float)("0.5,1") == [0.5, 1.0]
+    for kind, text in ((int, "1,x"), (int, "1.5"), (float, "")):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected comma-separated"):
+            numbers(kind)(text)
+    for arguments in (["--multiples", "1,x"], ["--study_name", "nope", "--storage", f"sqlite:///{tmp_path}/none.db"]):
+        command = [sys.executable, "-m", "bench.proxy_validity", "--study_name", "nope", *arguments]
+        finished = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300)
+        assert finished.returncode == 2 and "Traceback" not in finished.stderr
+        assert "error: " in finished.stderr.strip().splitlines()[-1]  # argparse's usage and its error, or ours

@@ -1,0 +1,39 @@
+"""What the benchmarks' command lines share with main.py's: comma-separated number lists checked by argparse,
+and a one-line error (exit code 2) for a configuration, a study or a data file that is not right."""
+
+import argparse
+import sys
+from collections.abc import Callable
+
+
+def numbers(kind: type[int] | type[float]) -> Callable[[str], list]:
+    """An argparse type: "1,3,10" -> [1, 3, 10] ("1e6" is an int too); anything else a one-line usage error."""
+
+    def parse(text: str) -> list:
+        values = []
+        for item in text.split(","):
+            try:
+                value = float(item)
+            except ValueError:
+                value = None
+            if value is None or (kind is int and not value.is_integer()):
+                example = "1,3,10" if kind is int else "0.5,1,1.5"
+                raise argparse.ArgumentTypeError(
+                    f"expected comma-separated {kind.__name__}s, e.g. {example}; got {text!r}"
+                )
+            values.append(kind(value))
+        return values
+
+    return parse
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """main(), with a bad configuration, a missing study or data file said in one line, as main.py says it."""
+    from data.files_location import DataError
+    from hpo.config import ConfigError
+
+    try:
+        main()
+    except (ConfigError, DataError) as error:
+        print(f"error: {'; '.join(line.strip() for line in str(error).splitlines() if line.strip())}", file=sys.stderr)
+        sys.exit(2)
