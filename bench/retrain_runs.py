@@ -5,6 +5,7 @@ resumes from its checkpoint, so a long benchmark can be stopped and started agai
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ def read_result(folder: Path) -> RetrainResult:
     )
 
 
-def retrain_once(run: RetrainRun) -> RetrainResult:
+def retrain_once(run: RetrainRun, progress: "Progress | None" = None) -> RetrainResult:
     """Run (or resume) one retrain unless it finished before; its output goes to FOLDER/retrain.log."""
     if not (run.folder / "results.yaml").exists():
         command = [
@@ -87,13 +88,37 @@ def retrain_once(run: RetrainRun) -> RetrainResult:
         with open(run.folder / "retrain.log", "a") as log:
             environment = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}  # one thread; no progress bars
             subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment, check=True)
-        print(f"done  {run.folder.parent.name}/{run.folder.name} in {time.perf_counter() - started:.0f} s", flush=True)
+        seconds = time.perf_counter() - started
+        left = "" if progress is None else f"; {progress.finished(run.tokens)}"
+        print(f"done  {run.folder.parent.name}/{run.folder.name} in {seconds:.0f} s{left}", flush=True)
     return read_result(run.folder)
+
+
+class Progress:
+    """Runs and tokens done of a benchmark's runs, and the time left at the pace of the runs finished here."""
+
+    def __init__(self, runs: list[RetrainRun], jobs: int):
+        self.lock = threading.Lock()
+        self.started = time.perf_counter()
+        pending = [run for run in runs if not (run.folder / "results.yaml").exists()]
+        self.count, self.done = len(pending), 0
+        self.tokens, self.tokens_done = sum(run.tokens for run in pending), 0
+        print(f"{len(runs) - len(pending)} of {len(runs)} runs finished before; {self.count} to run, {jobs} at a time")
+
+    def finished(self, tokens: int) -> str:
+        with self.lock:
+            self.done += 1
+            self.tokens_done += tokens
+            elapsed = time.perf_counter() - self.started
+            left = elapsed * (self.tokens - self.tokens_done) / self.tokens_done
+            return f"{self.done} of {self.count} runs, about {left / 3600:.1f} h left at this pace"
 
 
 def retrain_all(runs: list[RetrainRun], jobs: int) -> list[RetrainResult]:
     """Every run, `jobs` at a time, the longest first (so the pool ends together); results in the given order."""
     longest_first = sorted(runs, key=lambda run: -run.tokens)
+    progress = Progress(runs, jobs)
     with ThreadPoolExecutor(jobs) as pool:
-        finished = dict(zip(longest_first, pool.map(retrain_once, longest_first), strict=True))
+        results = pool.map(lambda run: retrain_once(run, progress), longest_first)
+        finished = dict(zip(longest_first, results, strict=True))
     return [finished[run] for run in runs]

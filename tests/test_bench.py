@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,16 @@ def test_the_benchmarks_read_number_lists_and_say_a_bad_one_or_a_missing_study_i
         finished = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300)
         assert finished.returncode == 2 and "Traceback" not in finished.stderr
         assert "error: " in finished.stderr.strip().splitlines()[-1]  # argparse's usage and its error, or ours
+
+
+def test_a_long_benchmark_counts_its_runs_and_the_time_left(tmp_path, capsys):
+    from bench.retrain_runs import Progress, RetrainRun
+
+    runs = [RetrainRun(tmp_path / "c.yaml", tmp_path / name, tokens) for name, tokens in (("a", 100), ("b", 300))]
+    runs.append(RetrainRun(tmp_path / "c.yaml", tmp_path / "done", 50))
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "results.yaml").write_text("{}")
+    progress = Progress(runs, jobs=2)
+    assert capsys.readouterr().out == "1 of 3 runs finished before; 2 to run, 2 at a time\n"
+    assert re.fullmatch(r"1 of 2 runs, about \d+\.\d h left at this pace", progress.finished(100))
+    assert progress.finished(300).startswith("2 of 2 runs, about 0.0 h left")
