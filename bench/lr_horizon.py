@@ -200,10 +200,11 @@ def main() -> None:
     slope, intercept = np.polyfit(np.log(budgets), np.log([best[budget] for budget in budgets]), 1)
     beta = -slope
     moved = best[budgets[-1]] / best[budgets[0]]
+    grid_step = math.exp(float(np.mean(np.diff(np.log(sorted(scales)))))) if len(scales) > 1 else math.nan
     lines += [
         "",
         f"Fit LR* ~ D^-beta over {len(budgets)} budgets: beta = {beta:.2f}; from {budgets[0]:,} to {budgets[-1]:,} "
-        f"tokens the best LR changes x{moved:.2f} (a step of the grid is x1.5).",
+        f"tokens the best LR changes x{moved:.2f} (a step of the grid is x{grid_step:.2f}).",
     ]
     table = "\n".join(lines) + "\n"
     output = Path(args.output)
