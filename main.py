@@ -347,8 +347,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from data.files_location import DataError
-    from hpo.config import ConfigError
     from hpo.storage import default_storage_url
+    from training.config import ConfigError, one_line
 
     command = COMMANDS[args.command]
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
@@ -360,8 +360,7 @@ def main(argv: list[str]) -> int:
         storage = (args.storage or default_storage_url(args.study_name)) if command.on_study else None
         return command.run(args, storage)
     except (ConfigError, DataError, OSError) as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]  # e.g. YAML's caret lines
-        print(f"error: {'; '.join(lines)}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interruption:  # a study's says how many trials it keeps
         print(f"interrupted: {str(interruption) or command.interrupted}", file=sys.stderr)

@@ -30,10 +30,10 @@ def numbers(kind: type[int] | type[float]) -> Callable[[str], list]:
 def run_cli(main: Callable[[], None]) -> None:
     """main(), with a bad configuration, a missing study or data file said in one line, as main.py says it."""
     from data.files_location import DataError
-    from hpo.config import ConfigError
+    from training.config import ConfigError, one_line
 
     try:
         main()
     except (ConfigError, DataError) as error:
-        print(f"error: {'; '.join(line.strip() for line in str(error).splitlines() if line.strip())}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)

@@ -27,7 +27,12 @@ WEIGHT_ROLES = ("start", "train", "retrain")  # shape a retrain's weights (its c
 
 
 class ConfigError(ValueError):
-    """A user's configuration mistake; main.py prints it as one line."""
+    """A user's configuration mistake; main.py prints it as one line (one_line)."""
+
+
+def one_line(error: Exception) -> str:
+    """An error's message as the one line the command lines print: its lines (YAML's caret lines too) joined by ';'."""
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 # The pretraining objectives' names (training.pretrain.OBJECTIVES; tests/test_registries.py checks them).
