@@ -11,8 +11,9 @@ one thread per run, `--jobs` at a time, resumable), under the retrain's default 
 otherwise. Every recipe runs the same seeds (common random numbers); each run is scored by its gain over its
 own random-init encoder (AG News, 5-fold CV over train.csv). Reported, over the recipes' mean gains: Spearman's
 rho between budgets with a bootstrap 95% interval over recipes, the share of recipe pairs that two budgets order
-the same way, and where the study's best trial and its confirmed leader (`main.py confirm`) land at the longest
-budget. Writes OUTPUT/proxy_validity.md, .json and .png (rank at 1x against rank at the longest budget).
+the same way, the same between two seeds of one budget (the noise ceiling), and where the study's best trial and
+its confirmed leader (`main.py confirm`) land at the longest budget. Writes OUTPUT/proxy_validity.md, .json and
+.png (rank at 1x against rank at the longest budget).
 """
 
 import argparse
@@ -57,6 +58,26 @@ class Recipe:
         params = self.trial.params
         keys = ("model.attention_kind", "model.size", "masking.strategy")
         return " ".join(str(params[key]) for key in keys if key in params)
+
+
+def rank_comparisons(
+    recipes: list[Recipe], multiples: list[int], seeds: list[int]
+) -> dict[tuple[str, str], dict[str, float]]:
+    """rank_agreement of each shorter ranking (the study's, each multiple's mean over seeds) with the longest
+    multiple's, and, the noise ceiling, of one seed's ranking with another's at the same multiple: two seeds of
+    the same budget that agree on a rho of 0.5 bound what any short budget can reach against the long one."""
+    longest = multiples[-1]
+    long_means = [recipe.mean(longest) for recipe in recipes]
+    comparisons = {("study (seed 0)", f"{longest}x"): rank_agreement([r.trial.value for r in recipes], long_means)}
+    for multiple in multiples[:-1]:
+        comparisons[f"{multiple}x", f"{longest}x"] = rank_agreement([r.mean(multiple) for r in recipes], long_means)
+    for multiple in multiples:
+        for first in range(len(seeds) - 1):
+            second = first + 1
+            comparisons[f"{multiple}x seed {seeds[first]}", f"{multiple}x seed {seeds[second]}"] = rank_agreement(
+                [r.gains[multiple][first] for r in recipes], [r.gains[multiple][second] for r in recipes]
+            )
+    return comparisons
 
 
 def markdown(
@@ -162,11 +183,8 @@ def main() -> None:
         for trial in chosen
     ]
     longest = multiples[-1]
-    long_means = [recipe.mean(longest) for recipe in recipes]
-    comparisons = {("study (seed 0)", f"{longest}x"): rank_agreement([r.trial.value for r in recipes], long_means)}
-    for multiple in multiples[:-1]:
-        comparisons[f"{multiple}x", f"{longest}x"] = rank_agreement([r.mean(multiple) for r in recipes], long_means)
-    long_ranks = ranks(long_means)
+    comparisons = rank_comparisons(recipes, multiples, seeds)
+    long_ranks = ranks([recipe.mean(longest) for recipe in recipes])
     landing = [
         f"The study's best trial ({recipes[0].trial.number}) ranks {long_ranks[0]} of {len(recipes)} at {longest}x."
     ]

@@ -12,7 +12,7 @@ import pytest
 
 from bench.cli import numbers
 from bench.lr_horizon import best_learning_rate, run_scale
-from bench.proxy_validity import panel
+from bench.proxy_validity import Recipe, panel, rank_comparisons
 from bench.time_to_gain import report, seconds_to_reach
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -55,6 +55,31 @@ def test_the_proxy_panel_takes_the_top_and_spreads_the_rest_down_to_the_last():
     ranked = list(range(14))  # trial numbers in study order, best first
     assert panel(ranked, top=5, spread=3) == [0, 1, 2, 3, 4, 8, 10, 13]  # rest 5..13 at thirds
     assert panel(ranked[:7], top=5, spread=3) == list(range(7))  # too few left to spread: all of them
+
+
+def test_the_proxy_compares_each_short_ranking_with_the_long_one_and_seed_with_seed():
+    from types import SimpleNamespace
+
+    # Four recipes; at 10x seed 1 ranks them a > b > c > d, seed 2 a > b > d > c; at 1x the order is reversed.
+    gains = {"a": ([0.01, 0.01], [0.9, 0.9]), "b": ([0.02, 0.02], [0.8, 0.8]), "c": ([0.03, 0.03], [0.7, 0.55])}
+    gains["d"] = ([0.04, 0.04], [0.6, 0.6])
+    recipes = [
+        Recipe(SimpleNamespace(value=value), rank, {1: short, 10: long})
+        for rank, (value, (short, long)) in enumerate(zip([4, 3, 2, 1], gains.values(), strict=True), start=1)
+    ]
+    comparisons = rank_comparisons(recipes, [1, 10], [1, 2])
+    assert list(comparisons) == [
+        ("study (seed 0)", "10x"),
+        ("1x", "10x"),
+        ("1x seed 1", "1x seed 2"),
+        ("10x seed 1", "10x seed 2"),
+    ]
+    assert comparisons["study (seed 0)", "10x"]["spearman"] == pytest.approx(1.0)  # 10x means: a > b > c > d
+    assert comparisons["1x", "10x"]["spearman"] == pytest.approx(-1.0)
+    assert comparisons["1x", "10x"]["pairwise"] == 0.0
+    assert comparisons["1x seed 1", "1x seed 2"]["spearman"] == pytest.approx(1.0)
+    assert comparisons["10x seed 1", "10x seed 2"]["pairwise"] == pytest.approx(5 / 6)  # c, d swapped
+    assert comparisons["10x seed 1", "10x seed 2"]["spearman"] == pytest.approx(0.8)
 
 
 def test_the_best_learning_rate_is_the_parabola_vertex_or_says_why_not():
