@@ -74,7 +74,12 @@ def _make_study(path: Path, trials: list[tuple[dict, float | None]], overrides: 
         trial = study.ask()
         suggest(trial, config)
         trial.report(0.4 + 0.01 * index, step=5)
-        for name, attr in {"tokens_per_second": 1000.0 + index, "wall_seconds": 30.0, "parameters": 12345}.items():
+        for name, attr in {
+            "tokens_per_second": 1000.0 + index,
+            "wall_seconds": 30.0,
+            "parameters": 12345,
+            "tokens_seen": 30_000 + index,
+        }.items():
             trial.set_user_attr(name, attr)
         if value is None:
             trial.set_user_attr("pruned_reason", "quick probe 0.4000 at step 5")

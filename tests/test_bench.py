@@ -1,6 +1,7 @@
 """The benchmarks' own arithmetic: what they print must follow from the runs they made."""
 
 import argparse
+import json
 import math
 import re
 import subprocess
@@ -10,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench import proxy_validity
 from bench.cli import numbers
 from bench.lr_horizon import best_learning_rate, run_scale
 from bench.proxy_validity import Recipe, panel, rank_comparisons
+from bench.retrain_runs import RetrainResult
 from bench.time_to_gain import report, seconds_to_reach
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -80,6 +83,52 @@ def test_the_proxy_compares_each_short_ranking_with_the_long_one_and_seed_with_s
     assert comparisons["1x seed 1", "1x seed 2"]["spearman"] == pytest.approx(1.0)
     assert comparisons["10x seed 1", "10x seed 2"]["pairwise"] == pytest.approx(5 / 6)  # c, d swapped
     assert comparisons["10x seed 1", "10x seed 2"]["spearman"] == pytest.approx(0.8)
+
+
+def test_proxy_validity_retrains_each_panel_recipe_at_each_multiple_and_seed_and_reports_how_ranks_agree(
+    tmp_path, make_study, monkeypatch
+):
+    # Six trials, best first (value 0.10 - 0.01 i); the panel (top 2, spread 2) is trials 0, 1, 4, 5. Each trial
+    # trained 30,000 + i tokens (make_study). Faked retrains: at 1x the gains keep the study's order, at 10x
+    # trials 4 and 5 swap; seed 2 adds a tenth of a point everywhere (the order within a budget holds).
+    storage = make_study(tmp_path / "fake.db", [({}, 0.10 - 0.01 * index) for index in range(6)])
+    long_gain = {0: 0.20, 1: 0.19, 4: 0.15, 5: 0.16}
+    requests = []
+
+    def retrain_all(runs, jobs):
+        requests.extend(runs)
+        results = []
+        for run in runs:
+            trial, seed = int(run.folder.parent.name.removeprefix("trial_")), int(run.overrides[0].split("=")[1])
+            multiple = run.tokens // (30_000 + trial)
+            gain = (long_gain[trial] if multiple == 10 else 0.10 - 0.01 * trial) + 0.001 * (seed - 1)
+            results.append(RetrainResult(run.tokens, 5.0, 0.5 + gain, 0.5, 0.5 + gain, 0.5, 1.0))
+        return results
+
+    monkeypatch.setattr(proxy_validity, "retrain_all", retrain_all)
+    work, output = tmp_path / "work", tmp_path / "results"
+    arguments = ["--study_name", "fake", "--storage", storage, "--top", "2", "--spread", "2", "--multiples", "1,10"]
+    monkeypatch.setattr(sys, "argv", ["proxy_validity", *arguments, "--work", str(work), "--output", str(output)])
+    proxy_validity.main()
+
+    assert [(run.folder.relative_to(work).as_posix(), run.tokens) for run in requests[:4]] == [
+        ("trial_0/x1_seed1", 30_000),
+        ("trial_0/x1_seed2", 30_000),
+        ("trial_0/x10_seed1", 300_000),
+        ("trial_0/x10_seed2", 300_000),
+    ]
+    assert len(requests) == 16 and {run.folder.parent.name for run in requests} == {f"trial_{n}" for n in (0, 1, 4, 5)}
+    assert all(run.config == work / "configs" / f"{run.folder.parent.name}.yaml" for run in requests)
+    assert all(run.config.exists() for run in requests)
+    table = (output / "proxy_validity.md").read_text()
+    # Ranks at 1x: 1, 2, 3, 4; at 10x: 1, 2, 4, 3. rho = 1 - 6 * 2 / (4 * 15) = 0.8; 5 of 6 pairs agree.
+    assert re.search(r"\| 1x \| 10x \| 0\.80 \[.*\] \| 83% \|", table)
+    assert re.search(r"\| study \(seed 0\) \| 10x \| 0\.80 \[.*\] \| 83% \|", table)
+    assert re.search(r"\| 10x seed 1 \| 10x seed 2 \| 1\.00 \[.*\] \| 100% \|", table)
+    assert "The study's best trial (0) ranks 1 of 4 at 10x." in table
+    assert "| 5 | " in table and "+16.1 ± 0.1 (3)" in table  # trial 5 at 10x: (16.0 + 16.1) / 2, third
+    assert (output / "proxy_validity.png").stat().st_size > 0
+    assert json.loads((output / "proxy_validity.json").read_text())["table"] == table
 
 
 def test_the_best_learning_rate_is_the_parabola_vertex_or_says_why_not():
