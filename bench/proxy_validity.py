@@ -4,16 +4,16 @@ tokens its trial consumed, from paired seeds; rank correlations and pairwise dec
     python -m bench.proxy_validity --study_name proxy                   # top 5 + 3 spread, seeds 1 and 2, 1x/3x/10x
     python -m bench.proxy_validity --study_name proxy --multiples 1,3 --jobs 2
 
-The panel: the study's top `--top` completed trials and `--spread` more spread evenly over the rest of its
-ranking. Each recipe is exported as `main.py export` writes it (WORK/configs/trial_N.yaml) and retrained with
-`main.py retrain --budget_tokens (multiple x the trial's tokens) --set train.seed=S` (bench/retrain_runs.py:
-one thread per run, `--jobs` at a time, resumable), under the retrain's default schedule unless --set says
-otherwise. Every recipe runs the same seeds (common random numbers); each run is scored by its gain over its
-own random-init encoder (AG News, 5-fold CV over train.csv). Reported, over the recipes' mean gains: Spearman's
-rho between budgets with a bootstrap 95% interval over recipes, the share of recipe pairs that two budgets order
-the same way, the same between two seeds of one budget (the noise ceiling), and where the study's best trial and
-its confirmed leader (`main.py confirm`) land at the longest budget. Writes OUTPUT/proxy_validity.md, .json and
-.png (rank at 1x against rank at the longest budget).
+The panel: the study's top `--top` completed trials and `--spread` more spread evenly over the rest of its ranking.
+Each recipe is exported as `main.py export` writes it (WORK/configs/trial_N.yaml) and retrained with `main.py
+retrain --budget_tokens (multiple x the trial's tokens) --set train.seed=S` (bench/retrain_runs.py: one thread per
+run, `--jobs` at a time, resumable), under the retrain's default schedule unless --set says otherwise. Every recipe
+runs the same seeds (common random numbers); each run is scored by its gain over its own random-init encoder (AG
+News, 5-fold CV over train.csv). Reported, over the recipes' mean gains, for the whole panel and for its top recipes
+alone (the choice export and confirm make): Spearman's rho between budgets with a bootstrap 95% interval over
+recipes, the share of recipe pairs that two budgets order the same way, the same between two seeds of one budget
+(the noise ceiling), and where the study's best trial and its confirmed leader (`main.py confirm`) land at the
+longest budget. Writes OUTPUT/proxy_validity.md, .json and .png (rank at 1x against rank at the longest budget).
 """
 
 import argparse
@@ -100,10 +100,13 @@ def markdown(
             f"| {trial_tokens(recipe.trial):,} | " + " | ".join(cells) + " |"
         )
     lines += ["", f"Gains in points, mean over train.seed {', '.join(map(str, seeds))}; ranks among the panel.", ""]
-    lines += ["| short | long | Spearman rho [bootstrap 95%] | pairwise agreement |", "|---|---|---:|---:|"]
-    for (short, long), figures in comparisons.items():
+    lines += [
+        "| recipes | short | long | Spearman rho [bootstrap 95%] | pairwise agreement |",
+        "|---|---|---|---:|---:|",
+    ]
+    for (among, short, long), figures in comparisons.items():
         lines.append(
-            f"| {short} | {long} | {figures['spearman']:.2f} [{figures['spearman_low']:.2f}, "
+            f"| {among} | {short} | {long} | {figures['spearman']:.2f} [{figures['spearman_low']:.2f}, "
             f"{figures['spearman_high']:.2f}] | {figures['pairwise']:.0%} |"
         )
     return "\n".join([*lines, "", *landing]) + "\n"
@@ -183,7 +186,13 @@ def main() -> None:
         for trial in chosen
     ]
     longest = multiples[-1]
-    comparisons = rank_comparisons(recipes, multiples, seeds)
+    # Over the whole panel, and among the top trials alone: the choice the study's export and confirm make.
+    comparisons = {
+        (among, *pair): figures
+        for among, chosen_recipes in ((f"all {len(recipes)}", recipes), (f"top {args.top}", recipes[: args.top]))
+        if len(chosen_recipes) >= 3
+        for pair, figures in rank_comparisons(chosen_recipes, multiples, seeds).items()
+    }
     long_ranks = ranks([recipe.mean(longest) for recipe in recipes])
     landing = [
         f"The study's best trial ({recipes[0].trial.number}) ranks {long_ranks[0]} of {len(recipes)} at {longest}x."
@@ -214,7 +223,9 @@ def main() -> None:
             }
             for recipe in recipes
         ],
-        "comparisons": {f"{short} vs {long}": figures for (short, long), figures in comparisons.items()},
+        "comparisons": {
+            f"{among}: {short} vs {long}": figures for (among, short, long), figures in comparisons.items()
+        },
         "landing": landing,
         "table": table,
     }

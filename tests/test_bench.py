@@ -88,11 +88,11 @@ def test_the_proxy_compares_each_short_ranking_with_the_long_one_and_seed_with_s
 def test_proxy_validity_retrains_each_panel_recipe_at_each_multiple_and_seed_and_reports_how_ranks_agree(
     tmp_path, make_study, monkeypatch
 ):
-    # Six trials, best first (value 0.10 - 0.01 i); the panel (top 2, spread 2) is trials 0, 1, 4, 5. Each trial
+    # Six trials, best first (value 0.10 - 0.01 i); the panel (top 3, spread 1) is trials 0, 1, 2, 5. Each trial
     # trained 30,000 + i tokens (make_study). Faked retrains: at 1x the gains keep the study's order, at 10x
-    # trials 4 and 5 swap; seed 2 adds a tenth of a point everywhere (the order within a budget holds).
+    # trials 2 and 5 swap; seed 2 adds a tenth of a point everywhere (the order within a budget holds).
     storage = make_study(tmp_path / "fake.db", [({}, 0.10 - 0.01 * index) for index in range(6)])
-    long_gain = {0: 0.20, 1: 0.19, 4: 0.15, 5: 0.16}
+    long_gain = {0: 0.20, 1: 0.19, 2: 0.15, 5: 0.16}
     requests = []
 
     def retrain_all(runs, jobs):
@@ -107,7 +107,7 @@ def test_proxy_validity_retrains_each_panel_recipe_at_each_multiple_and_seed_and
 
     monkeypatch.setattr(proxy_validity, "retrain_all", retrain_all)
     work, output = tmp_path / "work", tmp_path / "results"
-    arguments = ["--study_name", "fake", "--storage", storage, "--top", "2", "--spread", "2", "--multiples", "1,10"]
+    arguments = ["--study_name", "fake", "--storage", storage, "--top", "3", "--spread", "1", "--multiples", "1,10"]
     monkeypatch.setattr(sys, "argv", ["proxy_validity", *arguments, "--work", str(work), "--output", str(output)])
     proxy_validity.main()
 
@@ -117,14 +117,15 @@ def test_proxy_validity_retrains_each_panel_recipe_at_each_multiple_and_seed_and
         ("trial_0/x10_seed1", 300_000),
         ("trial_0/x10_seed2", 300_000),
     ]
-    assert len(requests) == 16 and {run.folder.parent.name for run in requests} == {f"trial_{n}" for n in (0, 1, 4, 5)}
+    assert len(requests) == 16 and {run.folder.parent.name for run in requests} == {f"trial_{n}" for n in (0, 1, 2, 5)}
     assert all(run.config == work / "configs" / f"{run.folder.parent.name}.yaml" for run in requests)
     assert all(run.config.exists() for run in requests)
     table = (output / "proxy_validity.md").read_text()
     # Ranks at 1x: 1, 2, 3, 4; at 10x: 1, 2, 4, 3. rho = 1 - 6 * 2 / (4 * 15) = 0.8; 5 of 6 pairs agree.
-    assert re.search(r"\| 1x \| 10x \| 0\.80 \[.*\] \| 83% \|", table)
-    assert re.search(r"\| study \(seed 0\) \| 10x \| 0\.80 \[.*\] \| 83% \|", table)
-    assert re.search(r"\| 10x seed 1 \| 10x seed 2 \| 1\.00 \[.*\] \| 100% \|", table)
+    assert re.search(r"\| all 4 \| 1x \| 10x \| 0\.80 \[.*\] \| 83% \|", table)
+    assert re.search(r"\| all 4 \| study \(seed 0\) \| 10x \| 0\.80 \[.*\] \| 83% \|", table)
+    assert re.search(r"\| all 4 \| 10x seed 1 \| 10x seed 2 \| 1\.00 \[.*\] \| 100% \|", table)
+    assert re.search(r"\| top 3 \| 1x \| 10x \| 1\.00 \[.*\] \| 100% \|", table)  # 0 > 1 > 2 at both
     assert "The study's best trial (0) ranks 1 of 4 at 10x." in table
     assert "| 5 | " in table and "+16.1 ± 0.1 (3)" in table  # trial 5 at 10x: (16.0 + 16.1) / 2, third
     assert (output / "proxy_validity.png").stat().st_size > 0
