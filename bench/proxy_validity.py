@@ -204,6 +204,13 @@ def main() -> None:
         where = f"ranks {long_ranks[position]} of {len(recipes)}" if position is not None else "is not in the panel"
         seeds_done = len(confirmation.complete_seeds)
         landing.append(f"The confirmed leader (trial {leader}, over {seeds_done} seeds) {where} at {longest}x.")
+        # The confirmation's ranking of its recipes (the trial's budget, more seeds) against the longest budget's.
+        long_mean = {recipe.trial.number: recipe.mean(longest) for recipe in recipes}
+        confirmed = [summary for summary in confirmation.recipes if summary.recipe.trial in long_mean]
+        if len(confirmed) >= 3:
+            comparisons[f"confirmed {len(confirmed)}", f"confirm (1x, {seeds_done} seeds)", f"{longest}x"] = (
+                rank_agreement([summary.mean for summary in confirmed], [long_mean[s.recipe.trial] for s in confirmed])
+            )
     table = markdown(recipes, multiples, seeds, comparisons, landing)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

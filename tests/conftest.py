@@ -1,5 +1,5 @@
-"""Test-wide setup: without a GPU, Triton kernels run in the interpreter on CPU tensors. Shared fixtures:
-the bundled data, fake studies in the real search space, and the flags of a tiny but real study."""
+"""Test-wide setup: without a GPU, Triton kernels run in the interpreter on CPU tensors. Shared fixtures: the
+bundled data, fake studies in the real search space (and their confirmations), the flags of a tiny but real study."""
 
 import dataclasses
 import os
@@ -128,3 +128,28 @@ def encode_calls(monkeypatch) -> list[tuple[bool, list[int] | None]]:
 
     monkeypatch.setattr(Encoder, "encode", spy)
     return calls
+
+
+def fake_companion(tmp_path, values: dict[int, dict[int, float]]) -> optuna.Study:
+    """A companion study (of the study "fake" in tmp_path/fake.db) holding confirmation runs with the given values:
+    recipe trial number -> seed -> value."""
+    from hpo.confirmation import RECIPES_ATTR, SEEDS_ATTR, Recipe
+
+    storage = f"sqlite:///{tmp_path / 'fake.db'}"
+    companion = optuna.create_study(study_name="fake-confirm", storage=storage, direction="maximize")
+    recipes = [Recipe(trial, {"train.learning_rate": 0.001 * (trial + 1)}, 1000, 0.05) for trial in values]
+    seeds = sorted({seed for by_seed in values.values() for seed in by_seed})
+    companion.set_user_attr(RECIPES_ATTR, [recipe.__dict__ for recipe in recipes])
+    companion.set_user_attr(SEEDS_ATTR, seeds)
+    for recipe in recipes:
+        for seed, value in values[recipe.trial].items():
+            distributions = {
+                name: optuna.distributions.FloatDistribution(0, 1)
+                if name == "train.learning_rate"
+                else optuna.distributions.IntDistribution(0, 10**12)
+                for name in recipe.run_params(seed)
+            }
+            companion.add_trial(
+                optuna.trial.create_trial(params=recipe.run_params(seed), distributions=distributions, value=value)
+            )
+    return companion

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fake_companion
 
 from bench import proxy_validity
 from bench.cli import numbers
@@ -92,6 +93,7 @@ def test_proxy_validity_retrains_each_panel_recipe_at_each_multiple_and_seed_and
     # trained 30,000 + i tokens (make_study). Faked retrains: at 1x the gains keep the study's order, at 10x
     # trials 2 and 5 swap; seed 2 adds a tenth of a point everywhere (the order within a budget holds).
     storage = make_study(tmp_path / "fake.db", [({}, 0.10 - 0.01 * index) for index in range(6)])
+    fake_companion(tmp_path, {0: {1: 0.07, 2: 0.07}, 1: {1: 0.08, 2: 0.08}, 2: {1: 0.06, 2: 0.06}})  # 1 > 0 > 2
     long_gain = {0: 0.20, 1: 0.19, 2: 0.15, 5: 0.16}
     requests = []
 
@@ -127,6 +129,9 @@ def test_proxy_validity_retrains_each_panel_recipe_at_each_multiple_and_seed_and
     assert re.search(r"\| all 4 \| 10x seed 1 \| 10x seed 2 \| 1\.00 \[.*\] \| 100% \|", table)
     assert re.search(r"\| top 3 \| 1x \| 10x \| 1\.00 \[.*\] \| 100% \|", table)  # 0 > 1 > 2 at both
     assert "The study's best trial (0) ranks 1 of 4 at 10x." in table
+    assert "The confirmed leader (trial 1, over 2 seeds) ranks 2 of 4 at 10x." in table
+    # The confirmation orders 1 > 0 > 2, the 10x runs 0 > 1 > 2: rho 0.5, 2 of 3 pairs.
+    assert re.search(r"\| confirmed 3 \| confirm \(1x, 2 seeds\) \| 10x \| 0\.50 \[.*\] \| 67% \|", table)
     assert "| 5 | " in table and "+16.1 ± 0.1 (3)" in table  # trial 5 at 10x: (16.0 + 16.1) / 2, third
     assert (output / "proxy_validity.png").stat().st_size > 0
     assert json.loads((output / "proxy_validity.json").read_text())["table"] == table

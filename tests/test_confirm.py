@@ -6,6 +6,7 @@ import math
 import optuna
 import pytest
 import yaml
+from conftest import fake_companion
 from optuna.trial import TrialState
 
 import main
@@ -78,28 +79,6 @@ def test_confirm_reruns_the_top_recipes_with_paired_seeds_and_export_takes_the_l
     assert main.main(["report", *study_flags]) == 0
     report = (tmp_path / "studies/tiny/report.html").read_text()
     assert "Confirmation over seeds" in report and "6 of 6 runs done" in report and "P(best)" in report
-
-
-def fake_companion(tmp_path, values: dict[int, dict[int, float]]) -> optuna.Study:
-    """A companion study holding runs with the given values: recipe trial number -> seed -> value."""
-    storage = f"sqlite:///{tmp_path / 'fake.db'}"
-    companion = optuna.create_study(study_name="fake-confirm", storage=storage, direction="maximize")
-    recipes = [Recipe(trial, {"train.learning_rate": 0.001 * (trial + 1)}, 1000, 0.05) for trial in values]
-    seeds = sorted({seed for by_seed in values.values() for seed in by_seed})
-    companion.set_user_attr(RECIPES_ATTR, [recipe.__dict__ for recipe in recipes])
-    companion.set_user_attr(SEEDS_ATTR, seeds)
-    for recipe in recipes:
-        for seed, value in values[recipe.trial].items():
-            distributions = {
-                name: optuna.distributions.FloatDistribution(0, 1)
-                if name == "train.learning_rate"
-                else optuna.distributions.IntDistribution(0, 10**12)
-                for name in recipe.run_params(seed)
-            }
-            companion.add_trial(
-                optuna.trial.create_trial(params=recipe.run_params(seed), distributions=distributions, value=value)
-            )
-    return companion
 
 
 def test_summary_pairs_the_seeds_and_waits_for_every_recipe(tmp_path):
