@@ -12,7 +12,7 @@ runs the same seeds (common random numbers); each run is scored by its gain over
 News, 5-fold CV over train.csv). Reported, over the recipes' mean gains, for the whole panel and for its top recipes
 alone (the choice export and confirm make): Spearman's rho between budgets with a bootstrap 95% interval over
 recipes, the share of recipe pairs that two budgets order the same way, the same between two seeds of one budget
-(the noise ceiling), and where the study's best trial and its confirmed leader (`main.py confirm`) land at the
+(the seeds' noise), and where the study's best trial and its confirmed leader (`main.py confirm`) land at the
 longest budget. Writes OUTPUT/proxy_validity.md, .json and .png (rank at 1x against rank at the longest budget).
 """
 
@@ -64,8 +64,8 @@ def rank_comparisons(
     recipes: list[Recipe], multiples: list[int], seeds: list[int]
 ) -> dict[tuple[str, str], dict[str, float]]:
     """rank_agreement of each shorter ranking (the study's, each multiple's mean over seeds) with the longest
-    multiple's, and, the noise ceiling, of one seed's ranking with another's at the same multiple: two seeds of
-    the same budget that agree on a rho of 0.5 bound what any short budget can reach against the long one."""
+    multiple's, and of one seed's ranking with another's at the same multiple: the seeds' noise, against which
+    the agreement between budgets is read (a mean over seeds is less noisy than one seed)."""
     longest = multiples[-1]
     long_means = [recipe.mean(longest) for recipe in recipes]
     comparisons = {("study (seed 0)", f"{longest}x"): rank_agreement([r.trial.value for r in recipes], long_means)}
