@@ -144,6 +144,8 @@ def run_scale(
 
 def best_learning_rate(log_rates: np.ndarray, gains: np.ndarray) -> tuple[float, str]:
     """The log LR at the vertex of a parabola through (log LR, gain), or the best grid point (and why)."""
+    if len(log_rates) < 3:
+        return float(log_rates[int(np.argmax(gains))]), "best grid point (a parabola needs 3 LRs)"
     curvature, slope, _ = np.polyfit(log_rates, gains, 2)
     if curvature < 0:
         vertex = -slope / (2 * curvature)
@@ -151,6 +153,62 @@ def best_learning_rate(log_rates: np.ndarray, gains: np.ndarray) -> tuple[float,
             return float(vertex), "parabola vertex"
         return float(np.clip(vertex, log_rates.min(), log_rates.max())), "parabola vertex beyond the grid: its edge"
     return float(log_rates[int(np.argmax(gains))]), "best grid point (the parabola opens upwards)"
+
+
+def summarize(
+    runs: list[dict], scales: list[float], budgets: list[int], seeds: list[int], peak: float, warmup_tokens: int
+):
+    """The table (markdown lines), the best LR per budget, and beta (None with fewer than 2 budgets)."""
+    scales = sorted(scales)
+    log_rates = np.log(np.array(scales) * peak)
+
+    def gains_of(budget: int, seed: int | None = None) -> list[list[float]]:
+        return [
+            [r["budgets"][str(budget)]["gain"] for r in runs if r["scale"] == s and seed in (None, r["seed"])]
+            for s in scales
+        ]
+
+    lines = [
+        f"Peak LR = scale x {peak:g} (the token table's x embedding_lr_multiplier); wsd, warm-up "
+        f"{warmup_tokens:,} tokens, decay over the last {DECAY_FRACTION:.0%}; gains in points over the "
+        f"random-init encoder, mean over train.seed {', '.join(map(str, seeds))}"
+        + (" ± standard error (every scale runs the same seeds: same init and data order)." if len(seeds) > 1 else "."),
+        "",
+    ]
+    by_seed = len(seeds) > 1
+    seed_columns = "".join(f" best, seed {seed} |" for seed in seeds) if by_seed else ""
+    lines += [
+        "| tokens | " + " | ".join(f"LR x{scale:g}" for scale in scales) + f" | best LR | how |{seed_columns}",
+        "|---:|" + "---:|" * len(scales) + "---:|---|" + "---:|" * (len(seeds) if by_seed else 0),
+    ]
+    best = {}
+    for budget in budgets:
+        means, cells = [], []
+        for values in gains_of(budget):
+            mean, error = mean_and_standard_error(values)
+            means.append(mean)
+            cells.append(f"{100 * mean:+.1f}" + (f" ± {100 * error:.1f}" if len(values) > 1 else ""))
+        log_best, how = best_learning_rate(log_rates, np.array(means))
+        best[budget] = math.exp(log_best)
+        row = f"| {budget:,} | {' | '.join(cells)} | {best[budget]:.2e} (x{best[budget] / peak:.2f}) | {how} |"
+        if by_seed:  # each seed's own best: how far the seeds' noise alone moves it
+            for seed in seeds:
+                own = np.array([values[0] for values in gains_of(budget, seed)])
+                row += f" x{math.exp(best_learning_rate(log_rates, own)[0]) / peak:.2f} |"
+        lines.append(row)
+    grid_step = math.exp(float(np.mean(np.diff(log_rates)))) if len(scales) > 1 else math.nan
+    lines.append("")
+    if len(budgets) < 2:
+        lines.append("beta needs the best LR at 2 budgets or more (`--tokens`): not fitted.")
+        return lines, best, None
+    slope, _ = np.polyfit(np.log(budgets), np.log([best[budget] for budget in budgets]), 1)
+    beta = float(-slope)
+    moved = best[budgets[-1]] / best[budgets[0]]
+    lines.append(
+        f"Fit LR* ~ D^-beta over {len(budgets)} budgets: beta = {beta:.2f}; from {budgets[0]:,} to {budgets[-1]:,} "
+        f"tokens the best LR changes x{moved:.2f} (a step of the grid is x{grid_step:.2f})."
+    )
+    return lines, best, beta
 
 
 def main() -> None:
@@ -166,7 +224,7 @@ def main() -> None:
     parser.add_argument("--work", default="studies/bench/lr_horizon")
     parser.add_argument("--output", default="bench/results")
     args = parser.parse_args()
-    scales, budgets, seeds = args.scales, sorted(args.tokens), args.seeds
+    scales, budgets, seeds = sorted(args.scales), sorted(args.tokens), args.seeds
     work = Path(args.work).resolve()
     os.environ["CI"] = "1"  # no progress bars from the workers
     plan = [(scale, seed) for seed in seeds for scale in scales]
@@ -179,33 +237,7 @@ def main() -> None:
     from hpo.config import load_config
 
     peak = load_config(PROJECT_DIR / "config.yaml", args.set).train.learning_rate
-    lines = [
-        f"Peak LR = scale x {peak:g} (the token table's x embedding_lr_multiplier); wsd, warm-up "
-        f"{args.warmup_tokens:,} tokens, decay over the last {DECAY_FRACTION:.0%}; gains in points over the "
-        f"random-init encoder, mean over train.seed {', '.join(map(str, seeds))}.",
-        "",
-        "| tokens | " + " | ".join(f"LR x{scale:g}" for scale in scales) + " | best LR | how |",
-        "|---:|" + "---:|" * len(scales) + "---:|---|",
-    ]
-    best = {}
-    for budget in budgets:
-        gains = []
-        for scale in scales:
-            values = [run["budgets"][str(budget)]["gain"] for run in runs if run["scale"] == scale]
-            gains.append(mean_and_standard_error(values)[0])
-        log_best, how = best_learning_rate(np.log(np.array(scales) * peak), np.array(gains))
-        best[budget] = math.exp(log_best)
-        cells = " | ".join(f"{100 * gain:+.1f}" for gain in gains)
-        lines.append(f"| {budget:,} | {cells} | {best[budget]:.2e} | {how} |")
-    slope, intercept = np.polyfit(np.log(budgets), np.log([best[budget] for budget in budgets]), 1)
-    beta = -slope
-    moved = best[budgets[-1]] / best[budgets[0]]
-    grid_step = math.exp(float(np.mean(np.diff(np.log(sorted(scales)))))) if len(scales) > 1 else math.nan
-    lines += [
-        "",
-        f"Fit LR* ~ D^-beta over {len(budgets)} budgets: beta = {beta:.2f}; from {budgets[0]:,} to {budgets[-1]:,} "
-        f"tokens the best LR changes x{moved:.2f} (a step of the grid is x{grid_step:.2f}).",
-    ]
+    lines, best, beta = summarize(runs, scales, budgets, seeds, peak, args.warmup_tokens)
     table = "\n".join(lines) + "\n"
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from conftest import fake_companion
 
 from bench import proxy_validity
 from bench.cli import numbers
-from bench.lr_horizon import best_learning_rate, run_scale
+from bench.lr_horizon import best_learning_rate, run_scale, summarize
 from bench.proxy_validity import Recipe, panel, rank_comparisons
 from bench.retrain_runs import RetrainResult
 from bench.time_to_gain import report, seconds_to_reach
@@ -149,6 +149,33 @@ def test_the_best_learning_rate_is_the_parabola_vertex_or_says_why_not():
     )
     valley = (log_rates - log_rates.mean()) ** 2 + 0.1 * np.arange(4)
     assert best_learning_rate(log_rates, valley)[1] == "best grid point (the parabola opens upwards)"
+
+
+def test_the_lr_horizon_fits_a_vertex_from_3_lrs_and_beta_from_2_budgets_and_says_so_otherwise():
+    def run(scale, seed, gains):
+        return {"scale": scale, "seed": seed, "budgets": {str(b): {"gain": g} for b, g in gains.items()}}
+
+    # Gains peak at x1 for 1,000 tokens and at x0.5 for 4,000 (log-symmetric parabolas): beta = log 2 / log 4.
+    scales, budgets = [0.25, 0.5, 1.0, 2.0, 4.0], [1_000, 4_000]
+    runs = [
+        run(s, seed, {1_000: 0.1 - 0.01 * np.log(s) ** 2 + 0.001 * seed, 4_000: 0.2 - 0.01 * np.log(2 * s) ** 2})
+        for seed in (1, 2)
+        for s in scales
+    ]
+    lines, best, beta = summarize(runs, scales, budgets, [1, 2], 1e-3, 100)
+    assert best[1_000] == pytest.approx(1e-3) and best[4_000] == pytest.approx(5e-4)
+    assert beta == pytest.approx(0.5)
+    table = "\n".join(lines)
+    assert "+10.2 ± 0.1" in table  # x1 at 1,000 tokens: 10.1 and 10.2 points over the two seeds
+    assert "| 1.00e-03 (x1.00) | parabola vertex | x1.00 | x1.00 |" in table
+    assert "beta = 0.50; from 1,000 to 4,000 tokens the best LR changes x0.50" in table
+
+    # Two LRs: no parabola (the grid's better point, and why); one budget: no beta, and why.
+    two = [r for r in runs if r["scale"] in (0.5, 1.0) and r["seed"] == 1]
+    lines, best, beta = summarize(two, [0.5, 1.0], [1_000], [1], 1e-3, 100)
+    assert beta is None and best[1_000] == pytest.approx(1e-3)
+    assert "best grid point (a parabola needs 3 LRs)" in lines[-3]
+    assert lines[-1] == "beta needs the best LR at 2 budgets or more (`--tokens`): not fitted."
 
 
 @pytest.mark.slow
