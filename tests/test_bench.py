@@ -233,3 +233,48 @@ def test_a_long_benchmark_counts_its_runs_and_the_time_left(tmp_path, capsys):
     assert capsys.readouterr().out == "1 of 3 runs finished before; 2 to run, 2 at a time\n"
     assert re.fullmatch(r"1 of 2 runs, about \d+\.\d h left at this pace", progress.finished(100))
     assert progress.finished(300).startswith("2 of 2 runs, about 0.0 h left")
+
+
+def test_retrain_schedules_runs_each_schedule_and_peak_lr_on_the_same_seeds_and_pairs_them_with_the_first(
+    tmp_path, monkeypatch
+):
+    from bench import retrain_schedules
+    from bench.retrain_runs import RetrainResult
+
+    # config.yaml's peak LR is 2e-3: asked for again it is the reference arm (no override, the plain folder).
+    # Faked gains: the lower LR gains 1 point more on seed 1 and 3 on seed 2 (CV), 2 more on the test set.
+    requests = []
+
+    def retrain_all(runs, jobs):
+        requests.extend(runs)
+        results = []
+        for run in runs:
+            seed = int(next(o for o in run.overrides if o.startswith("train.seed="))[-1])
+            lower = any(o.startswith("train.learning_rate=") for o in run.overrides)
+            accuracy = 0.6 + 0.01 * seed + (0.01 * (2 * seed - 1) if lower else 0)
+            test = 0.6 + (0.02 if lower else 0)
+            results.append(RetrainResult(run.tokens, 5.0, accuracy, 0.5, test, 0.5, 1.0))
+        return results
+
+    monkeypatch.setattr(retrain_schedules, "retrain_all", retrain_all)
+    output = tmp_path / "out"
+    arguments = ["--schedules", "inherit", "--learning_rates", "2e-3,1.3333e-3", "--tokens", "1e6", "--seeds", "1,2"]
+    monkeypatch.setattr(sys, "argv", ["rs", *arguments, "--work", str(tmp_path), "--output", str(output)])
+    retrain_schedules.main()
+    assert [(run.folder.name, run.overrides) for run in requests] == [
+        ("inherit_1000000_1", ("retrain.schedule=inherit", "train.seed=1")),
+        (
+            "inherit_lr0.0013333_1000000_1",
+            ("retrain.schedule=inherit", "train.seed=1", "train.learning_rate=0.0013333"),
+        ),
+        ("inherit_1000000_2", ("retrain.schedule=inherit", "train.seed=2")),
+        (
+            "inherit_lr0.0013333_1000000_2",
+            ("retrain.schedule=inherit", "train.seed=2", "train.learning_rate=0.0013333"),
+        ),
+    ]
+    table = (output / "retrain_schedules.md").read_text()
+    assert "| inherit | 1,000,000 | +11.0, +12.0 | +11.5 ± 0.5 | – |" in table
+    assert "| inherit, LR 0.0013333 | 1,000,000 | +12.0, +15.0 | +13.5 ± 1.5 | +2.0 ± 1.0 (test +2.0 ± 0.0) |" in table
+    saved = json.loads((output / "retrain_schedules.json").read_text())
+    assert [run["learning_rate"] for run in saved["runs"]] == [2e-3, 1.3333e-3, 2e-3, 1.3333e-3]
