@@ -196,11 +196,11 @@ def summarize(
                 own = np.array([values[0] for values in gains_of(budget, seed)])
                 row += f" x{math.exp(best_learning_rate(log_rates, own)[0]) / peak:.2f} |"
         lines.append(row)
-    grid_step = math.exp(float(np.mean(np.diff(log_rates)))) if len(scales) > 1 else math.nan
     lines.append("")
     if len(budgets) < 2:
         lines.append("beta needs the best LR at 2 budgets or more (`--tokens`): not fitted.")
         return lines, best, None
+    grid_step = math.exp(float(np.mean(np.diff(log_rates)))) if len(scales) > 1 else math.nan
     slope, _ = np.polyfit(np.log(budgets), np.log([best[budget] for budget in budgets]), 1)
     beta = float(-slope)
     moved = best[budgets[-1]] / best[budgets[0]]

@@ -41,7 +41,12 @@ class Run:
 
     @property
     def arm(self) -> str:
-        return self.schedule if self.learning_rate is None else f"{self.schedule}, LR {self.learning_rate:g}"
+        return arm_name(self.schedule, self.learning_rate)
+
+
+def arm_name(schedule: str, learning_rate: float | None) -> str:
+    """The table's name of a schedule at a peak LR (None: the config's own)."""
+    return schedule if learning_rate is None else f"{schedule}, LR {learning_rate:g}"
 
     @property
     def tokens(self) -> int:
@@ -157,7 +162,7 @@ def main() -> None:
     results = retrain_all(requests, args.jobs)
     runs = [Run(schedule, seed, result, rate) for (schedule, rate, seed, _), result in zip(plan, results, strict=True)]
     curve = learning_curve_gains(PROJECT_DIR / "bench" / "results" / "learning_curve.json")
-    arms = list(dict.fromkeys(Run(schedule, 0, None, rate).arm for rate in rates for schedule in schedules))
+    arms = list(dict.fromkeys(arm_name(schedule, rate) for rate in rates for schedule in schedules))
     table = markdown(runs, arms, curve, seeds)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
