@@ -43,14 +43,14 @@ class Run:
     def arm(self) -> str:
         return arm_name(self.schedule, self.learning_rate)
 
+    @property
+    def tokens(self) -> int:
+        return self.result.tokens
+
 
 def arm_name(schedule: str, learning_rate: float | None) -> str:
     """The table's name of a schedule at a peak LR (None: the config's own)."""
     return schedule if learning_rate is None else f"{schedule}, LR {learning_rate:g}"
-
-    @property
-    def tokens(self) -> int:
-        return self.result.tokens
 
 
 def learning_curve_gains(path: Path) -> dict[int, float]:
