@@ -13,7 +13,6 @@ their tensors, and the launch.
   stick-breaking backward sums per-block partial gradients in a fixed order instead of atomically.
 """
 
-import math
 import os
 from collections.abc import Callable
 
@@ -115,9 +114,12 @@ def tuning_length(seq_len: int) -> int:
     return triton.cdiv(seq_len, TUNING_LENGTH_MULTIPLE) * TUNING_LENGTH_MULTIPLE
 
 
-def kernel_arguments(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, strides: tuple) -> dict:
+def kernel_arguments(
+    q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, strides: tuple, scale: float
+) -> dict:
     """Arguments every kernel of both ops takes: the key mask as bytes, where each row's real keys end,
-    the logit scale in base 2, sizes, the strides of q, k, v, and the precision of tl.dot."""
+    the logit scale (`scale`, the factor of q.k) in base 2, sizes, the strides of q, k, v, and the precision
+    of tl.dot."""
     num_heads, seq_len, head_dim = q.shape[1:]
     positions = torch.arange(1, seq_len + 1, device=q.device)  # (S,)
     key_end = (key_padding_mask * positions).amax(dim=-1).to(torch.int32)  # (B,): one past the last real key
@@ -125,7 +127,7 @@ def kernel_arguments(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bo
     return {
         "KEY_MASK": key_padding_mask.contiguous().view(torch.uint8),  # (B, S)
         "KEY_END": key_end,
-        "qk_scale": LOG2_E / math.sqrt(head_dim),
+        "qk_scale": LOG2_E * scale,
         "SEQ_LEN": seq_len,
         "NUM_HEADS": num_heads,
         "TUNING_LENGTH": tuning_length(seq_len),

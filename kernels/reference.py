@@ -1,14 +1,19 @@
 """Plain PyTorch oracles for every attention kind: the test truth and the fallback without a GPU.
 
 All functions take q, k, v of shape (B, H, S, D) and a boolean key_padding_mask (B, S) with
-True = real token. They materialise the S x S matrix, so they are for checking and for small
-CPU runs, not for speed.
+True = real token, and the logits' scale (default 1/sqrt(D): BERT's; 1/D under muP, model/parametrization.py).
+They materialise the S x S matrix, so they are for checking and for small CPU runs, not for speed.
 """
 
 import math
 
 import torch
 import torch.nn.functional as F
+
+
+def logit_scale(head_dim: int, scale: float | None) -> float:
+    """The factor of the attention logits q.k: `scale`, or 1/sqrt(head_dim) when None."""
+    return 1.0 / math.sqrt(head_dim) if scale is None else scale
 
 
 def allowed_keys(key_padding_mask: torch.Tensor, seq_len: int, causal: bool) -> torch.Tensor:
@@ -21,11 +26,15 @@ def allowed_keys(key_padding_mask: torch.Tensor, seq_len: int, causal: bool) -> 
 
 
 def softmax_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    causal: bool = False,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over allowed keys; a row with no allowed key gives zeros."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, S, S)
+    """softmax(scale q k^T) v over allowed keys; a row with no allowed key gives zeros."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * logit_scale(q.shape[-1], scale)  # (B, H, S, S)
     allowed = allowed_keys(key_padding_mask, q.shape[-2], causal)
     row_has_key = allowed.any(dim=-1, keepdim=True)  # (B, 1, S, 1)
     # An empty row is filled with zeros before the softmax and zeroed after: finite both ways.
@@ -34,10 +43,10 @@ def softmax_attention(
     return torch.matmul(weights, v)
 
 
-def scale_to_max_logit(q: torch.Tensor, k: torch.Tensor, max_logit: float) -> torch.Tensor:
-    """q scaled so that the largest |q_i . k_j| / sqrt(d) is exactly max_logit: inputs that test
+def scale_to_max_logit(q: torch.Tensor, k: torch.Tensor, max_logit: float, scale: float | None = None) -> torch.Tensor:
+    """q scaled so that the largest |q_i . k_j| * scale is exactly max_logit: inputs that test
     attention at large logits (softmax near one-hot, stick-breaking beta near 0 and 1)."""
-    logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    logits = torch.matmul(q, k.transpose(-1, -2)) * logit_scale(q.shape[-1], scale)
     return q * (max_logit / logits.abs().amax())
 
 
@@ -62,19 +71,23 @@ def rotary_embedding(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
 
 
 def rope_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    causal: bool = False,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Rotary embedding on q and k, then softmax attention."""
-    return softmax_attention(rotary_embedding(q), rotary_embedding(k), v, key_padding_mask, causal)
+    return softmax_attention(rotary_embedding(q), rotary_embedding(k), v, key_padding_mask, causal, scale)
 
 
 def _stick_weights(
-    q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor, scale: float | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-space stick-breaking weights: left/right log A (B, H, S, S) and log remainders (B, H, S)."""
     seq_len = q.shape[-2]
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, S, S)
+    logits = torch.matmul(q, k.transpose(-1, -2)) * logit_scale(q.shape[-1], scale)  # (B, H, S, S)
     real_key = key_padding_mask[:, None, None, :]
     # Padded keys have beta = 0: log beta = -inf (take nothing), log(1 - beta) = 0 (break nothing).
     log_beta = F.logsigmoid(logits).masked_fill(~real_key, float("-inf"))
@@ -99,10 +112,10 @@ def _stick_weights(
 
 
 def stickbreaking_weights(
-    q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
+    q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False, scale: float | None = None
 ) -> torch.Tensor:
     """Full (B, H, S, S) attention matrix of exposb, the remainder on the diagonal; rows sum to one."""
-    log_left, log_right, rem_left, rem_right = _stick_weights(q, k, key_padding_mask)
+    log_left, log_right, rem_left, rem_right = _stick_weights(q, k, key_padding_mask, scale)
     diagonal = torch.diag_embed
     if causal:
         return log_left.exp() + diagonal(rem_left.exp())
@@ -110,7 +123,12 @@ def stickbreaking_weights(
 
 
 def stickbreaking_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    causal: bool = False,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Bidirectional stick-breaking attention (exposb) as ARCHITECTURE.md defines it; causal = left stick."""
-    return torch.matmul(stickbreaking_weights(q, k, key_padding_mask, causal), v)
+    return torch.matmul(stickbreaking_weights(q, k, key_padding_mask, causal, scale), v)

@@ -1,6 +1,7 @@
 """Flash-style softmax attention in Triton, forward and backward, with optional fused rotary.
 
-softmax(q k^T / sqrt(D)) v over the allowed keys (key padding, optionally causal), computed with
+softmax(scale q k^T) v over the allowed keys (key padding, optionally causal; scale 1/sqrt(D) unless the
+caller gives one, e.g. muP's 1/D), computed with
 an online softmax so the (S, S) score matrix never reaches memory. The forward saves the
 log-sum-exp of every row; the backward recomputes the probabilities from it (one kernel, launched
 twice: programs that own a block of keys for dk/dv, then programs that own a block of queries for dq).
@@ -18,7 +19,6 @@ autograd) -> `flash_attention`.
 """
 
 import functools
-import math
 
 import torch
 import triton
@@ -333,9 +333,11 @@ def _rotary_tables(seq_len: int, head_dim: int, device: torch.device) -> tuple[t
     return cos.float().contiguous(), sin.float().contiguous()
 
 
-def _kernel_arguments(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, rotary: bool, strides) -> dict:
+def _kernel_arguments(
+    q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, rotary: bool, strides, scale: float
+) -> dict:
     """The arguments common.kernel_arguments gives every kernel, and the rotary tables."""
-    arguments = common.kernel_arguments(q, key_padding_mask, causal, strides)
+    arguments = common.kernel_arguments(q, key_padding_mask, causal, strides, scale)
     if rotary:
         cos, sin = _rotary_tables(q.shape[2], q.shape[3], q.device)
     else:
@@ -343,7 +345,7 @@ def _kernel_arguments(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: b
     return {**arguments, "COS": cos, "SIN": sin, "ROTARY": rotary}
 
 
-def _forward(q, k, v, key_padding_mask, causal, rotary):
+def _forward(q, k, v, key_padding_mask, causal, rotary, scale):
     """Launch the forward kernel: out (B, H, S, D) sequence-major, lse (B, H, S) base 2."""
     (q, k, v), strides = common.shared_layout(q, k, v)
     (out,) = common.sequence_major_empty_like(q)  # (B, H, S, D)
@@ -352,12 +354,12 @@ def _forward(q, k, v, key_padding_mask, causal, rotary):
     common.launch(
         _forward_kernel, common.grid("BLOCK_Q", q), Q=q, K=k, V=v, OUT=out, LSE=lse,
         out_stride_batch=out_stride_batch, out_stride_head=out_stride_head, out_stride_seq=out_stride_seq,
-        **_kernel_arguments(q, key_padding_mask, causal, rotary, strides),
+        **_kernel_arguments(q, key_padding_mask, causal, rotary, strides, scale),
     )  # fmt: skip
     return out, lse
 
 
-def _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
+def _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary, scale):
     """Launch delta, dk/dv and dq kernels; the gradients come out sequence-major."""
     batch, num_heads, seq_len, head_dim = q.shape
     (q, k, v), strides = common.shared_layout(q, k, v)
@@ -371,10 +373,10 @@ def _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
     grad_stride_batch, grad_stride_head, grad_stride_seq, _ = grad_q.stride()
     shared = dict(
         Q=q, K=k, V=v, GRAD_OUT=grad_out, LSE=lse, DELTA=delta, GRAD_Q=grad_q, GRAD_K=grad_k, GRAD_V=grad_v,
-        scale=1.0 / math.sqrt(head_dim), grad_out_stride_batch=grad_out_strides[0],
+        scale=scale, grad_out_stride_batch=grad_out_strides[0],
         grad_out_stride_head=grad_out_strides[1], grad_out_stride_seq=grad_out_strides[2],
         grad_stride_batch=grad_stride_batch, grad_stride_head=grad_stride_head, grad_stride_seq=grad_stride_seq,
-        **_kernel_arguments(q, key_padding_mask, causal, rotary, strides),
+        **_kernel_arguments(q, key_padding_mask, causal, rotary, strides, scale),
     )  # fmt: skip
     common.launch(_key_value_grad_kernel, common.grid("BLOCK_K", k), OWNS_KEYS=True, **shared)
     common.launch(_query_grad_kernel, common.grid("BLOCK_Q", q), OWNS_KEYS=False, **shared)
@@ -388,14 +390,20 @@ def _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
 
 @torch.library.custom_op("kernels::flash_attention_forward", mutates_args=())
 def _flash_attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, rotary: bool
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    causal: bool,
+    rotary: bool,
+    scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out (B, H, S, D) and the rows' log-sum-exp (B, H, S), base 2."""
-    return _forward(q, k, v, key_padding_mask, causal, rotary)
+    return _forward(q, k, v, key_padding_mask, causal, rotary, scale)
 
 
 @_flash_attention_forward.register_fake
-def _(q, k, v, key_padding_mask, causal, rotary):
+def _(q, k, v, key_padding_mask, causal, rotary, scale):
     (out,) = common.sequence_major_empty_like(q)
     return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
 
@@ -411,12 +419,13 @@ def _flash_attention_backward(
     lse: torch.Tensor,
     causal: bool,
     rotary: bool,
+    scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary)
+    return _backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary, scale)
 
 
 @_flash_attention_backward.register_fake
-def _(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary):
+def _(grad_out, q, k, v, key_padding_mask, out, lse, causal, rotary, scale):
     return common.sequence_major_empty_like(q, k, v)
 
 
@@ -436,12 +445,14 @@ def flash_attention(
     key_padding_mask: torch.Tensor | None,
     causal: bool = False,
     rotary: bool = False,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D)) v on (B, H, S, D); key_padding_mask (B, S) True = real key.
+    """softmax(scale q k^T) v on (B, H, S, D), scale 1/sqrt(D) when None; key_padding_mask (B, S) True = real key.
 
     A query with no allowed key gets zeros. With `rotary`, q and k are first rotated as
     kernels.reference.rotary_embedding does. Differentiable in q, k, v.
     """
     key_padding_mask = common.check_attention_inputs("flash_attention", q, k, v, key_padding_mask)
-    out, _ = _flash_attention_forward(q, k, v, key_padding_mask, causal, rotary)
+    scale = reference.logit_scale(q.shape[-1], scale)
+    out, _ = _flash_attention_forward(q, k, v, key_padding_mask, causal, rotary, scale)
     return out

@@ -1,7 +1,8 @@
 """Stick-breaking attention (exposb) in Triton, forward and backward, in log space.
 
-Definition (ARCHITECTURE.md): z_ij = q_i . k_j / sqrt(D), beta_ij = sigmoid(z_ij), and padded keys have
-beta = 0. For query i a stick is broken outward on each side, nearest key first:
+Definition (ARCHITECTURE.md): z_ij = scale q_i . k_j (scale 1/sqrt(D) unless the caller gives one, e.g.
+muP's 1/D), beta_ij = sigmoid(z_ij), and padded keys have beta = 0. For query i a stick is broken outward
+on each side, nearest key first:
     left   A_ij = beta_ij prod_{j<l<i} (1 - beta_il)  for j < i,   r_L = prod_{j<i} (1 - beta_ij)
     right  A_ij = beta_ij prod_{i<l<j} (1 - beta_il)  for j > i,   r_R = prod_{j>i} (1 - beta_ij)
     o_i = 1/2 (sum_{j != i} A_ij v_j + (r_L + r_R) v_i),   or, causal, sum_{j<i} A_ij v_j + r_L v_i.
@@ -27,7 +28,7 @@ F_l is a sum from the far end of the stick, so the backward walks each stick's k
 farthest first, starting from r g.v_i; the weights A it needs are recomputed exactly as in the
 forward from the saved checkpoints. (Walking nearest first would need F_l as a total minus the
 nearer terms, an absolute error that the tiny weights of far keys do not scale down.) Then
-dq_i = sum_l dz_il k_l / sqrt(D), dk_l = sum_i dz_il q_i / sqrt(D), and
+dq_i = scale sum_l dz_il k_l, dk_l = scale sum_i dz_il q_i, and
 dv_j = alpha sum_i A_ij g_i + alpha (r_L + r_R) g_j (causal: r_L g_j) for the leftover on v_j
 itself, added by PyTorch after the kernel. A program owns queries, so it adds its parts of dk and dv
 atomically to float32 buffers; atomics add in no fixed order, so under
@@ -42,13 +43,11 @@ Layout: Triton helpers and kernels -> launchers -> torch custom ops (forward, ba
 autograd) -> `stickbreaking_attention`.
 """
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from kernels import common
+from kernels import common, reference
 from kernels.common import batch_and_head, key_is_real, load_rows
 
 
@@ -361,7 +360,9 @@ def _backward_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _kernel_arguments(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, strides: tuple) -> dict:
+def _kernel_arguments(
+    q: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, strides: tuple, scale: float
+) -> dict:
     """The arguments common.kernel_arguments gives every kernel, and the key block size.
 
     The in-tile running sums are dots with float32 operands: exact for float32 inputs, tf32 for
@@ -369,7 +370,8 @@ def _kernel_arguments(q: torch.Tensor, key_padding_mask: torch.Tensor, causal: b
     weight 2^-s behind keys summing to -s is off by at most s 2^-s 2^-11 ln 2 < 2^-12: below 16-bit
     rounding (tests/test_stickbreaking_kernel.py checks the output against that bound).
     """
-    return {**common.kernel_arguments(q, key_padding_mask, causal, strides), "BLOCK_K": _key_block_size(q.shape[-1])}
+    arguments = common.kernel_arguments(q, key_padding_mask, causal, strides, scale)
+    return {**arguments, "BLOCK_K": _key_block_size(q.shape[-1])}
 
 
 def _saved_state_shapes(q: torch.Tensor, causal: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -380,7 +382,7 @@ def _saved_state_shapes(q: torch.Tensor, causal: bool) -> tuple[tuple[int, ...],
     return (batch, num_heads, num_key_blocks, seq_len), (batch, num_heads, num_sticks, seq_len)
 
 
-def _forward(q, k, v, key_padding_mask, causal):
+def _forward(q, k, v, key_padding_mask, causal, scale):
     """Launch the forward: out (sequence-major), checkpoints, leftovers r_L (and r_R)."""
     (q, k, v), strides = common.shared_layout(q, k, v)
     (out,) = common.sequence_major_empty_like(q)  # (B, H, S, D)
@@ -392,7 +394,7 @@ def _forward(q, k, v, key_padding_mask, causal):
     common.launch(
         _forward_kernel, common.grid("BLOCK_Q", q), Q=q, K=k, V=v, OUT=out, CHECKPOINTS=checkpoints, LEFTOVER=leftover,
         out_stride_batch=out_stride_batch, out_stride_head=out_stride_head, out_stride_seq=out_stride_seq,
-        **_kernel_arguments(q, key_padding_mask, causal, strides),
+        **_kernel_arguments(q, key_padding_mask, causal, strides, scale),
     )  # fmt: skip
     return out, checkpoints, leftover
 
@@ -404,7 +406,7 @@ def _sum_slots(slots: torch.Tensor) -> torch.Tensor:
     return slots.transpose(-3, -2).sum(0).transpose(1, 2)
 
 
-def _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal):
+def _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal, scale):
     """Launch the backward; dk, dv gather in float32 buffers (one slot per query block and stick
     when deterministic), and the leftover's share of dv is added here."""
     (q, k, v), strides = common.shared_layout(q, k, v)
@@ -420,11 +422,11 @@ def _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal
     grad_stride_slot, grad_stride_batch, grad_stride_head, grad_stride_seq, _ = grad_k.stride()
     common.launch(
         _backward_kernel, common.grid("BLOCK_Q", q), Q=q, K=k, V=v, GRAD_OUT=grad_out, GRAD_Q=grad_q, GRAD_K=grad_k,
-        GRAD_V=grad_v, CHECKPOINTS=checkpoints, LEFTOVER=leftover, scale=1.0 / math.sqrt(q.shape[-1]),
+        GRAD_V=grad_v, CHECKPOINTS=checkpoints, LEFTOVER=leftover, scale=scale,
         grad_out_stride_batch=grad_out_strides[0], grad_out_stride_head=grad_out_strides[1],
         grad_out_stride_seq=grad_out_strides[2], grad_stride_batch=grad_stride_batch,
         grad_stride_head=grad_stride_head, grad_stride_seq=grad_stride_seq, grad_slot_stride=grad_stride_slot,
-        DETERMINISTIC=is_deterministic, **_kernel_arguments(q, key_padding_mask, causal, strides),
+        DETERMINISTIC=is_deterministic, **_kernel_arguments(q, key_padding_mask, causal, strides, scale),
     )  # fmt: skip
     grad_k, grad_v = _sum_slots(grad_k), _sum_slots(grad_v)  # each (B, H, S, D) float32
     alpha = 1.0 if causal else 0.5
@@ -440,14 +442,14 @@ def _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal
 
 @torch.library.custom_op("kernels::stickbreaking_forward", mutates_args=())
 def _stickbreaking_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """out (B, H, S, D); float32 checkpoints (B, H, S / BLOCK_K, S), leftovers (B, H, sticks, S)."""
-    return _forward(q, k, v, key_padding_mask, causal)
+    return _forward(q, k, v, key_padding_mask, causal, scale)
 
 
 @_stickbreaking_forward.register_fake
-def _(q, k, v, key_padding_mask, causal):
+def _(q, k, v, key_padding_mask, causal, scale):
     checkpoints_shape, leftover_shape = _saved_state_shapes(q, causal)
     (out,) = common.sequence_major_empty_like(q)
     return out, q.new_empty(checkpoints_shape, dtype=torch.float32), q.new_empty(leftover_shape, dtype=torch.float32)
@@ -463,12 +465,13 @@ def _stickbreaking_backward(
     checkpoints: torch.Tensor,
     leftover: torch.Tensor,
     causal: bool,
+    scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal)
+    return _backward(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal, scale)
 
 
 @_stickbreaking_backward.register_fake
-def _(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal):
+def _(grad_out, q, k, v, key_padding_mask, checkpoints, leftover, causal, scale):
     return common.sequence_major_empty_like(q, k, v)
 
 
@@ -482,14 +485,20 @@ common.register_attention_autograd(_stickbreaking_forward, _stickbreaking_backwa
 
 
 def stickbreaking_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    causal: bool = False,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """Stick-breaking attention (exposb) on (B, H, S, D); key_padding_mask (B, S) True = real key.
+    """Stick-breaking attention (exposb) on (B, H, S, D); key_padding_mask (B, S) True = real key; logits
+    scale q.k, scale 1/sqrt(D) when None.
 
     Bidirectional as ARCHITECTURE.md defines it; `causal` keeps the left stick only. Matches
     kernels.reference.stickbreaking_attention; differentiable in q, k, v. Bit-reproducible on one
     GPU and software stack under torch.use_deterministic_algorithms(True) (see kernels/common.py).
     """
     key_padding_mask = common.check_attention_inputs("stickbreaking_attention", q, k, v, key_padding_mask)
-    out, _, _ = _stickbreaking_forward(q, k, v, key_padding_mask, causal)
+    out, _, _ = _stickbreaking_forward(q, k, v, key_padding_mask, causal, reference.logit_scale(q.shape[-1], scale))
     return out

@@ -21,9 +21,10 @@ ORACLES = {False: reference.softmax_attention, True: reference.rope_attention}
 ABSOLUTE_SLACK = {torch.float32: 1e-6, torch.bfloat16: 0.0, torch.float16: 0.0}
 
 
-def check_against_oracle(shape, causal, rotary, dtype, seed=0, max_logit=None) -> list[torch.Tensor]:
+def check_against_oracle(shape, causal, rotary, dtype, seed=0, max_logit=None, scale=None) -> list[torch.Tensor]:
     """Compare flash_attention with the oracle in float64 and in dtype; return our [out, dq, dk, dv].
-    With max_logit, q is scaled so that the largest |logit| is max_logit."""
+    With max_logit, q is scaled so that the largest |logit| is max_logit; `scale` is the logits' factor
+    (None: 1/sqrt(D))."""
     generator = torch.Generator().manual_seed(seed)
     if max_logit is None:
         q, k, v = (torch.randn(shape, generator=generator, dtype=torch.float64) for _ in "qkv")
@@ -32,8 +33,8 @@ def check_against_oracle(shape, causal, rotary, dtype, seed=0, max_logit=None) -
     grad_out = torch.randn(shape, generator=generator, dtype=torch.float64).to(DEVICE)
     mask = padding_mask(shape[0], shape[2])
     return oracle.assert_matches_oracle(
-        lambda *qkv: flash_attention(*qkv, mask, causal=causal, rotary=rotary),
-        lambda *qkv: ORACLES[rotary](*qkv, mask, causal),
+        lambda *qkv: flash_attention(*qkv, mask, causal=causal, rotary=rotary, scale=scale),
+        lambda *qkv: ORACLES[rotary](*qkv, mask, causal, scale),
         [x.to(DEVICE) for x in (q, k, v)],
         grad_out,
         dtype,
@@ -50,6 +51,16 @@ def test_matches_oracle_in_float32(rotary, causal, head_dim, seq_len):
     # Batch row 2 is all padding: its outputs are exactly zero, and so are all its gradients.
     assert (out[2] == 0).all()
     assert all((grad[2] == 0).all() for grad in grads)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("rotary", [False, True], ids=["standard", "rope"])
+def test_matches_oracle_at_the_mup_scale(rotary, causal):
+    """Logits q.k / D (muP, model/parametrization.py) instead of / sqrt(D), forward and backward, at an odd length;
+    the last batch row is all padding, which still comes out as zeros."""
+    head_dim = 32
+    out, *grads = check_against_oracle((3, 2, 37, head_dim), causal, rotary, torch.float32, seed=4, scale=1 / head_dim)
+    assert (out[2] == 0).all() and all((grad[2] == 0).all() for grad in grads)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -151,7 +162,7 @@ def test_custom_op_registration():
     """Schema, fake implementation, autograd and torch.compile (AOT dispatch) agree with the op."""
     q, k, v = (torch.randn(1, 1, 16, 16, device=DEVICE, requires_grad=True) for _ in "qkv")
     mask = padding_mask(1, 16)
-    torch.library.opcheck(_flash_attention_forward, (q, k, v, mask, True, True))
+    torch.library.opcheck(_flash_attention_forward, (q, k, v, mask, True, True, 1 / 16))
 
 
 @pytest.mark.parametrize(

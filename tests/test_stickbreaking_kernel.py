@@ -20,11 +20,12 @@ def random_qkv(batch: int, heads: int, seq_len: int, head_dim: int) -> list[torc
     return list(qkv.permute(2, 0, 3, 1, 4).unbind(0))
 
 
-def check_against_oracle(q, k, v, key_padding_mask, causal, dtype, grad_out) -> list[torch.Tensor]:
-    """Check out, dq, dk, dv of the kernel by the tolerance rule; return them."""
+def check_against_oracle(q, k, v, key_padding_mask, causal, dtype, grad_out, scale=None) -> list[torch.Tensor]:
+    """Check out, dq, dk, dv of the kernel by the tolerance rule (logits q.k times `scale`; None: 1/sqrt(D));
+    return them."""
     return oracle.assert_matches_oracle(
-        lambda *qkv: stickbreaking_attention(*qkv, key_padding_mask, causal),
-        lambda *qkv: reference.stickbreaking_attention(*qkv, key_padding_mask, causal),
+        lambda *qkv: stickbreaking_attention(*qkv, key_padding_mask, causal, scale),
+        lambda *qkv: reference.stickbreaking_attention(*qkv, key_padding_mask, causal, scale),
         [q, k, v],
         grad_out,
         dtype,
@@ -57,6 +58,19 @@ def test_matches_float64_oracle(seq_len, head_dim, pattern, causal):
     assert torch.equal(out[-1], v[-1])
     assert torch.equal(grad_v[-1], grad_out[-1])
     assert not grad_q[-1].any() and not grad_k[-1].any()
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_matches_float64_oracle_at_the_mup_scale(causal):
+    """Logits q.k / D (muP, model/parametrization.py) instead of / sqrt(D), forward and backward, at an odd length.
+    q and k are scaled up so that the logits still spread over a few units (beta far from 1/2)."""
+    torch.manual_seed(4)
+    head_dim = 32
+    q, k, v = random_qkv(3, 2, 37, head_dim)
+    mask = padding_mask(3, 37, "scattered")
+    grad_out = torch.randn_like(q)
+    out = check_against_oracle(3 * q, 3 * k, v, mask, causal, torch.float32, grad_out, scale=1 / head_dim)[0]
+    assert torch.equal(out[-1], v[-1])  # every key padded: each query keeps its whole stick
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -121,7 +135,7 @@ def test_custom_op_registration(causal):
     torch.manual_seed(0)
     q, k, v = (t.contiguous().requires_grad_() for t in random_qkv(2, 1, 20, 16))
     mask = padding_mask(2, 20, "tail")
-    torch.library.opcheck(torch.ops.kernels.stickbreaking_forward.default, (q, k, v, mask, causal))
+    torch.library.opcheck(torch.ops.kernels.stickbreaking_forward.default, (q, k, v, mask, causal, 1 / 16))
 
 
 def test_compiles_without_graph_breaks():
