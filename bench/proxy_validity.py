@@ -10,10 +10,11 @@ retrain --budget_tokens (multiple x the trial's tokens) --set train.seed=S` (ben
 run, `--jobs` at a time, resumable), under the retrain's default schedule unless --set says otherwise. Every recipe
 runs the same seeds (common random numbers); each run is scored by its gain over its own random-init encoder (AG
 News, 5-fold CV over train.csv). Reported, over the recipes' mean gains, for the whole panel and for its top recipes
-alone (the choice export and confirm make): Spearman's rho between budgets with a bootstrap 95% interval over
-recipes, the share of recipe pairs that two budgets order the same way, the same between two seeds of one budget
-(the seeds' noise), and where the study's best trial and its confirmed leader (`main.py confirm`) land at the
-longest budget. Writes OUTPUT/proxy_validity.md, .json and .png (rank at 1x against rank at the longest budget).
+alone (the choice export and confirm make): Spearman's rho between budgets with its 95% interval (Fisher's z,
+hpo.statistics.spearman_with_interval, whose docstring gives its simulated coverage), the share of recipe pairs
+that two budgets order the same way, the same between two seeds of one budget (the seeds' noise), and where the
+study's best trial and its confirmed leader (`main.py confirm`) land at the longest budget. Writes
+OUTPUT/proxy_validity.md, .json and .png (rank at 1x against rank at the longest budget).
 """
 
 import argparse
@@ -101,15 +102,26 @@ def markdown(
         )
     lines += ["", f"Gains in points, mean over train.seed {', '.join(map(str, seeds))}; ranks among the panel.", ""]
     lines += [
-        "| recipes | short | long | Spearman rho [bootstrap 95%] | pairwise agreement |",
+        "| recipes | short | long | Spearman rho [95% interval] | pairwise agreement |",
         "|---|---|---|---:|---:|",
     ]
     for (among, short, long), figures in comparisons.items():
-        lines.append(
-            f"| {among} | {short} | {long} | {figures['spearman']:.2f} [{figures['spearman_low']:.2f}, "
-            f"{figures['spearman_high']:.2f}] | {figures['pairwise']:.0%} |"
-        )
+        lines.append(f"| {among} | {short} | {long} | {spearman_text(figures)} | {figures['pairwise']:.0%} |")
+    lines += ["", INTERVAL_NOTE]
     return "\n".join([*lines, "", *landing]) + "\n"
+
+
+INTERVAL_NOTE = (
+    "Intervals: Fisher's z with Bonett and Wright's standard error sqrt((1 + rho^2 / 2) / (n - 3)); simulated "
+    "coverage 98-99% at 5 items and 93.7-96% at 8 (bivariate normal scores); none below 4 items."
+)
+
+
+def spearman_text(figures: dict[str, float]) -> str:
+    """Spearman's rho with its interval, e.g. "0.80 [-0.46, 0.99]"; the rho alone below 4 items."""
+    if np.isnan(figures["spearman_low"]):
+        return f"{figures['spearman']:.2f} (no interval)"
+    return f"{figures['spearman']:.2f} [{figures['spearman_low']:.2f}, {figures['spearman_high']:.2f}]"
 
 
 def plot(recipes: list[Recipe], multiples: list[int], path: Path) -> None:

@@ -89,11 +89,11 @@ def comparison_lines(study_name: str, storage_url: str, config: Config) -> list[
         )
     if summary.effects:
         lines.append(
-            f"  main effects (each setting's values paired over the other settings and seeds; Holm over "
-            f"{len(summary.effects)}):"
+            "  main effects (each setting's values averaged over the other settings within each seed, then paired "
+            f"over the seeds; Holm over {len(summary.effects)}):"
         )
     for test in summary.effects:
-        lines.append(paired_test_line(test, f" over {test.seeds} pairs") + (" *" if test.significant else ""))
+        lines.append(paired_test_line(test) + (" *" if test.significant else ""))
     significant = [test for test in summary.tests if test.significant]
     lines.append(
         f"  paired differences significant after Holm's correction over {len(summary.tests)} pairs: "
@@ -101,13 +101,23 @@ def comparison_lines(study_name: str, storage_url: str, config: Config) -> list[
     )
     for test in significant:
         lines.append(paired_test_line(test))
+    if summary.tests or summary.effects:
+        lines.append(f"  {TESTS_NOTE}")
     return lines
 
 
-def paired_test_line(test: PairedTest, counted: str = "") -> str:
-    """One paired test as a line: difference in points, its bootstrap interval, d, the test's Holm p."""
+# Why the test is always the paired t-test (hpo.comparison.paired_values_test), said where the tests are listed.
+TESTS_NOTE = (
+    "[95% interval]: mean paired difference ± t (seeds - 1 df) x SE; d_z: that mean over the differences' SD; "
+    "paired t-tests at any number of seeds (a Wilcoxon signed-rank test cannot reach p < 0.05 with 5 or fewer "
+    "pairs, and a Shapiro-Wilk test at 3 has almost no power to choose between them)"
+)
+
+
+def paired_test_line(test: PairedTest) -> str:
+    """One paired test as a line: difference in points, its t-based 95% interval, d_z, the t-test's Holm p."""
     return (
         f"    {test.first} - {test.second}: {format_gain(test.difference)} [{100 * test.interval[0]:+.2f}, "
-        f"{100 * test.interval[1]:+.2f}]{counted}, d = {test.cohens_d:.2f}, {test.test} "
-        f"p = {test.adjusted_p_value:.3g} (Holm)"
+        f"{100 * test.interval[1]:+.2f}] over {test.seeds} seeds, d_z = {test.d_z:.2f}, paired t-test "
+        f"({test.degrees_of_freedom} df) p = {test.adjusted_p_value:.3g} (Holm)"
     )

@@ -13,6 +13,7 @@ This module reads and describes a confirmation without torch (export, status and
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import Config, ConfigError, ParamSpec
-from hpo.statistics import mean_and_standard_error, probability_best
+from hpo.statistics import mean_and_standard_error, probability_best, t_interval
 from hpo.study_values import TOKENS_ATTR, format_metric, metric_label, trial_tokens
 from training.config import PROBE_TARGETS
 from training.results import format_gain
@@ -93,7 +94,8 @@ class RecipeResult:
 @dataclass(frozen=True)
 class RecipeSummary:
     """A recipe over the seeds every recipe has finished: its mean ± SE, the paired difference to the leader
-    ± SE (seed by seed), and the bootstrap probability that it is the best."""
+    ± SE (seed by seed) with its t-based 95% interval (seeds - 1 degrees of freedom), and the bootstrap
+    probability that it is the best."""
 
     recipe: Recipe
     values: list[float]
@@ -101,7 +103,14 @@ class RecipeSummary:
     standard_error: float
     difference_to_leader: float
     difference_standard_error: float
+    difference_interval: tuple[float, float]
     probability_best: float
+
+    def difference_text(self) -> str:
+        """The paired difference to the leader, e.g. "-0.70 ± 0.59 points [-3.24, +1.84]"; no interval from 1 seed."""
+        text = format_gain(self.difference_to_leader, self.difference_standard_error)
+        low, high = self.difference_interval
+        return text if math.isnan(low) else f"{text} [{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
 @dataclass(frozen=True)
@@ -165,13 +174,18 @@ def summarise(companion: optuna.Study) -> ConfirmationSummary:
             name = str(result.recipe.trial)
             differences = [value - other for value, other in zip(table[name], table[leader], strict=True)]
             difference, difference_error = mean_and_standard_error(differences)
+            if name == leader:  # no difference to itself, even from one seed
+                difference_error, interval = 0.0, (0.0, 0.0)
+            else:
+                interval = t_interval(differences)
             summaries.append(
                 RecipeSummary(
                     result.recipe,
                     table[name],
                     *means[name],
                     difference,
-                    0.0 if name == leader else difference_error,
+                    difference_error,
+                    interval,
                     best_shares[name],
                 )
             )
@@ -197,15 +211,11 @@ def describe(summary: ConfirmationSummary) -> list[str]:
         return [*lines, "  no seed finished by every recipe yet"]
     lines.append(
         f"  over {len(summary.complete_seeds)} paired seed(s), best mean first ({metric_label(summary.metric)}; the "
-        "study's own trial value beside):"
+        "paired difference to the leader ± SE [t-based 95% interval]; the study's own trial value beside):"
     )
     for line in summary.recipes:
         recipe = line.recipe
-        paired = (
-            "leader"
-            if line is summary.leader
-            else f"{format_gain(line.difference_to_leader, line.difference_standard_error)} vs leader"
-        )
+        paired = "leader" if line is summary.leader else f"{line.difference_text()} vs leader"
         lines.append(
             f"  trial {recipe.trial}: mean {format_metric(summary.metric, line.mean, line.standard_error)} ({paired}), "
             f"P(best) {line.probability_best:.2f} | study value {format_metric(summary.metric, recipe.value)} | "

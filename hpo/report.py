@@ -1,7 +1,7 @@
 """A study -> one self-contained HTML report: history, importances, plots, top trials, choice statistics.
 
 The statistics answer "does choice A beat choice B in this study?": per categorical dimension, each
-choice's mean value (accuracy, or gain over random init) with a seeded bootstrap 95% interval, and
+choice's mean value (accuracy, or gain over random init) with a t-based 95% interval, and
 Mann-Whitney U tests between choices, Holm-corrected within the dimension.
 """
 
@@ -26,7 +26,7 @@ from hpo import comparison as grid_study
 from hpo.confirmation import load_confirmation
 from hpo.curves import curves_figure, trial_curves
 from hpo.export import study_base_config
-from hpo.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_mean_interval, holm_adjust
+from hpo.statistics import BOOTSTRAP_RESAMPLES, holm_adjust, t_interval
 from hpo.storage import displayed_url, load_existing_study
 from hpo.study_values import (
     format_metric,
@@ -39,7 +39,7 @@ from hpo.study_values import (
 )
 from training.config import PROBE_TARGETS
 from training.curves import CURVE_EVERY_STEPS
-from training.results import format_accuracy, format_gain
+from training.results import format_accuracy
 
 MIN_TRIALS_PER_CHOICE = 3  # fewer completed trials than this: no interval, no test
 SIGNIFICANCE_LEVEL = 0.05  # for the Holm-adjusted p-values
@@ -300,7 +300,7 @@ def _choice_row(summary: ChoiceSummary, metric: str) -> list[str]:
     completed = len(summary.values)
     best = format_metric(metric, max(summary.values)) if summary.values else "–"
     if summary.enough:
-        low, high = bootstrap_mean_interval(summary.values)
+        low, high = t_interval(summary.values)
         mean = f"{format_metric(metric, summary.mean)} [{100 * low:.2f}, {100 * high:.2f}]"
     else:
         mean = f"too few completed trials ({completed} &lt; {MIN_TRIALS_PER_CHOICE}): not tested"
@@ -313,7 +313,7 @@ def dimension_statistics(
     """Table of the choices of one dimension and the verdicts of their pairwise tests."""
     summaries = summarise_choices(trials, name, choices)
     label = html.escape(metric_label(metric))
-    header = ["choice", "completed", "pruned", "best", f"mean {label} [bootstrap 95% CI, points]"]
+    header = ["choice", "completed", "pruned", "best", f"mean {label} [t-based 95% CI, points]"]
     table = _table(header, [_choice_row(summary, metric) for summary in summaries])
     comparisons = compare_choices(summaries)
     if not comparisons:
@@ -331,8 +331,9 @@ def choices_section(study: optuna.Study) -> str:
         return _note("No categorical parameter in this study.")
     about = (
         f"Two-sided Mann-Whitney U tests between choices with at least {MIN_TRIALS_PER_CHOICE} completed trials, "
-        f"Holm-corrected within each dimension, significance level {SIGNIFICANCE_LEVEL}. Intervals: percentile "
-        f"bootstrap of the mean ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}). The sampler picks "
+        f"Holm-corrected within each dimension, significance level {SIGNIFICANCE_LEVEL}. Intervals: the mean ± t "
+        "(n - 1 degrees of freedom) x its standard error (a percentile bootstrap covers about 75% at 3 values). "
+        "The sampler picks "
         "choices after seeing results and the other parameters vary too, so these are observations of this "
         "study, not a controlled experiment."
     )
@@ -356,7 +357,8 @@ def confirmation_section(study: optuna.Study) -> str:
         f"{', '.join(map(str, summary.seeds))} (the same seeds for every recipe: paired), each on the tokens its "
         f"trial consumed, each against its own random-init encoder; {summary.runs_done} of {summary.runs_planned} "
         f"runs done. Statistics over the {len(summary.complete_seeds)} seed(s) every recipe has finished: the mean "
-        "± its standard error, the paired difference to the leader ± its standard error (seed by seed), and the "
+        "± its standard error, the paired difference to the leader ± its standard error (seed by seed) with its "
+        "95% interval (± t with seeds - 1 degrees of freedom x the standard error; none from one seed), and the "
         f"share of {BOOTSTRAP_RESAMPLES} bootstrap resamples of the seeds in which the recipe has the best mean."
     )
     if not summary.recipes:
@@ -368,9 +370,7 @@ def confirmation_section(study: optuna.Study) -> str:
             format_value(study, line.recipe.value),
             ", ".join(format_value(study, value) for value in line.values),
             format_value(study, line.mean, line.standard_error),
-            "leader"
-            if line is summary.leader
-            else format_gain(line.difference_to_leader, line.difference_standard_error),
+            "leader" if line is summary.leader else line.difference_text(),
             f"{line.probability_best:.2f}",
             f"{line.recipe.tokens:,}",
         ]
@@ -381,7 +381,7 @@ def confirmation_section(study: optuna.Study) -> str:
         f"study {label} (one seed)",
         "by seed",
         f"mean {label} ± s.e.",
-        "paired difference to the leader ± s.e.",
+        "paired difference to the leader ± s.e. [95% CI]",
         "P(best)",
         "tokens",
     ]
@@ -472,13 +472,22 @@ def paired_test_rows(tests: list["grid_study.PairedTest"]) -> list[list[str]]:
             html.escape(test.second),
             str(test.seeds),
             f"{100 * test.difference:+.2f} [{100 * test.interval[0]:+.2f}, {100 * test.interval[1]:+.2f}]",
-            f"{test.cohens_d:.2f}",
-            test.test,
+            f"{test.d_z:.2f}",
+            str(test.degrees_of_freedom),
             f"{test.p_value:.3g}",
             f"{test.adjusted_p_value:.3g}" + (" (significant)" if test.significant else ""),
         ]
         for test in tests
     ]
+
+
+# Why the paired t-test at any number of seeds (hpo.comparison.paired_values_test): what a reader may expect instead.
+TEST_CHOICE = (
+    "The test does not change with a normality test: a Shapiro-Wilk test at n = 3 has almost no power (it rejects "
+    "exponential differences 7% of the time, against 5% for normal ones), and a Wilcoxon signed-rank test cannot "
+    "reach p < 0.05 with 5 or fewer pairs (its smallest two-sided p is 2 / 2^n). With 3 seeds the t-test has 2 "
+    "degrees of freedom and rests on the differences being roughly normal: read small-seed verdicts as such."
+)
 
 
 def comparison_tests_section(study: optuna.Study) -> str:
@@ -487,15 +496,14 @@ def comparison_tests_section(study: optuna.Study) -> str:
         return _note("No pair of cells has two seeds done by both yet: no test.")
     about = (
         f"Every pair of cells on the seeds both finished, at {summary.budget_description}: the mean paired "
-        "difference (first minus second, points) with its percentile bootstrap 95% interval over seeds "
-        f"({BOOTSTRAP_RESAMPLES} resamples), Cohen's d of the paired differences, and a paired t-test, or the "
-        f"Wilcoxon signed-rank test when a Shapiro-Wilk test rejects the differences' normality (p < "
-        f"{grid_study.NORMALITY_LEVEL}); p-values Holm-corrected over all {len(summary.tests)} pairs, significance "
-        f"level {grid_study.SIGNIFICANCE_LEVEL}. With 3 seeds a Wilcoxon test cannot reach p < 0.25, and a t-test "
-        "rests on the differences being normal: read small-seed verdicts as such."
+        "difference (first minus second, points) with its 95% interval (± t with seeds - 1 degrees of freedom x "
+        "its standard error), d_z (the mean paired difference over the differences' standard deviation: an effect "
+        "size of the pairs, larger than Cohen's d of two groups when the seeds move both cells alike), and a "
+        f"paired t-test; p-values Holm-corrected over all {len(summary.tests)} pairs, significance level "
+        f"{grid_study.SIGNIFICANCE_LEVEL}. {TEST_CHOICE}"
     )
     rows = paired_test_rows(sorted(summary.tests, key=lambda test: test.adjusted_p_value))
-    header = ["first", "second", "seeds", "difference [95% CI]", "Cohen's d", "test", "p", "Holm p"]
+    header = ["first", "second", "seeds", "difference [95% CI]", "d_z", "df", "p", "Holm p"]
     return _note(about) + _table(header, rows)
 
 
@@ -504,14 +512,16 @@ def comparison_effects_section(study: optuna.Study) -> str:
     if not summary.effects:
         return _note("Main effects need a grid of two settings or more, and two matched runs of each pair of values.")
     about = (
-        "Each setting of the grid on its own: its values two by two, paired over every combination of the other "
-        f"settings and every seed that both finished (the main effect over the grid, at {summary.budget_description}"
-        "; whether it depends on the other settings shows in the cells). The same statistics as the pairs of cells "
-        f"below, Holm-corrected over the {len(summary.effects)} comparisons here; the pairs column counts matched "
-        "runs, which share seeds (and so data order) within an other-setting, so they are not fully independent."
+        "Each setting of the grid on its own: its values two by two, each value's runs averaged over the other "
+        "settings within each seed, then paired over the seeds that every such cell finished (the main effect "
+        f"over the grid, at {summary.budget_description}; whether it depends on the other settings shows in the "
+        "cells). The seed is the unit: the runs of one seed share its data order, so they are one pair, and a test "
+        "over 3 seeds has 2 degrees of freedom however many other settings the grid has. The same statistics as "
+        f"the pairs of cells below, Holm-corrected over the {len(summary.effects)} comparisons here. What it does "
+        "not show: the effect at settings outside the grid, or averaged with other weights than equal ones."
     )
     rows = paired_test_rows(summary.effects)
-    header = ["first", "second", "pairs", "difference [95% CI]", "Cohen's d", "test", "p", "Holm p"]
+    header = ["first", "second", "seeds", "difference [95% CI]", "d_z", "df", "p", "Holm p"]
     return _note(about) + _table(header, rows)
 
 

@@ -14,6 +14,7 @@ from scipy import stats
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95  # of every interval printed
 
 
 def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
@@ -24,14 +25,16 @@ def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) / math.sqrt(len(values))
 
 
-def bootstrap_mean_interval(
-    values: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
-) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the mean."""
-    rng = np.random.default_rng(seed)
-    means = rng.choice(np.asarray(values, dtype=float), size=(resamples, len(values)), replace=True).mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+def t_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The t-based interval of the mean: mean ± t(n - 1 degrees of freedom) x SE; nan for fewer than two values.
+
+    Exact for normal values at any n, which matters at the 2 to 5 seeds a comparison or confirmation runs: a
+    percentile bootstrap over 3 seeds covers about 75% where it says 95% (tests/test_statistics.py)."""
+    mean, error = mean_and_standard_error(values)
+    if len(values) < 2:
+        return math.nan, math.nan
+    half_width = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * error
+    return mean - half_width, mean + half_width
 
 
 def holm_adjust(p_values: list[float]) -> list[float]:
@@ -62,21 +65,27 @@ def probability_best(
 
 
 def spearman_with_interval(
-    first: list[float], second: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+    first: list[float], second: list[float], confidence: float = CONFIDENCE
 ) -> tuple[float, float, float]:
-    """Spearman's rank correlation of two scores of the same items, with a percentile bootstrap 95% interval
-    over the items (resamples where either side is constant are skipped)."""
+    """Spearman's rank correlation of two scores of the same items, with its interval from Fisher's z and Bonett and
+    Wright's (2000) standard error sqrt((1 + rho^2 / 2) / (n - 3)); nan bounds below 4 items.
+
+    At rho = ±1, z is infinite: the far bound is taken from halfway to the nearest value n distinct items allow
+    (one adjacent swap: 1 - 12 / (n (n^2 - 1))), the near bound is ±1. Simulated coverage of the true rho_s
+    (bivariate normal, 10,000 repetitions each at 5 and 8 items and rho_s 0, 0.48, 0.79, 0.95): 98-99% at 5 items,
+    94-96% at 8 (93.7% at rho_s 0.79); the percentile bootstrap over items used before covered 63% at 5 items and
+    rho_s 0.95, where all 5 are often ranked alike and every resample says 1 (tests/test_statistics.py)."""
     rho = float(stats.spearmanr(first, second).statistic)
-    first_array, second_array = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
-    rng = np.random.default_rng(seed)
-    resampled = []
-    for _ in range(resamples):
-        index = rng.integers(0, len(first_array), size=len(first_array))
-        if np.ptp(first_array[index]) == 0 or np.ptp(second_array[index]) == 0:
-            continue
-        resampled.append(stats.spearmanr(first_array[index], second_array[index]).statistic)
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return rho, float(low), float(high)
+    count = len(first)
+    if count < 4 or math.isnan(rho):
+        return rho, math.nan, math.nan
+    edge = 1 - 6 / (count * (count**2 - 1))
+    clipped = max(-edge, min(edge, rho))
+    standard_error = math.sqrt((1 + clipped**2 / 2) / (count - 3))
+    z, half_width = math.atanh(clipped), float(stats.norm.ppf(0.5 + confidence / 2)) * standard_error
+    low = -1.0 if rho <= -edge else math.tanh(z - half_width)
+    high = 1.0 if rho >= edge else math.tanh(z + half_width)
+    return rho, low, high
 
 
 def pairwise_agreement(first: list[float], second: list[float]) -> float:
@@ -89,8 +98,8 @@ def pairwise_agreement(first: list[float], second: list[float]) -> float:
 
 
 def rank_agreement(first: list[float], second: list[float]) -> dict[str, float]:
-    """How alike two scores of the same items rank them: Spearman's rho with its bootstrap 95% interval, and the
-    share of pairs ordered alike."""
+    """How alike two scores of the same items rank them: Spearman's rho with its 95% interval (Fisher's z,
+    spearman_with_interval), and the share of pairs ordered alike."""
     rho, low, high = spearman_with_interval(first, second)
     return {"spearman": rho, "spearman_low": low, "spearman_high": high, "pairwise": pairwise_agreement(first, second)}
 

@@ -3,11 +3,13 @@ and extended; what it found in status, the report and export; and the statistics
 
 import math
 
+import numpy as np
 import optuna
 import pytest
 import yaml
 from conftest import fake_companion
 from optuna.trial import TrialState
+from scipy import stats
 
 import main
 from hpo.config import load_config
@@ -18,6 +20,7 @@ from hpo.confirmation import (
     TOKENS_PARAM,
     Recipe,
     companion_name,
+    describe,
     summarise,
 )
 
@@ -96,6 +99,27 @@ def test_summary_pairs_the_seeds_and_waits_for_every_recipe(tmp_path):
     assert third.difference_to_leader == pytest.approx(-0.025)
     assert math.isclose(sum(line.probability_best for line in summary.recipes), 1.0)
     assert "highest mean over 2 paired seeds (train.seed 1, 2)" in summary.rule()
+
+
+def test_the_difference_to_the_leader_has_a_t_interval_over_the_paired_seeds(tmp_path):
+    values = {1: {1: 0.04, 2: 0.10, 3: 0.01}, 3: {1: 0.05, 2: 0.11, 3: 0.03}, 5: {1: 0.03, 2: 0.08, 3: 0.02}}
+    summary = summarise(fake_companion(tmp_path, values))
+
+    leader, *others = summary.recipes
+    assert leader.recipe.trial == 3 and leader.difference_interval == (0.0, 0.0)
+    for line in others:  # mean ± t with 2 degrees of freedom x SE, of the seed-by-seed differences
+        differences = np.array(line.values) - np.array(leader.values)
+        half_width = stats.t.ppf(0.975, 2) * differences.std(ddof=1) / math.sqrt(3)
+        assert line.difference_interval == pytest.approx(
+            (differences.mean() - half_width, differences.mean() + half_width)
+        )
+    # Trial 1 is behind by 1, 1 and 2 points: -1.33 ± 0.33, and the interval still holds zero with 3 seeds.
+    assert "(-1.33 ± 0.33 points [-2.77, +0.10] vs leader)" in "\n".join(describe(summary))
+
+
+def test_one_paired_seed_gives_no_interval(tmp_path):
+    summary = summarise(fake_companion(tmp_path, {1: {1: 0.04}, 3: {1: 0.05}}))
+    assert "(-1.00 points vs leader)" in "\n".join(describe(summary))
 
 
 def test_export_without_two_confirmed_seeds_takes_the_best_trial_and_says_so(tmp_path, make_study, capsys):
