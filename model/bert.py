@@ -1,7 +1,9 @@
 """A small BERT-style encoder: embeddings, pre-LayerNorm blocks, a tied MLM head, pooling.
 
 Attention goes through kernels.attention(kind, ...), so the attention kind decides both the
-kernel and (via model/positions.py) what positions the embedding layer adds.
+kernel and (via model/positions.py) what positions the embedding layer adds. The parametrisation
+(model/parametrization.py) sets the initial scales, the learning rates of the matrices, and the
+attention's and readout's scales from the width.
 """
 
 import math
@@ -14,14 +16,16 @@ from torch.utils.checkpoint import checkpoint
 
 import kernels
 from model.config import ModelConfig
+from model.parametrization import PARAMETRIZATIONS
 from model.positions import POSITIONS_BY_ATTENTION_KIND, SinusoidalPositions
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, scale: float):
         super().__init__()
         self.config = config
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.scale = scale  # the logits' factor of q.k
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)  # rows: queries, keys, values
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -30,16 +34,16 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x).view(batch, seq_len, 3, heads, hidden // heads)  # (B, S, 3, H, D)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, S, D)
         attended = kernels.attention(  # (B, H, S, D)
-            self.config.attention_kind, q, k, v, key_padding_mask, causal, self.config.attention_backend
+            self.config.attention_kind, q, k, v, key_padding_mask, causal, self.config.attention_backend, self.scale
         )
         return self.out(attended.transpose(1, 2).reshape(batch, seq_len, hidden))
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, attention_scale: float):
         super().__init__()
         self.attention_norm = nn.LayerNorm(config.hidden_size)
-        self.attention = SelfAttention(config)
+        self.attention = SelfAttention(config, attention_scale)
         self.ffn_norm = nn.LayerNorm(config.hidden_size)
         self.ffn = nn.Sequential(
             nn.Linear(config.hidden_size, config.ffn_multiple * config.hidden_size),
@@ -65,6 +69,7 @@ class Encoder(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
+        self.parametrization = PARAMETRIZATIONS[config.parametrization](config)
         self.causal = causal
         self.token_embedding = nn.Embedding(vocab_size, config.hidden_size)
         self.segment_embedding = nn.Embedding(2, config.hidden_size) if next_sentence else None
@@ -72,7 +77,8 @@ class Encoder(nn.Module):
         self.positions = POSITIONS_BY_ATTENTION_KIND[config.attention_kind](config)
         self.embedding_norm = nn.LayerNorm(config.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        attention_scale = self.parametrization.attention_scale
+        self.blocks = nn.ModuleList(Block(config, attention_scale) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size)
         self.head_transform = nn.Sequential(
             nn.Linear(config.hidden_size, config.hidden_size), nn.GELU(), nn.LayerNorm(config.hidden_size)
@@ -87,8 +93,9 @@ class Encoder(nn.Module):
         """The starting state of `module`, one of this encoder's modules (non-persistent buffers included:
         model/hf.py applies it after a load, to what the checkpoint does not hold).
 
-        Linear layers N(0, 0.02) as in BERT; embedding tables N(0, model.embedding_std^2); layer norms
-        the identity; a zero output bias and the uniform law as the output prior.
+        Linear layers N(0, 0.02^2) as in BERT, at the parametrisation's scale (model/parametrization.py: under
+        mup smaller as the width grows, and a zero query projection); embedding tables N(0, model.embedding_std^2);
+        layer norms the identity; a zero output bias and the uniform law as the output prior.
 
         With BERT's 0.02 tables, a tied head, the exact softmax and Adam, every rare token's row is
         pushed by about one learning rate per step in a shared direction: in a short trial those
@@ -98,9 +105,13 @@ class Encoder(nn.Module):
         carry a row from its random start: config.yaml records the measured choice.
         """
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
+            nn.init.normal_(module.weight, std=self.parametrization.matrix_std(module is self.next_sentence_head))
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+            # Here, not on SelfAttention: Hugging Face's post_init initialises only modules with parameters.
+            if self.parametrization.zero_query and any(module is block.attention.qkv for block in self.blocks):
+                with torch.no_grad():
+                    module.weight[: self.config.hidden_size].zero_()  # the query rows
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=self.config.embedding_std)
         elif isinstance(module, nn.LayerNorm):
@@ -168,14 +179,11 @@ class Encoder(nn.Module):
         """
         hidden = self.encode(input_ids, key_padding_mask, causal, token_types)  # (B, S, H)
         predicted = labels != -100  # (B, S)
-        features = self.head_transform(hidden[predicted])  # (P, H)
-        # Unit-scale tied rows: scale by hidden ** -0.5 (as T5 does) so the first logits have unit spread.
-        scaled = features * self.config.hidden_size**-0.5
         targets = labels[predicted]  # (P,)
         if sampled_ids is None:
-            logits = F.linear(scaled, self.token_embedding.weight, self.head_bias)  # (P, V)
-            loss = F.cross_entropy(logits.float(), targets)
+            loss = F.cross_entropy(self.logits(hidden[predicted]).float(), targets)
         else:
+            scaled = self.readout_features(hidden[predicted])  # (P, H)
             logits, target_index, target_log_inclusion = self.sampled_logits(scaled, targets, sampled_ids)  # (P, C)
             loss = F.cross_entropy(logits.float(), target_index) - target_log_inclusion
         if next_sentence_labels is not None:
@@ -184,6 +192,15 @@ class Encoder(nn.Module):
             pair_logits = self.next_sentence_head(self.pool(hidden))  # (B, 2)
             loss = loss + F.cross_entropy(pair_logits.float(), next_sentence_labels)
         return loss
+
+    def readout_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(P, H) final hidden states -> the head's features at the tied readout's scale (model/parametrization.py),
+        whose products with the token table's rows are the logits."""
+        return self.head_transform(hidden) * self.parametrization.readout_scale
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(P, H) final hidden states -> (P, V) the MLM head's logits over the whole vocabulary."""
+        return F.linear(self.readout_features(hidden), self.token_embedding.weight, self.head_bias)
 
     def sampled_logits(
         self, scaled: torch.Tensor, targets: torch.Tensor, sampled_ids: torch.Tensor
@@ -229,7 +246,8 @@ class Encoder(nn.Module):
         learning_rate * embedding_lr_multiplier, outside the layer decay: the tied token table is both
         the lowest layer and the output layer, and a short run needs its rows to move far faster than
         the hidden matrices (BENCHMARKS.md, "Trials that learn"). The token table's group comes first, alone.
-        Weight decay applies to the matrices of linear layers only, never to tables, norms or biases.
+        Weight decay applies to the matrices of linear layers only, never to tables, norms or biases; the
+        parametrisation sets the matrices' LR and decay from these (mup: the LR / m, Parametrization.matrix_group).
         The levels come from LAYER_LEVELS; parameters it does not name (final norm, MLM head, pooler,
         next-sentence head) are the head's level, depth + 1.
         """
@@ -245,19 +263,18 @@ class Encoder(nn.Module):
                 other_tables.append(parameter)
                 continue
             level = next((rule(name) for prefix, rule in LAYER_LEVELS.items() if name.startswith(prefix)), depth + 1)
-            groups.setdefault((level, takes_weight_decay(parameter)), []).append(parameter)
+            groups.setdefault((level, is_matrix(parameter)), []).append(parameter)
         table_rate = learning_rate * embedding_lr_multiplier
-        table_groups = [{"params": [token_table], "lr": table_rate, "weight_decay": 0.0}]
+        optimizer_groups = [{"params": [token_table], "lr": table_rate, "weight_decay": 0.0}]
         if other_tables:
-            table_groups.append({"params": other_tables, "lr": table_rate, "weight_decay": 0.0})
-        return table_groups + [
-            {
-                "params": params,
-                "lr": learning_rate * layer_decay ** (depth + 1 - level),
-                "weight_decay": weight_decay if decays else 0.0,
-            }
-            for (level, decays), params in sorted(groups.items())
-        ]
+            optimizer_groups.append({"params": other_tables, "lr": table_rate, "weight_decay": 0.0})
+        for (level, matrices), params in sorted(groups.items()):
+            rate = learning_rate * layer_decay ** (depth + 1 - level)
+            settings = {"lr": rate, "weight_decay": 0.0}
+            if matrices:
+                settings = self.parametrization.matrix_group(rate, weight_decay)
+            optimizer_groups.append({"params": params, **settings})
+        return optimizer_groups
 
 
 # Sentence embeddings for the probe, by model.pooling: (encoder, hidden (B, S, H), key_padding_mask (B, S)) -> (B, H).
@@ -298,7 +315,7 @@ LAYER_LEVELS: dict[str, Callable[[str], int]] = {
 }
 
 
-def takes_weight_decay(parameter: nn.Parameter) -> bool:
-    """Weight decay for the matrices of linear layers; never for norms' or biases' vectors (the embedding
-    tables have groups of their own, without decay)."""
+def is_matrix(parameter: nn.Parameter) -> bool:
+    """A linear layer's matrix, which takes weight decay and the parametrisation's LR; norms' and biases' vectors
+    take neither (the embedding tables have groups of their own, without decay)."""
     return parameter.ndim >= 2

@@ -9,6 +9,7 @@ ATTENTION_KINDS = ("standard", "absolute", "rope", "exposb")  # kernels.ATTENTIO
 ATTENTION_BACKENDS = ("auto", "triton", "reference", "oracle")  # kernels.BACKENDS
 POOLINGS = ("mean", "first", "last", "pooler")  # model.bert.POOLINGS
 SINUSOID_AMPLITUDES = ("table", "unit")  # model.positions.SinusoidalPositions
+PARAMETRIZATIONS = ("standard", "mup")  # model.parametrization.PARAMETRIZATIONS
 
 
 @dataclass
@@ -31,6 +32,10 @@ class ModelConfig:
     gradient_checkpointing: bool = field(metadata={"role": "train"})
     # torch.compile the encoder's forward for training (training/pretrain.py)
     compile: bool = field(metadata={"role": "train", "legacy": False})
+    # how the width sets initial scales and learning rates: a key of model.parametrization.PARAMETRIZATIONS
+    parametrization: str = field(metadata={"role": "start", "legacy": "standard"})
+    # mup: the hidden size the recipe's learning rates were tuned at (the width multiplier is hidden_size / this)
+    base_width: int = field(metadata={"role": "start", "legacy": 128})
 
     def validate(self) -> None:
         if self.attention_kind not in ATTENTION_KINDS:
@@ -42,6 +47,14 @@ class ModelConfig:
         if self.sinusoid_amplitude not in SINUSOID_AMPLITUDES:
             expected = ", ".join(SINUSOID_AMPLITUDES)
             raise ValueError(f"model.sinusoid_amplitude = {self.sinusoid_amplitude!r}; expected one of {expected}")
+        if self.parametrization not in PARAMETRIZATIONS:
+            expected = ", ".join(PARAMETRIZATIONS)
+            raise ValueError(f"model.parametrization = {self.parametrization!r}; expected one of {expected}")
+        if self.base_width <= 0:
+            raise ValueError(
+                f"model.base_width = {self.base_width}; expected a positive width: the hidden size at which the "
+                "recipe was tuned (e.g. 128)"
+            )
         if self.pooling not in POOLINGS:
             raise ValueError(f"model.pooling = {self.pooling!r}; expected one of {list(POOLINGS)}")
         if self.hidden_size <= 0 or self.num_layers <= 0 or self.num_heads <= 0:

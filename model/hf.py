@@ -54,6 +54,8 @@ class BertHpoConfig(PreTrainedConfig):
     sinusoid_amplitude: str = "unit"
     gradient_checkpointing: bool = False
     compile: bool = False
+    parametrization: str = "standard"
+    base_width: int = 128
 
     @classmethod
     def from_model_config(

@@ -62,6 +62,8 @@ def test_override_is_typed_and_applied():
         ("masking.rate=1.5", "masking.rate = 1.5"),
         ("model.hidden_size=129", "does not divide"),
         ("model.hidden_size=130", "must be even"),
+        ("model.parametrization=mu", "model.parametrization = 'mu'; expected one of standard, mup"),
+        ("model.base_width=0", "model.base_width = 0; expected a positive width"),
         ("search_space.model.size.choices.odd={hidden_size: 100, num_heads: 3}", "search_space.model.size choice"),
         ("search_space.train.learning_rate.low=0", "log scale needs low > 0"),
         ("search_space.train.nothing={type: float, low: 0, high: 1}", "train has no field 'nothing'"),
@@ -263,6 +265,9 @@ def test_the_derived_lists_of_settings():
     assert set(weights) == {"data", "model", "masking", "train", "retrain"} and "cache_dir" not in weights["data"]
     assert "keep_checkpoints" not in weights["retrain"] and "budget_tokens" in weights["retrain"]
     assert LEGACY_DEFAULTS["probe.target"] == "accuracy" and LEGACY_DEFAULTS["study.baseline_trial"] is False
+    # The parametrisation shapes the random init (its probe reference) and a stored study's runs were standard.
+    assert {"parametrization", "base_width"} <= set(reference["model"])
+    assert LEGACY_DEFAULTS["model.parametrization"] == "standard" and LEGACY_DEFAULTS["model.base_width"] == 128
 
 
 def test_a_wide_int_range_is_checked_at_its_ends_without_listing_it():

@@ -86,7 +86,7 @@ def test_config_round_trips_and_speaks_hugging_face_names(tmp_path, tokenizer):
         "model",
         hidden_size=48, num_layers=3, num_heads=4, ffn_multiple=2, embedding_std=0.5, dropout=0.2,
         attention_kind="exposb", attention_backend="reference", pooling="first", max_seq_len=96,
-        gradient_checkpointing=True, compile=True,
+        gradient_checkpointing=True, compile=True, parametrization="mup", base_width=32,
         sinusoid_amplitude={"unit": "table", "table": "unit"}[defaults("model").sinusoid_amplitude],
     )  # fmt: skip
     default = defaults("model")
@@ -99,6 +99,25 @@ def test_config_round_trips_and_speaks_hugging_face_names(tmp_path, tokenizer):
     assert type(loaded) is BertHpoConfig and loaded.model_config() == model_config
     assert (loaded.vocab_size, loaded.next_sentence, loaded.causal) == (321, True, True)
     assert (loaded.num_hidden_layers, loaded.num_attention_heads, loaded.max_position_embeddings) == (3, 4, 96)
+
+
+def test_a_mup_encoder_loads_with_its_parametrization(tmp_path):
+    """Built by Hugging Face under mup (twice its base width): a zero query projection and the scaled matrices, as
+    the study's encoder starts; saved and loaded, the same parametrisation and the same embeddings."""
+    model_config = defaults("model", hidden_size=64, num_heads=2, max_seq_len=64, parametrization="mup", base_width=32)
+    torch.manual_seed(0)
+    saved = BertHpoModel(BertHpoConfig.from_model_config(model_config, VOCAB, next_sentence=False)).eval()
+    attention = saved.encoder.blocks[0].attention
+    assert not attention.qkv.weight[:64].any() and attention.scale == 1 / 32
+    saved.save_pretrained(tmp_path)
+
+    loaded = AutoModel.from_pretrained(tmp_path)
+
+    assert loaded.encoder.parametrization == saved.encoder.parametrization
+    assert loaded.encoder.parametrization.width_multiplier == 2.0
+    input_ids, attention_mask = padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.embed(input_ids, attention_mask), saved.embed(input_ids, attention_mask))
 
 
 def test_from_encoder_copies_the_weights_and_draws_nothing():

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -128,11 +129,14 @@ def masked_batch(vocab: int):
     return input_ids, labels, key_padding_mask
 
 
-def test_sampled_softmax_that_draws_every_id_is_the_exact_softmax():
-    """With every id among the candidates and each included for sure, the corrections vanish."""
+@pytest.mark.parametrize("parametrization", ["standard", "mup"])
+def test_sampled_softmax_that_draws_every_id_is_the_exact_softmax(parametrization):
+    """With every id among the candidates and each included for sure, the corrections vanish (under mup, at twice
+    its base width, both paths scale the tied readout alike)."""
     torch.manual_seed(0)
     vocab = 40
-    model = Encoder(defaults("model", hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), vocab)
+    config = defaults("model", hidden_size=16, num_layers=1, num_heads=2, parametrization=parametrization, base_width=8)
+    model = Encoder(config, vocab)
     model.set_output_prior(torch.arange(vocab) + 5)
     input_ids, labels, key_padding_mask = masked_batch(vocab)
     exact = model.prediction_loss(input_ids, labels, key_padding_mask)
@@ -234,7 +238,6 @@ def test_output_prior_makes_the_first_prediction_the_unigram_law():
 
 
 def test_pretraining_starts_from_the_corpus_unigram_law(data_dir, tokenizer, tmp_path):
-    import math
     from pathlib import Path
 
     from data.corpus import load_corpus
@@ -330,3 +333,124 @@ def test_absolute_positions_at_the_token_tables_scale():
     assert unit.table.abs().max().item() == pytest.approx(1.0, abs=1e-3)
     # The root mean square of a position vector equals a table row's at the start: embedding_std.
     assert table.table.pow(2).mean(1).sqrt().mean().item() == pytest.approx(0.1, rel=0.02)
+
+
+def named_groups(model: Encoder, **settings) -> list[tuple[list[str], float, float]]:
+    """parameter_groups as (parameter names, lr, weight decay), in order."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    groups = model.parameter_groups(**settings)
+    return [([names[id(p)] for p in group["params"]], group["lr"], group["weight_decay"]) for group in groups]
+
+
+GROUP_SETTINGS = {"learning_rate": 1e-3, "layer_decay": 0.5, "weight_decay": 0.01, "embedding_lr_multiplier": 30}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mup_at_its_base_width_is_standard_but_for_the_attention(kind):
+    """hidden_size == base_width: the same weights (but a zero query projection) and the same learning rates and
+    weight decays; only the attention's logits scale differs (1/head size against 1/sqrt(head size))."""
+    encoders = {}
+    for parametrization in ("standard", "mup"):
+        torch.manual_seed(0)
+        config = defaults(
+            "model", hidden_size=64, num_heads=2, attention_kind=kind, parametrization=parametrization, base_width=64
+        )
+        encoders[parametrization] = Encoder(config, 100, next_sentence=True)
+    standard, mup = encoders["standard"], encoders["mup"]
+    mup_weights = mup.state_dict()
+    for name, weight in standard.state_dict().items():
+        if name.endswith("attention.qkv.weight"):
+            assert not mup_weights[name][:64].any(), f"{name}: the query rows start at zero"
+            assert torch.equal(mup_weights[name][64:], weight[64:]), name
+        else:
+            assert torch.equal(mup_weights[name], weight), name
+    assert named_groups(mup, **GROUP_SETTINGS) == named_groups(standard, **GROUP_SETTINGS)
+    assert mup.parametrization.readout_scale == standard.parametrization.readout_scale
+    assert (standard.blocks[0].attention.scale, mup.blocks[0].attention.scale) == (1 / math.sqrt(32), 1 / 32)
+
+
+def test_mup_scales_the_matrices_with_width_and_keeps_input_like_parameters():
+    """At 4x the base width: hidden matrices start at std 0.02 / 2 and learn at LR / 4 (weight decay x 4), the
+    next-sentence readout at 0.02 / 4 and LR / 4; tables, biases and norms keep their scale and LR; layer-wise LR
+    decay still applies; the tied readout is scaled by base_width**-0.5 / 4."""
+    torch.manual_seed(0)
+    config = defaults("model", hidden_size=256, num_heads=8, num_layers=2, parametrization="mup", base_width=64)
+    model = Encoder(config, 2000, next_sentence=True)
+    block = model.blocks[0]
+    hidden_matrices = [block.attention.qkv.weight[256:], block.attention.out.weight, block.ffn[0].weight]
+    hidden_matrices += [block.ffn[2].weight, model.head_transform[0].weight, model.pooler.weight]
+    for matrix in hidden_matrices:
+        assert matrix.std().item() == pytest.approx(0.01, rel=0.05)
+    assert model.next_sentence_head.weight.std().item() == pytest.approx(0.005, rel=0.15)
+    assert not block.attention.qkv.weight[:256].any()
+    assert model.token_embedding.weight.std().item() == pytest.approx(config.embedding_std, rel=0.02)
+    assert model.positions.table.weight.std().item() == pytest.approx(config.embedding_std, rel=0.05)
+
+    settings = {}
+    for names, lr, weight_decay in named_groups(model, **GROUP_SETTINGS):
+        settings.update({name: (lr, weight_decay) for name in names})
+    head, first_block = 1e-3, 1e-3 * 0.5**2
+    assert settings["blocks.0.ffn.0.weight"] == (pytest.approx(first_block / 4), pytest.approx(0.04))
+    assert settings["blocks.0.ffn.0.bias"] == (first_block, 0.0)
+    assert settings["blocks.0.attention_norm.weight"] == (first_block, 0.0)
+    assert settings["next_sentence_head.weight"] == settings["pooler.weight"] == (head / 4, pytest.approx(0.04))
+    assert settings["head_bias"] == (head, 0.0)
+    assert settings["token_embedding.weight"] == settings["positions.table.weight"] == (30e-3, 0.0)
+    assert model.parametrization.readout_scale == pytest.approx(64**-0.5 / 4)
+    assert block.attention.scale == 1 / 32
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_attention_takes_the_scale(kind, monkeypatch):
+    """The PyTorch paths (SDPA for the softmax kinds) apply the logits' scale as the float64 oracle does, and the
+    encoder hands them its parametrisation's."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 12, 16, generator=generator, dtype=torch.float64) for _ in "qkv")
+    _, key_padding_mask = padded_batch()
+    results = {
+        (backend, scale): kernels.attention(kind, q, k, v, key_padding_mask, False, backend, scale)
+        for backend in ("reference", "oracle")
+        for scale in (None, 1 / 16)
+    }
+    torch.testing.assert_close(results["reference", 1 / 16], results["oracle", 1 / 16])
+    torch.testing.assert_close(results["reference", None], results["oracle", None])
+    assert not torch.allclose(results["oracle", 1 / 16], results["oracle", None])
+
+    scales = []
+    monkeypatch.setattr(kernels, "attention", lambda *args: scales.append(args[-1]) or args[3])
+    config = defaults("model", hidden_size=32, num_heads=2, attention_kind=kind, parametrization="mup", base_width=16)
+    Encoder(config, 50).encode(*padded_batch(vocab=50))
+    assert scales == [1 / 16, 1 / 16]  # one per layer
+
+
+@pytest.mark.parametrize(("parametrization", "width_multiplier"), [("standard", 1), ("mup", 2)])
+def test_pretraining_keeps_the_sparse_token_table_and_layer_decay_under_either_parametrization(
+    parametrization, width_multiplier, data_dir, tokenizer, tmp_path
+):
+    """config.yaml's recipe (sampled softmax, lazy Adam on the token table) at 256 wide, layer decay 0.5: the table
+    keeps the recipe's LR and moves only the rows a step touched; under mup (base width 128) the matrices learn at
+    half the rate of their level."""
+    from pathlib import Path
+
+    from data.corpus import load_corpus
+    from hpo.config import load_config
+    from training.pretrain import Pretrainer
+
+    overrides = ["search_space={}", "data.sources=[austen]", f"data.cache_dir={tmp_path}", "train.budget_seconds=null"]
+    overrides += ["model.hidden_size=256", "model.num_heads=4", f"model.parametrization={parametrization}"]
+    config = load_config(Path(__file__).resolve().parents[1] / "config.yaml", [*overrides, "train.layer_lr_decay=0.5"])
+    trainer = Pretrainer(config, load_corpus(data_dir, config.data, tokenizer), tokenizer, torch.device("cpu"))
+    dense, sparse = trainer.optimizers
+    table = trainer.model.token_embedding.weight
+    learning_rate = config.train.learning_rate
+    assert isinstance(sparse, torch.optim.SparseAdam) and sparse.param_groups[0]["params"] == [table]
+    assert sparse.param_groups[0]["initial_lr"] == learning_rate * config.train.embedding_lr_multiplier
+    initial_lr = {id(p): group["initial_lr"] for group in dense.param_groups for p in group["params"]}
+    first_block = trainer.model.blocks[0].ffn[0]  # two levels below the head
+    assert initial_lr[id(first_block.weight)] == pytest.approx(learning_rate * 0.25 / width_multiplier)
+    assert initial_lr[id(first_block.bias)] == pytest.approx(learning_rate * 0.25)
+
+    start = table.detach().clone()
+    assert all(math.isfinite(trainer.train_step().loss) for _ in range(2))
+    moved = (table.detach() != start).any(dim=1)
+    assert 0 < moved.sum() < len(table) / 4

@@ -10,6 +10,7 @@ import hpo.sampling
 import kernels
 import model.bert
 import model.config
+import model.parametrization
 import training.config
 import training.pretrain
 
@@ -20,6 +21,7 @@ import training.pretrain
         (model.config.ATTENTION_KINDS, kernels.ATTENTION_KINDS),
         (model.config.ATTENTION_BACKENDS, kernels.BACKENDS),
         (model.config.POOLINGS, model.bert.POOLINGS),
+        (model.config.PARAMETRIZATIONS, model.parametrization.PARAMETRIZATIONS),
         (data.config.MASKING_STRATEGIES, data.masking.MASKING_STRATEGIES),
         (training.config.OBJECTIVES, training.pretrain.OBJECTIVES),
         (hpo.config.SAMPLERS, hpo.sampling.SAMPLERS),

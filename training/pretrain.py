@@ -167,6 +167,23 @@ def row_sparse(gradient: torch.Tensor) -> torch.Tensor:
     return torch.sparse_coo_tensor(rows.unsqueeze(0), values, gradient.shape, is_coalesced=True, check_invariants=False)
 
 
+def build_optimizers(model: Encoder, train: TrainConfig) -> list[torch.optim.Optimizer]:
+    """AdamW over the model's parameter groups (their LRs set by the parametrisation and the layer decay); with
+    the sampled softmax, the token table (the first group) gets SparseAdam instead, lazy Adam on the rows a step
+    touched, as AdamW with weight decay 0."""
+    groups = model.parameter_groups(
+        train.learning_rate, train.layer_lr_decay, train.weight_decay, train.embedding_lr_multiplier
+    )
+    adam = {"betas": (0.9, 0.98), "eps": 1e-6}
+    if train.sampled_softmax is None:
+        return [torch.optim.AdamW(groups, **adam)]
+    token_table = groups.pop(0)
+    return [
+        torch.optim.AdamW(groups, **adam),
+        torch.optim.SparseAdam(token_table["params"], lr=token_table["lr"], **adam),
+    ]
+
+
 COMPILE_BACKEND = "inductor"  # of model.compile; tests use "aot_eager", which generates no code
 
 
@@ -235,7 +252,7 @@ class Pretrainer:
         self.step = 0
         self.train_seconds = 0.0
         self.last_loss = math.nan  # of the latest step
-        self.optimizers = self._build_optimizers()
+        self.optimizers = build_optimizers(self.model, config.train)
         self.schedulers = [
             torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: self.learning_rate_multiplier())
             for optimizer in self.optimizers
@@ -284,22 +301,6 @@ class Pretrainer:
         return learning_rate_multiplier(
             train.schedule, self.step_end_progress, train.warmup_fraction, train.decay_fraction
         )
-
-    def _build_optimizers(self) -> list[torch.optim.Optimizer]:
-        """AdamW over the parameter groups; with the sampled softmax, the token table (the first group)
-        gets SparseAdam instead, lazy Adam on the rows a step touched, as AdamW with weight decay 0."""
-        train = self.config.train
-        groups = self.model.parameter_groups(
-            train.learning_rate, train.layer_lr_decay, train.weight_decay, train.embedding_lr_multiplier
-        )
-        adam = {"betas": (0.9, 0.98), "eps": 1e-6}
-        if train.sampled_softmax is None:
-            return [torch.optim.AdamW(groups, **adam)]
-        token_table = groups.pop(0)
-        return [
-            torch.optim.AdamW(groups, **adam),
-            torch.optim.SparseAdam(token_table["params"], lr=token_table["lr"], **adam),
-        ]
 
     @property
     def num_parameters(self) -> int:
