@@ -4,8 +4,6 @@
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import TrialState
-
 from hpo.comparison import (
     COMPARISON_ATTR,
     PairedTest,
@@ -15,14 +13,11 @@ from hpo.comparison import (
     summarise,
 )
 from hpo.config import Config, ConfigError
+from hpo.planned import run_plan
 from hpo.storage import load_existing_study
-from hpo.study import StudyRun, open_study, run_queued
-from hpo.study_values import format_metric, metric_label
+from hpo.study import StudyRun, open_study
+from hpo.study_values import format_metric, metric_label, unstable_note
 from training.results import format_accuracy, format_gain
-
-# Runs in these states need no new copy: done, running (or failed and queued again), queued, or pruned (a
-# non-finite loss, which the same seed and data would only repeat).
-PRESENT_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
 
 
 def run_comparison(
@@ -47,21 +42,13 @@ def run_comparison(
         )
     all_seeds = sorted({*(recorded or {}).get("seeds", []), *(config.train.seed + index for index in range(seeds))})
     study.set_user_attr(COMPARISON_ATTR, {"grid": grid, "seeds": all_seeds, "budget": budget})
-    present = [
-        trial.params or trial.system_attrs.get("fixed_params", {})
-        for trial in study.get_trials(deepcopy=False, states=PRESENT_STATES)
-    ]
-    queued = 0
-    for seed in all_seeds:  # seed by seed, so that a stopped comparison has whole seeds done
-        for cell in cells(grid):
-            if run_params(cell, seed) not in present:
-                study.enqueue_trial(run_params(cell, seed))
-                queued += 1
+    # Seed by seed, so that a stopped comparison has whole seeds done.
+    plan = [run_params(cell, seed) for seed in all_seeds for cell in cells(grid)]
     what = (
         f"comparing {len(cells(grid))} cell(s) x {len(all_seeds)} seed(s) (train.seed "
         f"{', '.join(map(str, all_seeds))}) at {budget_words(config, budget)}"
     )
-    return run_queued(study, storage_url, config, data_dir, n_jobs, what, queued, force)
+    return run_plan(study, storage_url, config, data_dir, n_jobs, plan, what, force)
 
 
 def budget_words(config: Config, budget: str) -> str:
@@ -85,7 +72,7 @@ def comparison_lines(study_name: str, storage_url: str, config: Config) -> list[
             f"  {row['cell']}: {format_metric(metric, row['mean'], row['standard_error'])} over {row['seeds']} seed(s) "
             f"| accuracy {format_accuracy(row['accuracy'])}, random init {format_accuracy(row['random_init_accuracy'])}"
             f" | validation loss {row['validation_loss']:.3f} | {row['tokens']:,.0f} tokens at "
-            f"{row['tokens_per_second']:,.0f}/s"
+            f"{row['tokens_per_second']:,.0f}/s" + unstable_note(row["unstable_runs"])
         )
     if summary.effects:
         lines.append(

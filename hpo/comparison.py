@@ -19,6 +19,7 @@ import dataclasses
 import itertools
 import math
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +29,10 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
-from hpo.config import Config, ConfigError, ParamSpec, dimensions
+from hpo.config import TYPED_SECTIONS, Config, ConfigError, ParamSpec, convert_field, dimensions
 from hpo.statistics import holm_adjust, mean_and_standard_error, t_interval
-from hpo.study_values import GAIN_ERROR_ATTR, TOKENS_ATTR
+from hpo.study_values import GAIN_ERROR_ATTR, PLANNED_RUN_STATES, TOKENS_ATTR, objective_name, planned_run_value
+from training.config import PROBE_TARGETS
 
 COMPARISON_ATTR = "comparison"  # study user attr: {"grid": {key: [values]}, "seeds": [...], "budget": ...}
 SEED_PARAM = "train.seed"
@@ -40,20 +42,23 @@ SIGNIFICANCE_LEVEL = 0.05
 
 
 def parse_grid(assignments: list[str]) -> dict[str, list[Any]]:
-    """["model.attention_kind=standard,rope", "train.objective=mlm,clm"] -> {key: [values]} (values read as YAML)."""
+    """["model.attention_kind=standard,rope", "train.objective=mlm,clm"] -> {key: [values]}, each value read as --set
+    reads it (YAML, then checked against the setting's type: 1e-3 is a float)."""
     grid: dict[str, list[Any]] = {}
     for assignment in assignments:
         key, separator, text = assignment.partition("=")
-        values = [yaml.safe_load(value.strip()) for value in text.split(",") if value.strip()]
-        if not separator or key.count(".") != 1 or not values:
+        key = key.strip()
+        texts = [value.strip() for value in text.split(",") if value.strip()]
+        if not separator or key.count(".") != 1 or not texts:
             raise ConfigError(
                 f"--grid {assignment!r}: expected SECTION.KEY=V1,V2,..., e.g. --grid model.attention_kind=standard,rope"
             )
+        values = [grid_value(key, value) for value in texts]
         if key in grid:
             raise ConfigError(f"--grid {key} is given twice; give all its values in one --grid")
         if len(set(map(str, values))) != len(values):
             raise ConfigError(f"--grid {assignment!r} repeats a value")
-        grid[key.strip()] = values
+        grid[key] = values
     if not grid:
         raise ConfigError(
             "compare needs at least one --grid KEY=V1,V2,... (e.g. --grid model.attention_kind=standard,rope)"
@@ -61,6 +66,18 @@ def parse_grid(assignments: list[str]) -> dict[str, list[Any]]:
     if SEED_PARAM in grid:
         raise ConfigError(f"--grid {SEED_PARAM}: the seeds are --seeds, the same for every cell")
     return grid
+
+
+def grid_value(key: str, text: str) -> Any:
+    """One value of --grid SECTION.KEY=..., as --set reads it; a ConfigError naming it if the key or value is bad."""
+    section, field_name = key.split(".")
+    section_type = typing.get_type_hints(Config).get(section)
+    names = [field.name for field in dataclasses.fields(section_type)] if dataclasses.is_dataclass(section_type) else []
+    if not names:
+        raise ConfigError(f"--grid {key}: no section {section!r}; sections: {', '.join(TYPED_SECTIONS)}")
+    if field_name not in names:
+        raise ConfigError(f"--grid {key}: {section} has no field {field_name!r}; its fields: {', '.join(names)}")
+    return convert_field(section_type, field_name, yaml.safe_load(text), f"--grid {key}")
 
 
 def comparison_config(base: Config, grid: dict[str, list[Any]], budget: str) -> Config:
@@ -100,10 +117,11 @@ def run_params(cell: dict[str, Any], seed: int) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell's runs: its trials by seed."""
+    """One cell's runs: its finished trials by seed (a run that went non-finite is scored at chance accuracy)."""
 
     settings: dict[str, Any]
     trials: dict[int, FrozenTrial]
+    metric: str = PROBE_TARGETS["gain"]  # what the trials' values are (the study's objective)
 
     @property
     def label(self) -> str:
@@ -114,7 +132,11 @@ class Cell:
         return statistics_mean(values)
 
     def values(self, seeds: list[int]) -> list[float]:
-        return [self.trials[seed].value for seed in seeds]
+        return [planned_run_value(self.trials[seed], self.metric) for seed in seeds]
+
+    @property
+    def unstable_runs(self) -> int:
+        return sum(trial.state == TrialState.PRUNED for trial in self.trials.values())
 
 
 def statistics_mean(values: list[float]) -> float:
@@ -228,15 +250,15 @@ def summarise(study: optuna.Study, config: Config) -> ComparisonSummary:
     the seeds both finished (Holm-corrected together)."""
     comparison = study.user_attrs[COMPARISON_ATTR]
     grid, seeds = comparison["grid"], comparison["seeds"]
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    finished = study.get_trials(deepcopy=False, states=PLANNED_RUN_STATES)
     found = []
     for settings in cells(grid):
         trials = {}
-        for trial in complete:
+        for trial in finished:
             seed = trial.params.get(SEED_PARAM)
             if trial.params == run_params(settings, seed):
                 trials[seed] = trial
-        found.append(Cell(settings, trials))
+        found.append(Cell(settings, trials, objective_name(study)))
     tests = []
     for first, second in itertools.combinations(found, 2):
         shared = [seed for seed in seeds if seed in first.trials and seed in second.trials]
@@ -267,6 +289,7 @@ def cell_row(cell: Cell, seeds: list[int]) -> dict[str, Any]:
         "validation_loss": cell.mean("validation_loss"),
         "tokens": cell.mean(TOKENS_ATTR),
         "tokens_per_second": cell.mean("tokens_per_second"),
+        "unstable_runs": cell.unstable_runs,
     }
 
 

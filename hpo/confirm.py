@@ -5,7 +5,6 @@ import dataclasses
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
 
 from hpo.config import ConfigError, run_config_key
 from hpo.confirmation import (
@@ -20,13 +19,10 @@ from hpo.confirmation import (
     top_recipes,
 )
 from hpo.export import trial_base_config
+from hpo.planned import run_plan
 from hpo.storage import load_existing_study
-from hpo.study import StudyRun, open_study, run_queued
+from hpo.study import StudyRun, open_study
 from hpo.study_values import ranked_trials
-
-# Runs in these states need no new copy: done, running (or failed and queued again by the heartbeat), queued,
-# or pruned (a non-finite loss, which the same seed and data would only repeat).
-PRESENT_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
 
 
 def confirmation_seeds(study_seed: int, count: int) -> list[int]:
@@ -38,22 +34,6 @@ def merge_recipes(companion: optuna.Study, recipes: list[Recipe]) -> list[Recipe
     """The recipes recorded by earlier runs of confirm, then the new ones: a later, larger --top_k adds recipes."""
     recorded = [Recipe(**recipe) for recipe in companion.user_attrs.get(RECIPES_ATTR, [])]
     return recorded + [recipe for recipe in recipes if all(recipe.params != old.params for old in recorded)]
-
-
-def enqueue_missing(companion: optuna.Study, recipes: list[Recipe], seeds: list[int]) -> int:
-    """Queue every (recipe, seed) run the companion does not hold yet; returns how many were queued."""
-    present = [
-        trial.params or trial.system_attrs.get("fixed_params", {})
-        for trial in companion.get_trials(deepcopy=False, states=PRESENT_STATES)
-    ]
-    queued = 0
-    for recipe in recipes:
-        for seed in seeds:
-            params = recipe.run_params(seed)
-            if params not in present:
-                companion.enqueue_trial(params)
-                queued += 1
-    return queued
 
 
 def run_confirmation(
@@ -81,12 +61,13 @@ def run_confirmation(
     companion.set_user_attr(PARENT_ATTR, study_name)
     companion.set_user_attr(RECIPES_ATTR, [dataclasses.asdict(recipe) for recipe in recipes])
     companion.set_user_attr(SEEDS_ATTR, all_seeds)
-    queued = enqueue_missing(companion, recipes, all_seeds)
+    # Seed by seed, so that a stopped confirmation has whole seeds done: only those pair the recipes.
+    plan = [recipe.run_params(seed) for seed in all_seeds for recipe in recipes]
     what = (
         f"confirming {len(recipes)} recipe(s) of study {study_name!r} (trials "
         f"{', '.join(str(recipe.trial) for recipe in recipes)}) with train.seed {', '.join(map(str, all_seeds))}"
     )
-    return run_queued(companion, storage_url, config, data_dir, n_jobs, what, queued)
+    return run_plan(companion, storage_url, config, data_dir, n_jobs, plan, what)
 
 
 def print_confirmation(study_name: str, storage_url: str) -> None:

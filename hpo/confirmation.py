@@ -22,8 +22,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import Config, ConfigError, ParamSpec
 from hpo.statistics import mean_and_standard_error, probability_best, t_interval
-from hpo.study_values import TOKENS_ATTR, format_metric, metric_label, trial_tokens
-from training.config import PROBE_TARGETS
+from hpo.study_values import (
+    PLANNED_RUN_STATES,
+    TOKENS_ATTR,
+    format_metric,
+    metric_label,
+    objective_name,
+    planned_run_value,
+    trial_tokens,
+    unstable_note,
+)
 from training.results import format_gain
 
 SUFFIX = "-confirm"
@@ -85,10 +93,11 @@ def confirmation_config(base: Config) -> Config:
 
 @dataclass(frozen=True)
 class RecipeResult:
-    """A recipe's confirmation runs: value by seed."""
+    """A recipe's confirmation runs: value by seed, and the seeds whose run went non-finite (scored at chance)."""
 
     recipe: Recipe
     values: dict[int, float]
+    unstable_seeds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class RecipeSummary:
     difference_standard_error: float
     difference_interval: tuple[float, float]
     probability_best: float
+    unstable_runs: int = 0  # of its runs on these seeds, those that went non-finite (scored at chance accuracy)
 
     def difference_text(self) -> str:
         """The paired difference to the leader, e.g. "-0.70 ± 0.59 points [-3.24, +1.84]"; no interval from 1 seed."""
@@ -145,17 +155,20 @@ class ConfirmationSummary:
 
 
 def recipe_results(companion: optuna.Study) -> list[RecipeResult]:
-    """Each recorded recipe with the values of its completed runs, by seed."""
+    """Each recorded recipe with the values of its finished runs by seed (an unstable run's at chance accuracy)."""
     recipes = [Recipe(**recipe) for recipe in companion.user_attrs.get(RECIPES_ATTR, [])]
-    complete = companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    metric = objective_name(companion)
+    finished = companion.get_trials(deepcopy=False, states=PLANNED_RUN_STATES)
     results = []
     for recipe in recipes:
-        values = {}
-        for trial in complete:
+        values, unstable = {}, []
+        for trial in finished:
             seed = trial.params.get(SEED_PARAM)
             if trial.params == recipe.run_params(seed):
-                values[seed] = trial.value
-        results.append(RecipeResult(recipe, values))
+                values[seed] = planned_run_value(trial, metric)
+                if trial.state == TrialState.PRUNED:
+                    unstable.append(seed)
+        results.append(RecipeResult(recipe, values, tuple(sorted(unstable))))
     return results
 
 
@@ -187,12 +200,13 @@ def summarise(companion: optuna.Study) -> ConfirmationSummary:
                     difference_error,
                     interval,
                     best_shares[name],
+                    sum(seed in result.unstable_seeds for seed in complete_seeds),
                 )
             )
         summaries.sort(key=lambda summary: -summary.mean)
     return ConfirmationSummary(
         study_name=companion.study_name,
-        metric=(companion.metric_names or [PROBE_TARGETS["accuracy"]])[0],
+        metric=objective_name(companion),
         seeds=seeds,
         complete_seeds=complete_seeds,
         runs_done=sum(len(result.values) for result in results),
@@ -219,7 +233,7 @@ def describe(summary: ConfirmationSummary) -> list[str]:
         lines.append(
             f"  trial {recipe.trial}: mean {format_metric(summary.metric, line.mean, line.standard_error)} ({paired}), "
             f"P(best) {line.probability_best:.2f} | study value {format_metric(summary.metric, recipe.value)} | "
-            f"{recipe.tokens:,} tokens"
+            f"{recipe.tokens:,} tokens" + unstable_note(line.unstable_runs)
         )
     return lines
 

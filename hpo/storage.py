@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._rdb.models import TrialModel
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
@@ -49,14 +49,34 @@ def sqlite_database(storage_url: str) -> Path | None:
     return Path(url.database)
 
 
+class NothingQueued(Exception):
+    """A worker that runs queued trials only found none left: it stops instead of sampling a trial of its own."""
+
+
 class ClaimingStorage(RDBStorage):
-    """Optuna's RDB storage whose workers claim a queued (WAITING) trial with one conditional UPDATE.
+    """Optuna's RDB storage whose workers claim a queued (WAITING) trial with one conditional UPDATE, and, with
+    `queued_only`, never create a trial from nothing (a plan's workers, hpo/planned.py).
 
     Optuna reads the trial's state and then writes RUNNING; on SQLite the read runs outside the write's
     transaction (SELECT ... FOR UPDATE is a no-op there), so two workers could both claim the same queued trial,
     run it twice, and the second to finish died on "Cannot tell a COMPLETE trial". `UPDATE ... WHERE
     state = 'WAITING'` is atomic in every database: exactly one worker's update changes the row.
+
+    Study.ask() creates a new trial, for the sampler to fill, when it claims no queued one. A planned run's worker
+    whose queue another process emptied would then sample train.seed and train.budget_tokens from the companion's
+    wide ranges (a run of 10^11 tokens); with `queued_only` that creation raises NothingQueued instead. Queueing
+    (enqueue_trial, a retry) creates trials from a template and is unaffected.
     """
+
+    def __init__(self, *args, queued_only: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.queued_only = queued_only
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        # The one path of every creation: Optuna's cache in front of this storage (_CachedStorage) calls it directly.
+        if self.queued_only and template_trial is None:
+            raise NothingQueued("no queued trial is left")
+        return super()._create_new_trial(study_id, template_trial)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         if state != TrialState.RUNNING or values is not None:
@@ -75,11 +95,13 @@ class ClaimingStorage(RDBStorage):
         return claimed.rowcount == 1
 
 
-def make_storage(url: str, config: StudyConfig) -> RDBStorage:
-    """RDB storage with heartbeats: a killed worker's trial is failed and retried; a queued trial runs once."""
+def make_storage(url: str, config: StudyConfig, queued_only: bool = False) -> RDBStorage:
+    """RDB storage with heartbeats: a killed worker's trial is failed and retried; a queued trial runs once; with
+    `queued_only`, no trial is created but by queueing (ClaimingStorage)."""
     try:
         return ClaimingStorage(
             url,
+            queued_only=queued_only,
             engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
             heartbeat_interval=config.heartbeat_seconds,
             grace_period=config.grace_seconds,

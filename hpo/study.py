@@ -154,6 +154,7 @@ class RunLimits:
     n_trials: int | None = None  # trials to add in this run
     max_trials: int | None = None  # trials in the study (COUNTED_STATES), this run's and earlier ones
     timeout: float | None = None  # seconds from the run's start after which no trial starts
+    queued_only: bool = False  # run queued trials only (a plan's, hpo/planned.py): no worker samples one
 
     def trials_to_add(self, counted: int) -> int | None:
         """How many trials this run adds to a study with `counted` trials; None: until the timeout or the cap.
@@ -168,6 +169,8 @@ class RunLimits:
         return room if n_trials is None else min(n_trials, room)
 
     def describe(self, n_trials: int | None) -> str:
+        if self.queued_only:
+            return f"running its {n_trials} queued trial(s) and no others"
         parts = [f"adding {n_trials if n_trials is not None else 'trials'}"]
         if self.max_trials is not None:
             parts.append(f"up to {self.max_trials} in the study")
@@ -205,25 +208,6 @@ def study_sampler_seed(study: optuna.Study, config: StudyConfig, run_seed: int) 
     if "qmc_seed" not in study.user_attrs:
         study.set_user_attr("qmc_seed", run_seed)
     return study.user_attrs["qmc_seed"]  # read back: another machine's run may have set it first
-
-
-def run_queued(
-    study: optuna.Study,
-    storage_url: str,
-    config: Config,
-    data_dir: Path,
-    n_jobs: int,
-    what: str,
-    queued: int,
-    force: bool = False,
-) -> StudyRun | None:
-    """Run a study's queued trials (a comparison's or a confirmation's runs) and no others, after a line that says
-    `what`, how many runs were queued now and how many wait; None when none waits."""
-    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    print(f"{what}: {queued} run(s) queued now, {waiting} to run, in study {study.study_name!r}")
-    if waiting == 0:
-        return None
-    return run_study(study.study_name, storage_url, config, data_dir, RunLimits(n_trials=waiting), n_jobs, 0, force)
 
 
 def run_study(
@@ -272,6 +256,7 @@ def run_study(
             parent_pid=os.getpid(),
             deadline=None if limits.timeout is None else started + limits.timeout,
             max_trials=limits.max_trials,
+            queued_only=limits.queued_only,
         )
         plans = worker_plans(common, n_trials, n_jobs, existing=len(study.trials))
         if len(plans) == 1:

@@ -10,6 +10,17 @@ RUN_CONFIGS_ATTR = "run_configs"  # study user attr: every configuration its run
 RUN_CONFIG_ATTR = "run_config"  # trial user attr: the key of the configuration it ran with (before its params)
 GAIN_ERROR_ATTR = "gain_standard_error"  # trial user attr: the paired standard error of its gain over random init
 TOKENS_ATTR = "tokens_seen"  # trial user attr: the tokens it trained on
+# A planned run (a confirmation's, a comparison's) whose training went non-finite ends pruned: its encoder carries
+# nothing the probe can read, so it scores chance accuracy, a quarter for AG News's four balanced classes.
+CHANCE_ACCURACY = 0.25
+PLANNED_RUN_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # the runs that count, unstable ones at chance
+
+
+def unstable_note(count: int) -> str:
+    """ " | N run(s) non-finite, scored at chance accuracy" for a recipe or cell with such runs, else ""."""
+    return f" | {count} run(s) non-finite, scored at chance accuracy" if count else ""
+
+
 OLD_TOKENS_ATTR = (
     "budget_tokens"  # the same in studies from before 2026-12-04 (planned, for pruned token-budget trials)
 )
@@ -19,6 +30,17 @@ def trial_tokens(trial: FrozenTrial) -> int | None:
     """The tokens a trial trained on, from its user attrs (older studies: the attr of the time)."""
     value = trial.user_attrs.get(TOKENS_ATTR, trial.user_attrs.get(OLD_TOKENS_ATTR))
     return None if value is None else int(value)
+
+
+def planned_run_value(trial: FrozenTrial, metric: str) -> float:
+    """A planned run's value: a completed run's own; an unstable run's (pruned: planned runs have no quick probes
+    to prune on) is that of chance accuracy, its gain chance minus its own random-init accuracy. An unstable run
+    is thus a loss for its recipe, never a hole that drops its seed from every recipe's mean."""
+    if trial.state == TrialState.COMPLETE:
+        return trial.value
+    if metric == PROBE_TARGETS["gain"]:
+        return CHANCE_ACCURACY - trial.user_attrs["random_init_accuracy"]
+    return CHANCE_ACCURACY
 
 
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -24,7 +24,7 @@ from hpo.config import Config, run_config_key
 from hpo.curves import publish_trial_curve, save_study_figure
 from hpo.interruption import INTERRUPTED_EXIT_CODE, Interruption, sigint_handled_by
 from hpo.sampling import make_pruner, make_sampler
-from hpo.storage import make_storage
+from hpo.storage import NothingQueued, make_storage
 from hpo.study_values import RUN_CONFIG_ATTR, outcome, ranked_trials
 from hpo.supervision import WorkerDeath, exit_cause, fail_and_retry, sign_trial, trials_of, worker_id
 from hpo.trial_logs import TrialLogs, logs_folder
@@ -58,6 +58,7 @@ class WorkerPlan:
     worker_index: int = 0
     threads: int = 1
     gpu: int | None = None
+    queued_only: bool = False  # run queued trials only, and stop when none is left (hpo/planned.py)
     # (config, data_dir) -> the function the study optimises; module-level, so that a spawned worker can import it
     make_trial_function: Callable[[Config, Path], Callable[[optuna.Trial], float]] = pretrain_and_probe
 
@@ -122,7 +123,7 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     pretrain_and_probe_trial = plan.make_trial_function(plan.config, plan.data_dir)
     study = optuna.load_study(
         study_name=plan.study_name,
-        storage=make_storage(plan.storage_url, plan.config.study),
+        storage=make_storage(plan.storage_url, plan.config.study, plan.queued_only),
         sampler=make_sampler(plan.config.study, plan.seed),
         pruner=make_pruner(plan.config.study),
     )
@@ -133,6 +134,9 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
     def run_trial(trial: optuna.Trial) -> float:
         sign_trial(trial, plan.seed)
         trial.set_user_attr(RUN_CONFIG_ATTR, config_key)
+        if plan.queued_only and (original := earlier_copy(study, trial)) is not None:
+            trial.set_user_attr("fail_reason", f"not run: a copy of trial {original}, queued twice at the same time")
+            raise DuplicateRun(f"trial {trial.number} is a copy of trial {original}")
         try:
             with trial_logs.capture(trial), interruption.requeue_on_stop(trial):
                 return pretrain_and_probe_trial(trial)
@@ -158,10 +162,34 @@ def run_worker(plan: WorkerPlan, interruption: Interruption) -> None:
                 callbacks=callbacks,
                 catch=(Exception,),
             )
+        except NothingQueued:
+            pass  # a plan's worker whose queue is empty: its work is done
         finally:
             interruption.requeue_stopped(study)
     if interruption.reason is not None:
         raise KeyboardInterrupt
+
+
+class DuplicateRun(Exception):
+    """A queued trial whose run an earlier trial already holds: it ends failed, and the plan's run counts once."""
+
+
+# An earlier trial with the same queued parameters in one of these states stands for the run.
+RUN_HOLDING_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+def earlier_copy(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The number of an earlier trial queued with this trial's parameters that ran, runs or waits to run; None if
+    there is none. Two commands that plan the same runs at the same moment (two terminals, two machines) may both
+    queue a run: of its copies, the first to be queued runs and the later ones step aside, whichever worker claims
+    them first."""
+    fixed = trial.storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+    if fixed is None:  # not a queued trial
+        return None
+    for other in study.get_trials(deepcopy=False, states=RUN_HOLDING_STATES):
+        if other.number < trial.number and other.system_attrs.get("fixed_params") == fixed:
+            return other.number
+    return None
 
 
 def _worker_entry(plan: WorkerPlan) -> None:
@@ -190,14 +218,15 @@ def worker_seeds(run_seed: int, n_jobs: int, existing: int, sampler: str) -> lis
 
 
 def worker_plans(common: WorkerPlan, n_trials: int | None, n_jobs: int, existing: int) -> list[WorkerPlan]:
-    """`common` spread over n_jobs workers: each its share of the trials, its seed, its threads and its GPU."""
+    """`common` spread over n_jobs workers: each its share of the trials, its seed, its threads and its GPU. The
+    workers of queued trials only start as many as there are trials, and each runs until the queue is empty."""
     gpus = torch.cuda.device_count()
     seeds = worker_seeds(common.seed, n_jobs, existing, common.config.study.sampler)
     threads = max(1, usable_cpus() // n_jobs)
     return [
         dataclasses.replace(
             common,
-            n_trials=share,
+            n_trials=None if common.queued_only else share,
             worker_index=index,
             threads=threads,
             seed=seeds[index],

@@ -222,3 +222,41 @@ def test_main_effects_average_the_other_settings_within_each_seed_then_pair_the_
     kinds, objectives = main_effects(found, grid, [0, 1, 2])
     assert kinds.seeds == 2 and objectives.seeds == 2
     assert main_effects(found[:2], {"train.objective": ["mlm", "clm"]}, [0, 1, 2]) == []  # one key: the pairs say it
+
+
+def test_grid_values_are_read_as_set_reads_them():
+    # YAML alone reads 1e-3 (no dot) as a string, and the learning rate's range check died on '<=' str and int.
+    assert parse_grid(["train.learning_rate=1e-3,2e-3"]) == {"train.learning_rate": [0.001, 0.002]}
+    assert parse_grid(["train.batch_size=8,16"]) == {"train.batch_size": [8, 16]}
+    with pytest.raises(ConfigError, match=r"--grid 'train.learning_rate=1e-3,0.001' repeats a value"):
+        parse_grid(["train.learning_rate=1e-3,0.001"])
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ("train.learning_rate=1e-3,fast", r"--grid train\.learning_rate = 'fast'; expected float"),
+        ("modl.dropout=0,0.1", "--grid modl.dropout: no section 'modl'"),
+    ],
+)
+def test_a_bad_grid_value_is_one_line_with_exit_code_2(tmp_path, capsys, grid, message):
+    storage = f"sqlite:///{tmp_path / 'bad.db'}"
+    assert main.main(["compare", "--study_name", "bad", "--storage", storage, "--grid", grid]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and __import__("re").search(message, error), error
+    assert not (tmp_path / "bad.db").exists()
+
+
+def test_a_run_that_went_non_finite_counts_at_chance_accuracy_in_its_cell():
+    distributions = {"model.pooling": optuna.distributions.CategoricalDistribution(["mean"])}
+    complete = optuna.trial.create_trial(params={"model.pooling": "mean"}, distributions=distributions, value=0.04)
+    unstable = optuna.trial.create_trial(
+        params={"model.pooling": "mean"},
+        distributions=distributions,
+        state=TrialState.PRUNED,
+        user_attrs={"random_init_accuracy": 0.51},
+    )
+    cell = Cell({"model.pooling": "mean"}, {0: complete, 1: unstable})
+    assert cell.values([0, 1]) == pytest.approx([0.04, 0.25 - 0.51]) and cell.unstable_runs == 1
+    accuracy_cell = Cell({"model.pooling": "mean"}, {1: unstable}, metric="probe_accuracy")
+    assert accuracy_cell.values([1]) == [0.25]

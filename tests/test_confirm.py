@@ -136,3 +136,34 @@ def test_export_without_two_confirmed_seeds_takes_the_best_trial_and_says_so(tmp
     assert "the confirmation of study 'fake' is unfinished (0 of 4 runs)" in capsys.readouterr().err
     written = yaml.safe_load((tmp_path / "studies/fake/best_config.yaml").read_text())
     assert written["provenance"]["trial"] == 1 and "no confirmation over seeds" in written["provenance"]["selection"]
+
+
+def test_an_unstable_run_is_a_loss_for_its_recipe_not_a_hole_in_every_recipes_seeds(tmp_path):
+    # Recipe 3 leads on seeds 1 and 2, then goes non-finite on seed 3. Dropping seed 3 (as for a missing run) would
+    # export it as the leader; scored as an encoder that learned nothing readable, it is last.
+    companion = fake_companion(tmp_path, {1: {1: 0.05, 2: 0.06, 3: 0.07}, 3: {1: 0.10, 2: 0.12}})
+    companion.set_metric_names(["probe_gain_over_random_init"])
+    unstable = Recipe(3, {"train.learning_rate": 0.004}, 1000, 0.05).run_params(3)
+    distributions = {
+        name: optuna.distributions.FloatDistribution(0, 1)
+        if name == "train.learning_rate"
+        else optuna.distributions.IntDistribution(0, 10**12)
+        for name in unstable
+    }
+    companion.add_trial(
+        optuna.trial.create_trial(
+            params=unstable,
+            distributions=distributions,
+            state=TrialState.PRUNED,
+            user_attrs={"random_init_accuracy": 0.52, "pruned_reason": "training loss is nan at step 40"},
+        )
+    )
+
+    summary = summarise(companion)
+
+    assert summary.finished and summary.complete_seeds == [1, 2, 3]
+    leader, unstable_line = summary.recipes
+    assert leader.recipe.trial == 1
+    assert unstable_line.values == pytest.approx([0.10, 0.12, 0.25 - 0.52])  # chance accuracy (1/4) - random init
+    assert unstable_line.unstable_runs == 1
+    assert "1 run(s) non-finite, scored at chance accuracy" in describe(summary)[-1]

@@ -79,3 +79,36 @@ def pop_waiting_trials(storage_url: str, study_name: str, popped) -> None:
     while (trial_id := study._pop_waiting_trial_id()) is not None:
         claimed.append(trial_id)
     popped.put(claimed)
+
+
+def fixed_trivial_objective(config: Config, data_dir: Path) -> Callable[[optuna.Trial], float]:
+    """The trivial objective, slowed a little so that two workers overlap on a queue."""
+    trivial = trivial_objective(config, data_dir)
+
+    def objective(trial: optuna.Trial) -> float:
+        time.sleep(0.05)
+        return trivial(trial)
+
+    return objective
+
+
+def drain_queue(storage_url: str, study_name: str, n_trials: int, queued_only: bool) -> None:
+    """One command's worker on a plan's queue, as `compare` and `confirm` run it (queued_only: queued trials only),
+    asked for n_trials: the number of runs its command saw waiting."""
+    from hpo.config import load_config
+    from hpo.interruption import Interruption
+    from hpo.workers import WorkerPlan, run_worker
+
+    config = load_config(Path(__file__).resolve().parents[1] / "config.yaml", ["study.baseline_trial=false"])
+    plan = WorkerPlan(
+        study_name,
+        storage_url,
+        config,
+        Path(),
+        0,
+        os.getpid(),
+        n_trials=n_trials,
+        queued_only=queued_only,
+        make_trial_function=fixed_trivial_objective,
+    )
+    run_worker(plan, Interruption())
