@@ -173,11 +173,12 @@ def main() -> None:
     chosen = panel(ranked, args.top, args.spread)
     requests, keys = [], []
     for trial in chosen:
+        # Written anew from the study each time: the runs' keys (bench/retrain_runs.py) then refuse folders that
+        # hold another study's recipe under the same trial number.
         path = work / "configs" / f"trial_{trial.number}.yaml"
-        if not path.exists():
-            config = trial_config(study, trial)
-            config.provenance = provenance(study, storage, trial, ranked.index(trial) + 1, BEST_TRIAL_RULE)
-            write_config(config, path)
+        config = trial_config(study, trial)
+        config.provenance = provenance(study, storage, trial, ranked.index(trial) + 1, BEST_TRIAL_RULE)
+        write_config(config, path)
         for multiple in multiples:
             for seed in seeds:
                 tokens = multiple * trial_tokens(trial)

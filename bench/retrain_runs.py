@@ -1,6 +1,8 @@
 """Many `main.py retrain` runs for a benchmark: each as a user runs it, one torch thread, a few at a time, each in
 its own folder; a finished run (its results.yaml) is read back instead of run again, and an interrupted one
-resumes from its checkpoint, so a long benchmark can be stopped and started again."""
+resumes from its checkpoint, so a long benchmark can be stopped and started again. A folder keeps the key of
+the run it holds (run_key.yaml: every setting that shapes its figures, its tokens): a run asked for with other
+settings is refused before anything runs, never answered with the old run's numbers."""
 
 import os
 import subprocess
@@ -13,8 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from hpo.config import load_config
+from hpo.study import differing_keys
+from training.config import ConfigError, settings_with_roles
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CHECKPOINT_EVERY = 2_000  # steps; one checkpoint kept, so an interrupted run resumes without filling the disk
+KEY_FILE = "run_key.yaml"
+KEY_ROLES = ("start", "train", "probe", "retrain")  # what shapes a retrain's results.yaml (not locations, cadence)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,29 @@ class RetrainResult:
     @property
     def test_gain(self) -> float:
         return self.test_accuracy - self.test_random_init_accuracy
+
+
+def run_key(run: RetrainRun) -> dict:
+    """What shapes a run's figures: the settings of its config with its overrides applied, and its tokens."""
+    config = load_config(run.config, list(run.overrides))
+    return {"tokens": run.tokens, "settings": settings_with_roles(config, KEY_ROLES)}
+
+
+def check_folder(run: RetrainRun) -> None:
+    """Refuse a folder that holds (or began) a run other than this one: its figures would answer the wrong
+    question. A ConfigError names the folder and the first settings that differ."""
+    if not any((run.folder / name).exists() for name in ("results.yaml", "checkpoints")):
+        return
+    key_path = run.folder / KEY_FILE
+    stored = yaml.safe_load(key_path.read_text()) if key_path.exists() else None
+    wanted = run_key(run)
+    if stored == wanted:
+        return
+    if stored is None:
+        what = f"no {KEY_FILE}: its settings are unknown"
+    else:
+        what = f"other settings ({', '.join(differing_keys(stored, wanted)[:5])} differ)"
+    raise ConfigError(f"{run.folder} holds a run with {what}; move it away, or give these runs another --work")
 
 
 def read_result(folder: Path) -> RetrainResult:
@@ -83,6 +114,7 @@ def retrain_once(run: RetrainRun, progress: "Progress | None" = None) -> Retrain
         if (run.folder / "checkpoints").exists():
             command.append("--resume")
         run.folder.mkdir(parents=True, exist_ok=True)
+        (run.folder / KEY_FILE).write_text(yaml.safe_dump(run_key(run)))
         started = time.perf_counter()
         print(f"start {run.folder.parent.name}/{run.folder.name}", flush=True)
         with open(run.folder / "retrain.log", "a") as log:
@@ -115,7 +147,10 @@ class Progress:
 
 
 def retrain_all(runs: list[RetrainRun], jobs: int) -> list[RetrainResult]:
-    """Every run, `jobs` at a time, the longest first (so the pool ends together); results in the given order."""
+    """Every run, `jobs` at a time, the longest first (so the pool ends together); results in the given order.
+    Every folder is checked first, so a mismatch stops the benchmark before its hours of work, not in the middle."""
+    for run in runs:
+        check_folder(run)
     longest_first = sorted(runs, key=lambda run: -run.tokens)
     progress = Progress(runs, jobs)
     with ThreadPoolExecutor(jobs) as pool:

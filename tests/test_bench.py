@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import fake_companion
 
 from bench import proxy_validity
@@ -279,3 +280,74 @@ def test_retrain_schedules_runs_each_schedule_and_peak_lr_on_the_same_seeds_and_
     assert "| inherit, LR 0.0013333 | 1,000,000 | +12.0, +15.0 | +13.5 ± 1.5 | +2.0 ± 1.0 (test +2.0 ± 0.0) |" in table
     saved = json.loads((output / "retrain_schedules.json").read_text())
     assert [run["learning_rate"] for run in saved["runs"]] == [2e-3, 1.3333e-3, 2e-3, 1.3333e-3]
+
+
+def test_a_cached_retrain_is_reused_only_for_the_run_that_made_it(tmp_path, monkeypatch):
+    # A rerun with other settings once reported the old run's numbers: a folder is keyed by what shaped its run.
+    from bench import retrain_runs
+    from bench.retrain_runs import KEY_FILE, RetrainRun, check_folder, retrain_all, run_key
+    from training.config import ConfigError
+
+    config = PROJECT_DIR / "config.yaml"
+    made = RetrainRun(config, tmp_path / "run", 1000, ("train.seed=1",))
+    made.folder.mkdir()
+    (made.folder / "results.yaml").write_text("{}")
+    (made.folder / KEY_FILE).write_text(yaml.safe_dump(run_key(made)))
+    check_folder(made)  # the same run: read back
+    check_folder(RetrainRun(config, tmp_path / "new", 1000, ("train.seed=2",)))  # nothing there yet
+
+    other_seed = RetrainRun(config, made.folder, 1000, ("train.seed=2",))
+    with pytest.raises(ConfigError, match=r"run holds a run with other settings \(settings\.train\.seed differ\)"):
+        check_folder(other_seed)
+    with pytest.raises(ConfigError, match=r"\(tokens differ\)"):
+        check_folder(RetrainRun(config, made.folder, 2000, ("train.seed=1",)))
+    (made.folder / KEY_FILE).unlink()
+    with pytest.raises(ConfigError, match=f"no {KEY_FILE}: its settings are unknown"):
+        check_folder(made)
+
+    ran = []
+    monkeypatch.setattr(retrain_runs, "retrain_once", lambda run, progress=None: ran.append(run))
+    with pytest.raises(ConfigError):  # refused before any run starts, not hours into the benchmark
+        retrain_all([RetrainRun(config, tmp_path / "fresh", 1000), other_seed], jobs=1)
+    assert ran == []
+
+
+@pytest.mark.slow
+def test_the_search_pool_runs_its_design_resumes_and_exports_its_table(tmp_path, monkeypatch, capsys, tiny_study_flags):
+    import csv
+
+    from bench import search_pool
+    from hpo.config import load_config
+    from hpo.space import base_params
+
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'pool.db'}"
+    arguments = ["--study_name", "pool", "--storage", storage, "--recipes", "2", "--second_seed", "1"]
+    arguments += ["--calibration_seconds", "0.5", "--trial_seconds", "0.5", "--output", str(tmp_path / "out")]
+    arguments += tiny_study_flags
+    monkeypatch.setattr(sys, "argv", ["search_pool", *arguments])
+    search_pool.main()
+    printed = capsys.readouterr().out
+    assert "search pool: config.yaml's recipe and 2 of a Sobol design, 5 runs on" in printed
+    assert "5 run(s) queued now, 5 to run" in printed and "5 of 5 runs finished (0 non-finite)" in printed
+
+    with (tmp_path / "out" / "search_pool.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert sorted((int(row["recipe"]), int(row["seed"])) for row in rows) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
+    config = load_config(PROJECT_DIR / "config.yaml", [o for o in tiny_study_flags if o != "--set"])
+    baseline = next(row for row in rows if row["recipe"] == "0")
+    assert all(str(value) == baseline[name] for name, value in base_params(config).items())  # config.yaml's recipe
+    for row in rows:  # no pruning: every report point's quick value kept, and the run's own figures
+        assert all(row[f"quick_{index}"] != "" for index in range(3)) and row["state"] == "complete"
+        assert float(row["value"]) == pytest.approx(float(row["probe_accuracy"]) - float(row["random_init_accuracy"]))
+    by_architecture = {}
+    for row in rows:  # one token budget per architecture, from its calibration
+        by_architecture.setdefault((row["model.size"], row["model.attention_kind"]), set()).add(row["tokens"])
+    assert all(len(tokens) == 1 for tokens in by_architecture.values())
+    assert (tmp_path / "out" / "search_pool.db").exists()
+
+    search_pool.main()  # resumed: the plan is kept, nothing runs again
+    assert "0 run(s) queued now, 0 to run" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["search_pool", *arguments, "--design_seed", "1"])
+    with pytest.raises(search_pool.ConfigError, match="holds another pool"):
+        search_pool.main()
