@@ -8,6 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+if typing.TYPE_CHECKING:
+    from model.shapes import Shape
+
 PROJECT_DIR = Path(__file__).resolve().parent
 
 
@@ -69,9 +72,25 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_export_flags(parser: argparse.ArgumentParser) -> None:
+    from model.shapes import BERT_SIZES
+
     parser.add_argument(
         "--top_k", type=int, default=0, help="also write the K best trials to studies/<name>/top_K/rank_N.yaml"
     )
+    sizes = ", ".join(f"{name} {shape}" for name, shape in BERT_SIZES.items())
+    parser.add_argument(
+        "--target_size",
+        choices=list(BERT_SIZES),
+        help=f"export at the size of the full run, one of BERT's (hidden/layers/heads): {sizes}; a study under "
+        "model.parametrization=mup only (its LRs carry across width); writes best_config_NAME.yaml",
+    )
+    for name, what in (("hidden_size", "hidden size"), ("num_layers", "layers"), ("num_heads", "attention heads")):
+        parser.add_argument(
+            f"--target_{name}",
+            type=int,
+            metavar="N",
+            help=f"the target shape's {what} (give all three, not with --target_size); writes best_config_HxLxA.yaml",
+        )
 
 
 def add_confirm_flags(parser: argparse.ArgumentParser) -> None:
@@ -201,10 +220,31 @@ def run_report_command(args: argparse.Namespace, storage: str) -> int:
     return 0
 
 
+def export_target(args: argparse.Namespace) -> "tuple[str | None, Shape | None]":
+    """(name for the files or None, Shape) of the target the export flags name, or (None, None); a ValueError says
+    why the flags name no shape."""
+    from model.shapes import BERT_SIZES, Shape
+
+    explicit = [args.target_hidden_size, args.target_num_layers, args.target_num_heads]
+    if args.target_size is not None:
+        if any(value is not None for value in explicit):
+            raise ValueError("give --target_size or --target_hidden_size/num_layers/num_heads, not both")
+        return args.target_size, BERT_SIZES[args.target_size]
+    if all(value is None for value in explicit):
+        return None, None
+    if any(value is None for value in explicit):
+        raise ValueError("--target_hidden_size, --target_num_layers and --target_num_heads go together: give all three")
+    shape = Shape(*explicit)
+    if shape.problem():
+        raise ValueError(f"--target_*: {shape.problem()}")
+    return None, shape
+
+
 def run_export_command(args: argparse.Namespace, storage: str) -> int:
     from hpo.export import export_best
 
-    for path in export_best(args.study_name, storage, Path("studies") / args.study_name, args.top_k):
+    name, target = export_target(args)
+    for path in export_best(args.study_name, storage, Path("studies") / args.study_name, args.top_k, target, name):
         print(path)
     return 0
 
@@ -331,8 +371,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"--timeout ({args.timeout}) must be a positive number of seconds")
     if args.command == "dashboard" and not 0 <= args.port <= 65535:
         parser.error(f"--port ({args.port}) must be 0 (any free port) to 65535")
-    if args.command == "export" and args.top_k < 0:
-        parser.error(f"--top_k ({args.top_k}) must be 0 (best trial only) or more")
+    if args.command == "export":
+        if args.top_k < 0:
+            parser.error(f"--top_k ({args.top_k}) must be 0 (best trial only) or more")
+        try:
+            export_target(args)
+        except ValueError as error:
+            parser.error(str(error))
     if args.command == "confirm":
         for flag, value in (("top_k", args.top_k), ("seeds", args.seeds), ("n_jobs", args.n_jobs)):
             if value < 1:

@@ -23,6 +23,7 @@ from hpo.study_values import (
     ranked_trials,
 )
 from hpo.versions import software_versions
+from model.shapes import Shape
 from training.results import TrialScore
 
 
@@ -89,17 +90,80 @@ def provenance(study: optuna.Study, storage_url: str, trial: FrozenTrial, rank: 
     }
 
 
+# Tensor Programs V (Yang et al. 2022): muP carries the learning rates and initial scales across width; the
+# regularisation (dropout, weight decay) is among the hyperparameters it does not carry.
+NOT_TRANSFERRED = "does not transfer across width (Tensor Programs V): the trial's value, re-tune it at this size"
+NOT_TRANSFERRED_KEYS = (("model", "dropout"), ("train", "weight_decay"))
+STANDARD_REFUSAL = (
+    "model.parametrization = standard carries no recipe to another shape: its best learning rate moves with width "
+    "(issue 28: config.yaml's recipe, tuned 128 wide, scored 25 points below its own random-init encoder at 512 "
+    "wide); run the study under muP (--set model.parametrization=mup, model.base_width = the study's width) to "
+    "export it at another size, or export it at its own shape"
+)
+
+
+def at_shape(config: Config, target: Shape) -> Config:
+    """The recipe of `config` (a trial's, with its provenance) at the target shape: under mup its learning rates
+    carried by the parametrisation from the width it was tuned at (model.base_width, kept), and the provenance says
+    so; unchanged at the trial's own shape; refused (ConfigError) under standard, whose best LR moves with width."""
+    base = Shape.of(config.model)
+    if target == base:
+        return config
+    if target.problem():
+        raise ConfigError(f"the export's target {target.problem()}")
+    if config.model.parametrization != "mup":
+        raise ConfigError(f"trial {(config.provenance or {}).get('trial')}: {STANDARD_REFUSAL}")
+    model = dataclasses.replace(
+        config.model, hidden_size=target.hidden_size, num_layers=target.num_layers, num_heads=target.num_heads
+    )
+    carried = dataclasses.replace(config, model=model, provenance=dict(config.provenance or {}))
+    carried.provenance["shape"] = {
+        "base": dataclasses.asdict(base),
+        "target": dataclasses.asdict(target),
+        "base_width": config.model.base_width,
+        "rule": f"muP: LRs carried by the parametrisation from base width {config.model.base_width}",
+        "not_transferred": [f"{section}.{key}" for section, key in NOT_TRANSFERRED_KEYS],
+    }
+    if target.num_layers != base.num_layers:
+        carried.provenance["shape"]["depth"] = (
+            f"{base.num_layers} -> {target.num_layers} layers: muP carries the LRs across width, not depth "
+            "(bench/width_transfer.py --depths measures whether they carry here)"
+        )
+    carried.validate()
+    return carried
+
+
+def with_comments(text: str, comments: dict[tuple[str, str], str]) -> str:
+    """YAML `text` (a dump of sections of scalar settings) with `# comment` beside each (section, key)'s line."""
+    lines, section = [], None
+    for line in text.splitlines():
+        if line and not line.startswith((" ", "-")):
+            section = line.split(":")[0]
+        key = line[2:].split(":")[0] if line.startswith("  ") and not line.startswith("   ") else None
+        comment = comments.get((section, key))
+        lines.append(f"{line}  # {comment}" if comment else line)
+    return "\n".join(lines) + "\n"
+
+
 def write_config(config: Config, path: Path) -> None:
-    """Write a configuration that hpo.config.load_config reads back unchanged."""
+    """Write a configuration that hpo.config.load_config reads back unchanged (with comments for people)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     source = config.provenance or {}
     header = (
         f"# Full run configuration of trial {source.get('trial')} of study {source.get('study')!r}, "
         "exported by `python main.py export`.\n"
         f"# Chosen as: {source.get('selection', 'not recorded')}.\n"
-        "# Use it as the --config of a run; `provenance` is for people.\n"
     )
-    path.write_text(header + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), encoding="utf-8")
+    body = yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+    shape = source.get("shape")
+    if shape:
+        base, target = (Shape(**shape[end]) for end in ("base", "target"))
+        header += f"# Shape (hidden/layers/heads) {base} -> {target}; {shape['rule']}.\n"
+        if "depth" in shape:
+            header += f"# Depth {shape['depth']}.\n"
+        body = with_comments(body, dict.fromkeys(NOT_TRANSFERRED_KEYS, NOT_TRANSFERRED))
+    header += "# Use it as the --config of a run; `provenance` is for people.\n"
+    path.write_text(header + body, encoding="utf-8")
 
 
 MIN_CONFIRMED_SEEDS = 2  # a confirmation with fewer seeds finished by every recipe has no standard error
@@ -134,9 +198,18 @@ def chosen_best(study: optuna.Study, ranked: list[FrozenTrial]) -> tuple[FrozenT
     return trial, summary.rule(), figures
 
 
-def export_best(study_name: str, storage_url: str, output_dir: Path, top_k: int = 0) -> list[Path]:
+def export_best(
+    study_name: str,
+    storage_url: str,
+    output_dir: Path,
+    top_k: int = 0,
+    target: Shape | None = None,
+    target_name: str | None = None,
+) -> list[Path]:
     """Write output_dir/best_config.yaml (the confirmed leader, or the best trial) and, with top_k,
-    output_dir/top_K/rank_N.yaml (by trial value); returns the paths."""
+    output_dir/top_K/rank_N.yaml (by trial value); returns the paths. With a target shape, each recipe at that
+    shape (at_shape) in best_config_NAME.yaml and top_K_NAME/ (NAME: target_name, else e.g. 512x4x8); nothing is
+    written when one of them is refused."""
     study = load_existing_study(study_name, storage_url)
     ranked = ranked_trials(study)
     if not ranked:
@@ -145,14 +218,19 @@ def export_best(study_name: str, storage_url: str, output_dir: Path, top_k: int 
             f"study {study_name!r} has no completed trial yet ({states}); run more trials before exporting"
         )
     best, rule, confirmation = chosen_best(study, ranked)
-    targets = [(output_dir / "best_config.yaml", best, rule, confirmation)]
+    suffix = f"_{target_name or target.label}" if target else ""
+    targets = [(output_dir / f"best_config{suffix}.yaml", best, rule, confirmation)]
     for rank, trial in enumerate(ranked[:top_k], start=1):
-        targets.append((output_dir / f"top_{top_k}" / f"rank_{rank}.yaml", trial, f"rank {rank} by trial value", None))
-    for path, trial, why, figures in targets:
+        path = output_dir / f"top_{top_k}{suffix}" / f"rank_{rank}.yaml"
+        targets.append((path, trial, f"rank {rank} by trial value", None))
+    configs = []
+    for _, trial, why, figures in targets:
         config = trial_config(study, trial)
         config.provenance = provenance(study, storage_url, trial, ranked.index(trial) + 1, why)
         if figures is not None:
             config.provenance["confirmation"] = figures
+        configs.append(at_shape(config, target) if target else config)
+    for (path, *_), config in zip(targets, configs, strict=True):
         write_config(config, path)
     if top_k > len(ranked):
         print(f"note: only {len(ranked)} completed trial(s), so top_{top_k}/ holds {len(ranked)}", file=sys.stderr)
