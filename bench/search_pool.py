@@ -21,6 +21,7 @@ the study; on a fresh clone, `--storage sqlite:///bench/results/search_pool.db` 
 import argparse
 import csv
 import dataclasses
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -34,13 +35,14 @@ from data.corpus import load_corpus
 from data.files_location import resolve_data_dir
 from data.tokenizer import Tokenizer
 from hpo.config import DEFAULT_CONFIG_PATH, Config, ConfigError, dimensions, load_config
+from hpo.confirm import confirmation_seeds
 from hpo.confirmation import SEED_PARAM, TOKENS_PARAM, confirmation_config
 from hpo.inputs import check_study_inputs
 from hpo.planned import run_params, run_plan
 from hpo.space import apply_params, base_params, suggest
 from hpo.storage import default_storage_url, load_existing_study, sqlite_database
 from hpo.study import open_study
-from hpo.study_values import GAIN_ERROR_ATTR, TOKENS_ATTR
+from hpo.study_values import GAIN_ERROR_ATTR, TOKENS_ATTR, objective_name, planned_run_value
 from hpo.workers import thread_limits
 from training.pretrain import Pretrainer, resolve_device
 
@@ -119,10 +121,19 @@ def trial_tokens(rate: float, seconds: float, config: Config) -> int:
 
 
 def pool_plan(
-    study: optuna.Study, config: Config, recipes: int, second_seed: int, design_seed: int, trial_seconds: float
+    study: optuna.Study,
+    config: Config,
+    recipes: int,
+    second_seed: int,
+    design_seed: int,
+    trial_seconds: float,
+    confirm: tuple[int, ...] = (),
+    confirm_seeds: int = 0,
 ) -> dict:
     """The recorded plan, extended to `recipes` design points and to a second seed for config.yaml's recipe and the
-    first `second_seed` design points; a plan only grows (what ran stays planned), on the trial length it began with."""
+    first `second_seed` design points, and the recipes `confirm` (indices) to `confirm_seeds` fresh seeds past the
+    pool's two (a confirmation of the replay's top recipes); a plan only grows (what ran stays planned), on the
+    trial length it began with."""
     recorded = study.user_attrs.get(PLAN_ATTR, {"recipes": [], "seeds": [], "trial_seconds": trial_seconds})
     designed = design(config, max(recipes, len(recorded["recipes"]) - 1), design_seed)
     if designed[: len(recorded["recipes"])] != recorded["recipes"] or recorded["trial_seconds"] != trial_seconds:
@@ -136,6 +147,8 @@ def pool_plan(
         chosen = {seed, *recorded["seeds"][index]} if index < len(recorded["seeds"]) else {seed}
         if index <= second_seed:
             chosen.add(seed + 1)
+        if index in confirm:
+            chosen |= set(confirmation_seeds(seed + 1, confirm_seeds))
         seeds.append(sorted(chosen))
     plan = {"recipes": designed, "seeds": seeds, "trial_seconds": trial_seconds}
     study.set_user_attr(PLAN_ATTR, plan)
@@ -153,6 +166,14 @@ def planned_runs(plan: dict, rates: dict[str, float], config: Config) -> list[di
     return runs
 
 
+def top_recipes(replay: Path, count: int) -> tuple[int, ...]:
+    """The indices of the `count` pool recipes the replay's surrogate ranks highest (bench/search_replay.py)."""
+    if not replay.exists():
+        raise ConfigError(f"--confirm_top needs the replay's {replay}: run `python -m bench.search_replay` first")
+    ranked = json.loads(replay.read_text())["recipes"]  # best surrogate mean first
+    return tuple(recipe["recipe"] for recipe in ranked[:count])
+
+
 # The pool as a table ---------------------------------------------------------------------------------------------
 
 RUN_COLUMNS = ("run", "recipe", "seed", "tokens", "state")
@@ -168,9 +189,9 @@ RESULT_ATTRS = (
 
 
 def table_rows(study: optuna.Study, config: Config) -> list[dict[str, Any]]:
-    """One row per finished run (complete, or pruned: a run that went non-finite), in run order: its recipe's index
-    in the design (0: config.yaml's), seed, tokens, parameters, value, the quick values at each report point (as
-    the study reported them) and what the trial recorded beside."""
+    """One row per finished run (complete, or pruned: a run that went non-finite, valued as a confirmation values
+    it), in run order: its recipe's index in the design (0: config.yaml's), seed, tokens, parameters, value, the
+    quick values at each report point (as the study reported them) and what the trial recorded beside."""
     recipes = study.user_attrs[PLAN_ATTR]["recipes"]
     names = [name for name, *_ in dimensions(config)]
     points = len(config.train.report_points)
@@ -185,7 +206,7 @@ def table_rows(study: optuna.Study, config: Config) -> list[dict[str, Any]]:
             "tokens": trial.user_attrs.get(TOKENS_ATTR, params[TOKENS_PARAM]),
             "state": trial.state.name.lower(),
             **{name: params.get(name, "") for name in names},
-            "value": "" if trial.value is None else trial.value,
+            "value": planned_run_value(trial, objective_name(study)),
             **{f"quick_{index}": trial.intermediate_values.get(index, "") for index in range(points)},
             **{name: trial.user_attrs.get(name, "") for name in RESULT_ATTRS},
         }
@@ -243,6 +264,13 @@ def main() -> None:
     parser.add_argument("--data_dir")
     parser.add_argument("--output", default="bench/results", help="folder for search_pool.csv and .db")
     parser.add_argument("--export_only", action="store_true", help="write the table and snapshot, run nothing")
+    parser.add_argument(
+        "--confirm_top",
+        type=int,
+        default=0,
+        help="re-run the replay's top recipes by surrogate mean (OUTPUT/search_replay.json) on fresh seeds",
+    )
+    parser.add_argument("--confirm_seeds", type=int, default=3, help="fresh seeds per confirmed recipe")
     args = parser.parse_args()
     storage = args.storage or default_storage_url(args.study_name)
     data_dir = resolve_data_dir(args.data_dir)
@@ -254,7 +282,10 @@ def main() -> None:
         return
     check_study_inputs(config, data_dir, storage)
     study = open_study(args.study_name, storage, config, seed=0)
-    plan = pool_plan(study, base, args.recipes, args.second_seed, args.design_seed, args.trial_seconds)
+    confirm = top_recipes(output / "search_replay.json", args.confirm_top) if args.confirm_top else ()
+    plan = pool_plan(
+        study, base, args.recipes, args.second_seed, args.design_seed, args.trial_seconds, confirm, args.confirm_seeds
+    )
     rates = calibrate(study, base, plan["recipes"], data_dir, args.calibration_seconds)
     runs = planned_runs(plan, rates, base)
     tokens = [run[TOKENS_PARAM] for run in runs]

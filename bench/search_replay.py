@@ -42,7 +42,7 @@ from bench.cli import run_cli
 from hpo.config import DEFAULT_CONFIG_PATH, Config, ConfigError, dimensions, load_config
 from hpo.sampling import PRUNERS, SAMPLERS
 from hpo.space import base_params, suggest
-from hpo.statistics import rank_agreement
+from hpo.statistics import mean_and_standard_error, rank_agreement, t_interval
 from hpo.study_values import CHANCE_ACCURACY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -65,6 +65,23 @@ class Pool:
     recipes: np.ndarray  # (runs,) recipe index
     seeds: np.ndarray  # (runs,)
     values: np.ndarray  # (runs, points + 1): quick values at each report point, then the end's value
+
+    def subset(self, keep: np.ndarray) -> "Pool":
+        return Pool(
+            [p for p, kept in zip(self.params, keep, strict=True) if kept],
+            *(array[keep] for array in (self.recipes, self.seeds, self.values)),
+        )
+
+    def design_runs(self) -> "Pool":
+        """The pool's own runs (its first two seeds), without the confirmation runs of its top recipes."""
+        return self.subset(self.seeds <= self.seeds.min() + 1)
+
+    def confirmation_runs(self) -> "Pool":
+        return self.subset(self.seeds > self.seeds.min() + 1)
+
+    def digest(self) -> str:
+        material = [self.params, self.recipes.tolist(), self.seeds.tolist(), self.values.tolist()]
+        return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def parse_cell(text: str) -> Any:
@@ -307,11 +324,11 @@ def confirmed_pick(records: list[dict], count: int, noise_sd: float, rng: np.ran
 # Replays, cached ----------------------------------------------------------------------------------------------------
 
 
-def replay_key(pool_path: Path, config: Config, surrogate: str, pairing: Pairing, repeat: int, trials: int) -> str:
-    """A digest of everything that shapes one replay: the pool's table, the space, the study's sampler and pruner
-    settings, the surrogate, the pairing, the repeat and the trials."""
+def replay_key(pool: Pool, config: Config, surrogate: str, pairing: Pairing, repeat: int, trials: int) -> str:
+    """A digest of everything that shapes one replay: the runs the surrogate is fitted on, the space, the study's
+    sampler and pruner settings, the surrogate, the pairing, the repeat and the trials."""
     material = {
-        "pool": hashlib.sha256(pool_path.read_bytes()).hexdigest(),
+        "pool": pool.digest(),
         "space": repr(config.search_space),
         "report_points": config.train.report_points,
         "study": repr(config.study),
@@ -335,7 +352,7 @@ def replay_job(job: tuple) -> tuple[str, list[dict]]:
 def replay_all(
     config: Config,
     surrogate: Surrogate,
-    pool_path: Path,
+    pool: Pool,
     pairings: list[Pairing],
     repeats: int,
     trials: int,
@@ -348,7 +365,7 @@ def replay_all(
     pending = []
     for pairing in pairings:
         for repeat in range(repeats):
-            key = replay_key(pool_path, config, surrogate.name, pairing, repeat, trials)
+            key = replay_key(pool, config, surrogate.name, pairing, repeat, trials)
             path = work / f"{pairing.name}_{repeat}_{key}.json"
             if path.exists():
                 results[pairing.name][repeat] = json.loads(path.read_text())
@@ -594,6 +611,81 @@ def fit_report(pool: Pool, config: Config) -> dict[str, Any]:
     }
 
 
+def ranked_recipes(pool: Pool, surrogate: Surrogate, config: Config) -> list[dict[str, Any]]:
+    """The pool's recipes, best surrogate mean first: its index, the surrogate's mean and its observed mean."""
+    recipes, observed = recipe_means(pool, pool.values.shape[1] - 1)
+    params = {recipe: pool.params[int(np.flatnonzero(pool.recipes == recipe)[0])] for recipe in recipes}
+    predicted = surrogate.true_values(np.stack([encode(params[recipe], config) for recipe in recipes]))[:, -1]
+    ranked = [
+        {"recipe": int(recipe), "surrogate": float(mean), "observed": float(seen), "params": params[recipe]}
+        for recipe, mean, seen in zip(recipes, predicted, observed, strict=True)
+    ]
+    return sorted(ranked, key=lambda recipe: -recipe["surrogate"])
+
+
+def confirmation_check(pool: Pool, ranked: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Where the recipes re-run on fresh seeds (bench/search_pool.py --confirm_top) land against where the surrogate
+    put them: their confirmed means ± SE, paired with the confirmed leader seed by seed, and the rank agreement."""
+    confirmation = pool.confirmation_runs()
+    if not len(confirmation.recipes):
+        return None
+    end = pool.values.shape[1] - 1
+    surrogate = {recipe["recipe"]: recipe["surrogate"] for recipe in ranked}
+    recipes = [recipe for recipe in surrogate if recipe in set(confirmation.recipes.tolist())]
+    seeds = sorted(set.intersection(*(set(confirmation.seeds[confirmation.recipes == r].tolist()) for r in recipes)))
+    table = {
+        recipe: [
+            confirmation.values[(confirmation.recipes == recipe) & (confirmation.seeds == seed), end][0]
+            for seed in seeds
+        ]
+        for recipe in recipes
+    }
+    leader = max(table, key=lambda recipe: np.mean(table[recipe]))
+    rows = []
+    for recipe in recipes:
+        differences = np.subtract(table[recipe], table[leader])
+        rows.append(
+            {
+                "recipe": recipe,
+                "surrogate": surrogate[recipe],
+                "confirmed": mean_and_standard_error(table[recipe]),
+                "difference_to_leader": (float(differences.mean()), *t_interval(list(differences)))
+                if recipe != leader
+                else None,
+            }
+        )
+    agreement = rank_agreement([surrogate[r] for r in recipes], [float(np.mean(table[r])) for r in recipes])
+    return {"seeds": seeds, "recipes": rows, "leader": leader, "agreement": agreement if len(recipes) >= 3 else None}
+
+
+def confirmation_markdown(check: dict[str, Any]) -> str:
+    lines = [
+        "",
+        f"The surrogate's top recipes re-run on fresh seeds ({', '.join(map(str, check['seeds']))}): confirmed gain "
+        "mean ± SE over those seeds, paired difference to the confirmed leader [t-based 95%]:",
+        "",
+        "| recipe | surrogate | confirmed | vs confirmed leader |",
+        "|---:|---:|---:|---:|",
+    ]
+    for row in check["recipes"]:
+        mean, error = row["confirmed"]
+        difference = row["difference_to_leader"]
+        versus = (
+            "leader"
+            if difference is None
+            else (f"{points(difference[0])} [{points(difference[1])}, {points(difference[2])}]")
+        )
+        lines.append(f"| {row['recipe']} | {points(row['surrogate'])} | {points(mean)} ± {points(error)} | {versus} |")
+    if check["agreement"] is not None:
+        agreement = check["agreement"]
+        lines.append(
+            f"\nSurrogate vs confirmed ranking of these recipes: Spearman {agreement['spearman']:.2f} "
+            f"[{agreement['spearman_low']:.2f}, {agreement['spearman_high']:.2f}], {100 * agreement['pairwise']:.0f}% "
+            "of pairs alike."
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", default="bench/results/search_pool.csv", help="bench/search_pool.py's table")
@@ -610,23 +702,26 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = load_config(args.config, args.set)
     pairings = [Pairing.parse(text.strip()) for text in args.pairings.split(",") if text.strip()]
-    pool_path = Path(args.pool)
-    pool = load_pool(pool_path, config)
+    everything = load_pool(Path(args.pool), config)
+    pool = everything.design_runs()  # the surrogate learns from the design alone; confirmations check it
     fit = fit_report(pool, config)
     fit["chosen"] = args.surrogate or fit["chosen"]
     surrogate = fit_surrogate(pool, config, fit["chosen"])
     fit["noise_sd"] = np.sqrt(np.diag(surrogate.noise)).tolist()
     best = space_best(config, surrogate, pool)
     baseline = float(surrogate.true_values(encode(base_params(config), config)[None])[0, -1])
-    replays = replay_all(config, surrogate, pool_path, pairings, args.repeats, args.trials, Path(args.work), args.jobs)
+    replays = replay_all(config, surrogate, pool, pairings, args.repeats, args.trials, Path(args.work), args.jobs)
     # A sampler may find a recipe past the Sobol sample's best: the best is the highest true value seen anywhere.
     best = max([best, *(record["true"] for runs in replays.values() for records in runs for record in records)])
     summary = summarise(replays, best, baseline, fit["noise_sd"][-1], args.trials)
+    ranked = ranked_recipes(pool, surrogate, config)
+    check = confirmation_check(everything, ranked)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    table = markdown(fit, summary, args.repeats, args.trials)
+    table = markdown(fit, summary, args.repeats, args.trials) + ("" if check is None else confirmation_markdown(check))
     (output / "search_replay.md").write_text(table)
-    (output / "search_replay.json").write_text(json.dumps({"fit": fit, "summary": summary}, indent=1, default=str))
+    saved = {"fit": fit, "summary": summary, "recipes": ranked, "confirmation": check}
+    (output / "search_replay.json").write_text(json.dumps(saved, indent=1, default=str))
     plot(summary, output / "search_replay.png")
     print(table)
     print(f"wrote {output}/search_replay.md, .json and .png")

@@ -355,7 +355,8 @@ def test_the_search_pool_runs_its_design_resumes_and_exports_its_table(tmp_path,
 
 def write_synthetic_pool(path: Path, recipes: int = 40, paired: int = 10, noise: float = 0.01) -> None:
     """A pool table over the real space whose truth is known: the gain peaks at LR 1.5e-3, absolute attention adds
-    1.5 points, mini costs 2; quick values are a share of it; every run adds N(0, noise) at each point."""
+    1.5 points, mini costs 2; quick values are a share of it; every run adds N(0, noise) at each point. Recipes 1-3
+    are confirmed on seeds 2-4 besides."""
     import csv
 
     from bench.search_pool import design
@@ -368,7 +369,7 @@ def write_synthetic_pool(path: Path, recipes: int = 40, paired: int = 10, noise:
     for index, params in enumerate(design(config, recipes, 0)):
         truth = 0.05 - 0.03 * math.log(params["train.learning_rate"] / 1.5e-3) ** 2
         truth += 0.015 * (params["model.attention_kind"] == "absolute") - 0.02 * (params["model.size"] == "mini")
-        for seed in [0, 1] if index <= paired else [0]:
+        for seed in ([0, 1] if index <= paired else [0]) + ([2, 3, 4] if index in (1, 2, 3) else []):
             end = truth + rng.normal(0, noise)
             quick = {f"quick_{point}": truth * (point + 1) / 4 + rng.normal(0, noise) for point in range(3)}
             rows.append(
@@ -421,6 +422,10 @@ def test_the_search_replay_fits_its_surrogate_replays_pairings_and_resumes(tmp_p
         assert set(rows) == {"6"} and rows["6"]["regret"] >= 0
     assert summary["pairings"]["random+none"]["pruned_share"] == 0
     assert (tmp_path / "out" / "search_replay.png").exists()
+    assert saved["recipes"][0]["surrogate"] == max(recipe["surrogate"] for recipe in saved["recipes"])
+    check = saved["confirmation"]  # the confirmation runs are checked against the surrogate, not fitted on
+    assert check["seeds"] == [2, 3, 4] and sorted(row["recipe"] for row in check["recipes"]) == [1, 2, 3]
+    assert "re-run on fresh seeds (2, 3, 4)" in (tmp_path / "out" / "search_replay.md").read_text()
 
     search_replay.main()  # cached: nothing runs again
     assert "4 replays read back; 0 to run" in capsys.readouterr().out
