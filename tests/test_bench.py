@@ -56,6 +56,164 @@ def test_the_report_says_when_a_peer_never_reaches_a_target_or_gains_nothing():
     assert summary["HF defaults"]["reach"]["0.03"] == pytest.approx(30 + (0.03 / 0.035) * 570)
 
 
+def sweep_run(way: str, seed: int, timeline: list[tuple[float, int, float]], learning_rate: float | None = None):
+    """A run's record: (seconds, tokens, gain) at each point."""
+    points = [{"seconds": s, "tokens": n, "gain": g} for s, n, g in timeline]
+    return {"way": way, "learning_rate": learning_rate, "seed": seed, "random_init_accuracy": 0.5, "points": points}
+
+
+def test_the_peer_sweep_compares_ours_with_its_best_learning_rate_and_per_token_at_the_peers_tokens():
+    from bench.time_to_gain import gain_at_tokens
+
+    ours = [
+        sweep_run("ours", 0, [(30, 400_000, 0.02), (600, 8_000_000, 0.12)]),
+        sweep_run("ours", 1, [(30, 400_000, 0.04), (600, 8_000_000, 0.10)]),
+    ]
+    gains = {5e-4: ((0.0, 0.01), (0.0, 0.02)), 1e-3: ((0.01, 0.04), (0.0, 0.03)), 2e-3: ((0.01, 0.03), (0.0, 0.05))}
+    gains[4e-3] = ((0.02, 0.20), (0.01, math.nan))  # seed 1 went non-finite: never chosen, whatever seed 0 did
+    tokens = {0: 600_000, 1: 200_000}  # what each seed's peer trained by 600 s
+    sweep = [
+        sweep_run("HF one LR", seed, [(30, 30_000, early), (600, tokens[seed], late)], rate)
+        for rate, by_seed in gains.items()
+        for seed, (early, late) in enumerate(by_seed)
+    ]
+    table, summary = report(ours + sweep, ["ours", "HF one LR"], [0, 1], [30.0, 600.0])
+    rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:7]]
+    assert rows == ["ours", "HF one LR 0.0005", "HF one LR 0.001", "HF one LR 0.002 (best)", "HF one LR 0.004"]
+    assert [label for label, figures in summary.items() if figures.get("best_of_sweep")] == ["HF one LR 0.002"]
+    assert "| non-finite (0.40M tok) |" in table  # LR 4e-3's mean at 600 s
+    assert "chosen from 0.0005, 0.001, 0.002, 0.004 by the mean gain at 600 s over seeds 0, 1: 0.002 (+4.0" in table
+    assert "the best of 4 noisy means is biased up: the comparison above is the peer's favourable case" in table
+    assert "sweep's highest LR" not in table  # 0.002 is inside the sweep
+    # Ours is compared with the best LR only.
+    assert "to +3 points: HF one LR 0.002 needs" in table and "HF one LR 0.001 needs" not in table
+
+    # Per token: ours' curve read at the peer's own tokens, seed by seed; before its first probe, from (0 tokens, 0).
+    assert gain_at_tokens(ours[0]["points"], 600_000) == (pytest.approx(0.02 + 0.2 / 7.6 * 0.10), True)
+    assert gain_at_tokens(ours[1]["points"], 200_000) == (pytest.approx(0.02), False)
+    assert math.isnan(gain_at_tokens(ours[0]["points"], 9_000_000)[0])
+    comparison = summary["HF one LR 0.002"]["equal_tokens"]
+    assert comparison["seeds"] == [0, 1] and comparison["tokens"] == 400_000
+    assert comparison["differences"] == pytest.approx([0.02 + 0.2 / 7.6 * 0.10 - 0.03, 0.02 - 0.05])
+    assert comparison["difference"] == pytest.approx(np.mean(comparison["differences"]))
+    half_width = 12.706 * abs(np.diff(comparison["differences"])[0]) / 2  # t(0.975, 1 df) x SE of two values
+    assert comparison["interval"] == pytest.approx(
+        [comparison["difference"] - half_width, comparison["difference"] + half_width], rel=1e-4
+    )
+    assert comparison["between_probes"] == [True, False]
+    assert (
+        "at equal tokens (the 0.40M HF one LR 0.002 trained in 600 s): ours +2.1, HF one LR 0.002 +4.0; ours - HF "
+        "one LR 0.002 -1.9 ± 1.1 points (seeds 0, 1: -0.7, -3.0; 95% t interval [-16.2, +12.5]): HF one LR 0.002 is "
+        "ahead in 2 of 2 seeds, not significant at 2 seeds; at seed(s) 1 ours' gain there lies before its first probe"
+        in table
+    )
+
+    without_the_highest = [run for run in ours + sweep if run["learning_rate"] != 4e-3]
+    table, _ = report(without_the_highest, ["ours", "HF one LR"], [0, 1], [30.0, 600.0])
+    assert "0.002 is the sweep's highest LR: a wider sweep may find a better one" in table
+
+
+def test_a_time_to_gain_run_is_cached_under_everything_that_shaped_it(tmp_path, monkeypatch):
+    import dataclasses
+
+    from bench import time_to_gain
+    from bench.time_to_gain import PEERS, SWEEP, PeerRecipe, Setting, Way, run, run_key, run_path
+
+    def key(way: Way, setting: Setting | None = None) -> str:
+        return run_key(way, 0, [1.0, 2.0], setting or Setting())
+
+    one_lr = Way(SWEEP, 1e-3)
+    assert key(one_lr) == key(Way(SWEEP, 1e-3)) != key(Way(SWEEP, 2e-3))
+    assert len({key(one_lr), key(Way("HF recipe")), key(Way("HF defaults")), key(Way("ours"))}) == 4
+    assert key(one_lr) != key(one_lr, Setting(overrides=("masking.rate=0.3",)))  # the recipe reads the config
+    assert key(Way("ours")) != key(Way("ours"), Setting(overrides=("train.embedding_lr_multiplier=30",)))
+    assert key(one_lr) != key(one_lr, Setting(probe_rows=100)) and key(one_lr) != run_key(one_lr, 1, [1, 2], Setting())
+    assert key(one_lr) != run_key(one_lr, 0, [1.0, 3.0], Setting())
+
+    original, base = PEERS[SWEEP], key(one_lr)
+    recipe = original(time_to_gain.run_config(0, [1.0, 2.0], Setting()), 1e-3)
+    other_values = {"schedule": "constant", "decay_fraction": 0.5, "dropout": 0.1, "betas": (0.9, 0.98)}
+    for field in dataclasses.fields(PeerRecipe):  # every setting of the Hugging Face loop is in the key
+        value = other_values.get(field.name, getattr(recipe, field.name) * 2)
+        monkeypatch.setitem(
+            PEERS,
+            SWEEP,
+            lambda config, rate, name=field.name, value=value: dataclasses.replace(
+                original(config, rate), **{name: value}
+            ),
+        )
+        assert key(one_lr) != base, field.name
+    monkeypatch.setitem(PEERS, SWEEP, original)
+
+    path = run_path(one_lr, 0, [1.0, 2.0], tmp_path, Setting())
+    assert path.name == f"HF_one_LR_0.001_0_{base}.json"
+    path.write_text(json.dumps({"way": SWEEP, "learning_rate": 1e-3, "read": "back"}))
+    monkeypatch.setattr(time_to_gain, "HuggingFaceLoop", None)  # nothing may train
+    assert run(one_lr, 0, [2.0, 1.0], tmp_path)["read"] == "back"
+    assert time_to_gain.way_names("ours, HF one LR") == ["ours", SWEEP]  # --ways, to split a measurement
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown way\\(s\\) 'HF one lr'; the ways: ours, HF recipe"):
+        time_to_gain.way_names("ours,HF one lr")
+
+
+@pytest.mark.slow
+def test_time_to_gain_runs_the_peer_sweep_at_one_learning_rate_and_reads_it_back(tmp_path, monkeypatch, capsys):
+    import itertools
+
+    import torch
+    from conftest import TINY_OVERRIDES
+
+    from bench import time_to_gain
+    from training.pretrain import Pretrainer
+
+    ticks = itertools.count()
+    fake_clock = staticmethod(lambda: 0.25 * next(ticks))  # a step's two readings: 0.25 s of training a step
+    monkeypatch.setattr(Pretrainer, "clock", fake_clock)
+    monkeypatch.setattr(time_to_gain.HuggingFaceLoop, "clock", fake_clock)
+    rates_in_use = []
+    original_step = time_to_gain.HuggingFaceLoop.train_step
+
+    def recording_step(self):
+        original_step(self)
+        rates_in_use.append({group["lr"] for group in self.optimizer.param_groups})
+
+    monkeypatch.setattr(time_to_gain.HuggingFaceLoop, "train_step", recording_step)
+    monkeypatch.setenv("CI", "1")
+    arguments = ["--ways", "ours,HF one LR", "--peer_learning_rates", "4e-3,1e-3", "--points", "1,2", "--seeds", "0"]
+    arguments += ["--jobs", "1", "--probe_rows", "100", "--work", str(tmp_path / "work"), "--output", str(tmp_path)]
+    arguments += [part for override in TINY_OVERRIDES for part in ("--set", override)]
+    monkeypatch.setattr(sys, "argv", ["time_to_gain", *arguments])
+    threads = torch.get_num_threads()
+    try:
+        time_to_gain.main()
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "3 runs: 0 read back" in printed
+    assert all(len(rates) == 1 for rates in rates_in_use)  # one LR for every parameter, at every step
+    assert len(rates_in_use) == 2 * 8  # two LRs, 2 s of 0.25 s steps each
+
+    saved = json.loads((tmp_path / "time_to_gain.json").read_text())
+    swept = [run for run in saved["runs"] if run["way"] == "HF one LR"]
+    assert [run["learning_rate"] for run in swept] == [1e-3, 4e-3]
+    assert all(run["recipe"]["table_lr_multiplier"] == 1.0 and run["recipe"]["schedule"] == "linear" for run in swept)
+    assert [point["tokens"] for point in swept[0]["points"]] == [4 * 8 * 32, 8 * 8 * 32]  # batch 8 x 32 tokens
+    best = max(swept, key=lambda run: run["points"][-1]["gain"])
+    table = (tmp_path / "time_to_gain.md").read_text()
+    assert f"| HF one LR {best['learning_rate']:g} (best) |" in table and "chosen from 0.001, 0.004" in table
+    assert saved["summary"][f"HF one LR {best['learning_rate']:g}"]["equal_tokens"]["seeds"] == [0]
+    assert sorted(path.name.split("_0_")[0] for path in (tmp_path / "work").glob("*.json")) == [
+        "HF_one_LR_0.001",
+        "HF_one_LR_0.004",
+        "ours",
+    ]
+
+    monkeypatch.setattr(time_to_gain, "HuggingFaceLoop", None)  # a rerun trains nothing: every run is read back
+    monkeypatch.setattr(time_to_gain, "OurLoop", None)
+    time_to_gain.main()
+    assert "3 runs: 3 read back" in capsys.readouterr().out
+    assert (tmp_path / "time_to_gain.md").read_text() == table
+
+
 def test_the_proxy_panel_takes_the_top_and_spreads_the_rest_down_to_the_last():
     ranked = list(range(14))  # trial numbers in study order, best first
     assert panel(ranked, top=5, spread=3) == [0, 1, 2, 3, 4, 8, 10, 13]  # rest 5..13 at thirds
