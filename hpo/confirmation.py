@@ -103,8 +103,8 @@ class RecipeResult:
 @dataclass(frozen=True)
 class RecipeSummary:
     """A recipe over the seeds every recipe has finished: its mean ± SE, the paired difference to the leader
-    ± SE (seed by seed) with its t-based 95% interval (seeds - 1 degrees of freedom), and the bootstrap
-    probability that it is the best."""
+    ± SE (seed by seed) with its t-based 95% interval (seeds - 1 degrees of freedom), and the probability that it
+    is the best (hpo.statistics.probability_best; nan from one seed)."""
 
     recipe: Recipe
     values: list[float]
@@ -150,8 +150,13 @@ class ConfirmationSummary:
             f"confirmed leader: the highest mean over {len(self.complete_seeds)} paired seeds (train.seed {seeds}) "
             f"among the study's top {len(self.recipes)} recipes, re-run on each trial's tokens (study "
             f"{self.study_name!r}); trial {leader.recipe.trial}: {mean}, "
-            f"probability best {leader.probability_best:.2f}"
+            f"probability best {probability_text(leader.probability_best)}"
         )
+
+
+def probability_text(probability: float) -> str:
+    """A probability best as printed: two decimals, or "–" where one seed leaves it undefined."""
+    return "–" if math.isnan(probability) else f"{probability:.2f}"
 
 
 def recipe_results(companion: optuna.Study) -> list[RecipeResult]:
@@ -232,8 +237,9 @@ def describe(summary: ConfirmationSummary) -> list[str]:
         paired = "leader" if line is summary.leader else f"{line.difference_text()} vs leader"
         lines.append(
             f"  trial {recipe.trial}: mean {format_metric(summary.metric, line.mean, line.standard_error)} ({paired}), "
-            f"P(best) {line.probability_best:.2f} | study value {format_metric(summary.metric, recipe.value)} | "
-            f"{recipe.tokens:,} tokens" + unstable_note(line.unstable_runs)
+            f"P(best) {probability_text(line.probability_best)} | study value "
+            f"{format_metric(summary.metric, recipe.value)} | {recipe.tokens:,} tokens"
+            + unstable_note(line.unstable_runs)
         )
     return lines
 

@@ -23,10 +23,10 @@ from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
 from hpo import comparison as grid_study
-from hpo.confirmation import load_confirmation
+from hpo.confirmation import load_confirmation, probability_text
 from hpo.curves import curves_figure, trial_curves
 from hpo.export import study_base_config
-from hpo.statistics import BOOTSTRAP_RESAMPLES, holm_adjust, t_interval
+from hpo.statistics import holm_adjust, t_interval
 from hpo.storage import displayed_url, load_existing_study
 from hpo.study_values import (
     format_metric,
@@ -359,7 +359,9 @@ def confirmation_section(study: optuna.Study) -> str:
         f"runs done. Statistics over the {len(summary.complete_seeds)} seed(s) every recipe has finished: the mean "
         "± its standard error, the paired difference to the leader ± its standard error (seed by seed) with its "
         "95% interval (± t with seeds - 1 degrees of freedom x the standard error; none from one seed), and the "
-        f"share of {BOOTSTRAP_RESAMPLES} bootstrap resamples of the seeds in which the recipe has the best mean."
+        "probability that the recipe's mean is the best (its posterior under a flat prior and normal noise paired by "
+        "seed: a multivariate t with seeds - 1 degrees of freedom; for two recipes the one-sided paired t "
+        "probability; none from one seed)."
     )
     if not summary.recipes:
         return _note(about) + _note("No seed is finished by every recipe yet.")
@@ -371,7 +373,7 @@ def confirmation_section(study: optuna.Study) -> str:
             ", ".join(format_value(study, value) for value in line.values),
             format_value(study, line.mean, line.standard_error),
             "leader" if line is summary.leader else line.difference_text(),
-            f"{line.probability_best:.2f}",
+            probability_text(line.probability_best),
             f"{line.recipe.tokens:,}",
         ]
         for line in summary.recipes

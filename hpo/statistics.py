@@ -48,20 +48,32 @@ def holm_adjust(p_values: list[float]) -> list[float]:
 
 
 def probability_best(
-    scores: dict[str, list[float]], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+    scores: dict[str, list[float]], draws: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
 ) -> dict[str, float]:
-    """For each recipe, the share of bootstrap resamples of the seeds in which its mean score is the highest.
+    """For each recipe, the probability that its mean score is the highest: the share of draws of the recipes' means
+    from their posterior under a flat prior and normal noise, whose covariance across recipes the shared seeds carry
+    (a multivariate t with seeds - 1 degrees of freedom around the observed means). Ties split; nan for every
+    recipe with fewer than two seeds (nothing says how far the means may be from the truth).
 
-    scores[name][i] is the score of recipe `name` with the i-th seed, the same seeds for every recipe: a
-    resample draws seed indices once and applies them to every recipe, keeping the pairing. Ties split."""
+    scores[name][i] is the score of recipe `name` with the i-th seed, the same seeds for every recipe. For two
+    recipes this is the one-sided paired t probability, P(t_{n-1} < mean difference / its SE), so it agrees with
+    the paired t-test and its interval. A bootstrap over the seeds said 1.00 for a +0.70 ± 0.59 lead on 3 seeds: with
+    3 seeds a resample has at most 10 distinct means, and it ignores that a standard error from 3 values is itself
+    uncertain (tests/test_statistics.py: under equal recipes it claimed P > 0.95 about a fifth of the time, where this
+    claims it 5% of the time, as a calibrated probability must)."""
     names = list(scores)
     table = np.asarray([scores[name] for name in names], dtype=float)  # (recipes, seeds)
+    seeds = table.shape[1]
+    if seeds < 2:
+        return {name: math.nan for name in names}
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, table.shape[1], size=(resamples, table.shape[1]))  # (resamples, seeds)
-    means = table[:, draws].mean(axis=2)  # (recipes, resamples)
-    is_best = means == means.max(axis=0, keepdims=True)
+    centred = table - table.mean(axis=1, keepdims=True)  # (recipes, seeds): each seed's departure from the mean
+    normal = rng.standard_normal((seeds, draws))  # the seeds' departures span the noise's covariance
+    scale = np.sqrt((seeds - 1) / rng.chisquare(seeds - 1, draws))  # (draws,): a t's share of an unknown variance
+    means = table.mean(axis=1, keepdims=True) + centred @ normal / math.sqrt(seeds * (seeds - 1)) * scale
+    is_best = np.isclose(means, means.max(axis=0, keepdims=True), rtol=0.0, atol=1e-12)
     wins = (is_best / is_best.sum(axis=0, keepdims=True)).sum(axis=1)
-    return {name: float(win) / resamples for name, win in zip(names, wins, strict=True)}
+    return {name: float(win) / draws for name, win in zip(names, wins, strict=True)}
 
 
 def spearman_with_interval(
