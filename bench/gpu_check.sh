@@ -37,6 +37,7 @@
 # toy sizes (TRITON_INTERPRET=1 for the kernels) through the same commands, and exits non-zero if
 # any step failed.
 set -uo pipefail
+THREE_WAYS="ours,HF recipe,HF defaults"  # step g: the peer's LR sweep (HF one LR) is the CPU benchmark's, not this check's
 cd "$(dirname "$0")/.." || exit 2
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
@@ -155,7 +156,7 @@ if ((REHEARSE)); then
     TOY=(--set "data.sources=[wikipedia]" --set data.seq_len=32 --set train.validation_sequences=16
         --set probe.max_length=32 --set probe.folds=2 --set probe.quick_folds=2 --set probe.max_iter=100)
     COMPARE=(--seeds 2 --set train.budget_tokens=2048 --set probe.quick_rows=200 "${TOY[@]}")
-    TIME_TO_GAIN=(--device cpu --points 1,2 --seeds 0 --jobs 1 --probe_rows 200 "${TOY[@]}")
+    TIME_TO_GAIN=(--device cpu --points 1,2 --seeds 0 --jobs 1 --probe_rows 200 "${TOY[@]}" --ways "$THREE_WAYS")
 else
     step a1 "pytest -m gpu" "" "$PYTHON" "${DETERMINISTIC_PYTEST[@]}" -q -rA -m gpu tests
     step a2 "kernel and compile tests on CUDA" "" "$PYTHON" "${DETERMINISTIC_PYTEST[@]}" -q -rA -m "not gpu" "${KERNEL_TESTS[@]}"
@@ -164,7 +165,7 @@ else
     THROUGHPUT=(--seconds 15)
     CURVE=(--quick --budget_seconds 120)
     COMPARE=(--seeds 3 --set train.budget_tokens=2000000)
-    TIME_TO_GAIN=(--device cuda --points 10,20,40 --seeds 0 --jobs 3)
+    TIME_TO_GAIN=(--device cuda --points 10,20,40 --seeds 0 --jobs 3 --ways "$THREE_WAYS")
 fi
 step b1 "attention kernels, bidirectional" "$WORK/attention.md" \
     "$PYTHON" bench/attention.py "${ATTENTION[@]}" --markdown "$WORK/attention.md"
