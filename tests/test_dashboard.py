@@ -24,10 +24,10 @@ def get_json(url: str) -> dict:
 
 def test_dashboard_command_serves_trial_values_and_user_attrs(tmp_path, make_study):
     storage = make_study(tmp_path / "fake.db", [({}, 0.61), ({}, None), ({}, 0.57)])
-    command = [sys.executable, "main.py", "dashboard", "--study_name", "fake", "--storage", storage, "--port", "0"]
+    command = [sys.executable, str(PROJECT_DIR / "main.py"), "dashboard", "--study_name", "fake", "--storage", storage]
     server = subprocess.Popen(
-        command,
-        cwd=PROJECT_DIR,
+        [*command, "--port", "0"],
+        cwd=tmp_path,  # the study's artifacts folder (studies/fake/artifacts) goes there, not into the project
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -55,7 +55,7 @@ def test_dashboard_command_serves_trial_values_and_user_attrs(tmp_path, make_stu
         assert server.wait(timeout=30) == 0
 
 
-def test_port_in_use_is_a_config_error_naming_the_flag(tmp_path, make_study):
+def test_port_in_use_is_a_config_error_naming_the_flag(tmp_path, make_study, in_tmp_path):
     storage = make_study(tmp_path / "fake.db", [({}, 0.6)])
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -191,7 +191,7 @@ def test_progress_bars_show_on_a_terminal_only_and_never_under_ci(monkeypatch):
     assert progress_bar(10, "terminal under CI").disable
 
 
-def test_report_and_dashboard_name_the_objective(tmp_path):
+def test_report_and_dashboard_name_the_objective(tmp_path, in_tmp_path):  # the dashboard's artifacts go to tmp
     from hpo.dashboard import make_dashboard_server
     from hpo.report import render_report
     from hpo.study import open_study
