@@ -587,3 +587,150 @@ def test_the_search_replay_fits_its_surrogate_replays_pairings_and_resumes(tmp_p
 
     search_replay.main()  # cached: nothing runs again
     assert "4 replays read back; 0 to run" in capsys.readouterr().out
+
+
+def fake_transfer_figures(run, peak: float = 2e-3) -> dict:
+    """Figures of a width_transfer run whose metrics peak at a known LR: standard's best LR halves per doubling of
+    the width (x1 at 128, x0.25 at 512), mup's stays at x1 (seed 2 alone prefers x2 at 512 wide); mup gains 1 point
+    more and loses 0.05 less everywhere (so at the base width the attention's effect reads +1.0 and -0.050); and
+    standard's 512-wide x4 run diverges on seed 1."""
+    if (run.parametrization, run.width, run.scale, run.seed) == ("standard", 512, 4.0, 1):
+        return {**vars(run), "tokens": 1000, "gain": None, "validation_loss": None, "diverged_at_step": 3}
+    optimum = -math.log2(run.width / 128) if run.parametrization == "standard" else 0.0
+    if (run.parametrization, run.width, run.seed) == ("mup", 512, 2):
+        optimum = 0.6
+    distance = (math.log2(run.scale) - optimum) ** 2
+    offset = 0.01 if run.parametrization == "mup" else 0.0
+    return {
+        **vars(run),
+        "tokens": 1000,
+        "gain": 0.05 - 0.01 * distance + 0.002 * run.seed + offset,
+        "validation_loss": 7.0 + 0.1 * distance - 0.001 * run.seed - 5 * offset,
+        "diverged_at_step": None,
+    }
+
+
+def test_the_width_transfer_table_reads_the_best_lr_per_width_and_how_many_grid_steps_it_moves():
+    from bench.width_transfer import Plan, summarize
+
+    plan = Plan("width", [128, 256, 512], [2], [0.25, 0.5, 1.0, 2.0, 4.0], [1, 2], ["standard", "mup"], 2e-3, 128)
+    lines, chosen = summarize([fake_transfer_figures(run) for run in plan.runs()], plan)
+    best, moves = chosen["best"], chosen["moves"]
+    for metric in ("gain", "validation_loss"):
+        assert [best["standard"][metric][width]["mean"] for width in (128, 256, 512)] == [1.0, 0.5, 0.25]
+        assert moves["standard"][metric] == {"mean": -2, 1: -2, 2: -2}
+        assert [best["mup"][metric][width]["mean"] for width in (128, 256, 512)] == [1.0, 1.0, 1.0]
+    assert best["mup"]["gain"][512] == {"mean": 1.0, 1: 1.0, 2: 2.0}  # one seed's noise, not the mean's
+    assert moves["mup"]["gain"] == moves["mup"]["validation_loss"] == {"mean": 0, 1: 0, 2: 1}
+    table = "\n".join(lines)
+    assert "| 5.00e-04 (x0.25) | +1.3 ± 0.1 | +4.3 ± 0.1 | **+5.3 ± 0.1** |" in table  # standard's gains
+    assert "| 8.00e-03 (x4) | +1.3 ± 0.1 | -3.7 ± 0.1 | diverged (1 of 2) |" in table
+    assert "| best, seed 2 | x1 | x1 | x2 |" in table
+    assert "| standard | probe gain over random init (points) | x1 | x0.25 | -2 | -2 | -2 |" in table
+    assert "| mup | validation loss | x1 | x1 | +0 | +0 | +1 |" in table
+    assert "### mup minus standard at the base width (128): the attention's effect alone" in table
+    assert "| x1 | -0.050 ± 0.000 | +1.0 ± 0.0 |" in table
+
+
+def test_the_width_transfer_sweep_runs_the_costliest_first_and_never_reruns_a_finished_run(
+    tmp_path, monkeypatch, capsys
+):
+    from bench import width_transfer
+    from training.config import ConfigError
+
+    ran = []
+
+    def run_once(run, sweep):  # a run's figures, saved where a finished run is read back from
+        ran.append(run)
+        figures = fake_transfer_figures(run)
+        sweep.path(run).parent.mkdir(parents=True, exist_ok=True)
+        sweep.path(run).write_text(json.dumps(figures))
+        return figures
+
+    monkeypatch.setattr(width_transfer, "run_once", run_once)
+
+    def sweep(*flags: str) -> str:
+        arguments = ["--scales", "0.5,1", "--seeds", "1", "--jobs", "1", "--work", str(tmp_path / "work"), *flags]
+        monkeypatch.setattr(sys, "argv", ["width_transfer", *arguments, "--output", str(tmp_path / "out")])
+        width_transfer.main()
+        return capsys.readouterr().out
+
+    printed = sweep("--widths", "128,256")
+    assert "0 of 8 runs finished before; 8 to run, 1 at a time" in printed
+    assert [run.width for run in ran] == [256] * 4 + [128] * 4  # the costliest first
+    assert re.search(r"done  mup_w128_d2_lr1_seed1: validation loss 6\.949, gain \+\d\.\d points; 8 of 8 runs", printed)
+    saved = json.loads((tmp_path / "out" / "width_transfer.json").read_text())
+    assert len(saved["runs"]) == 8 and saved["moves"]["standard"]["gain"]["mean"] == -1
+    assert (tmp_path / "out" / "width_transfer.png").stat().st_size > 0
+    ran.clear()
+    assert "8 of 8 runs finished before; 0 to run" in sweep("--widths", "128,256") and ran == []
+    assert "0 of 8 runs finished before" in sweep("--widths", "128,256", "--set", "train.batch_size=16")
+
+    ran.clear()  # depth: at config.yaml's width, 128; its own files
+    printed = sweep("--depths", "2,4", "--parametrizations", "mup")
+    assert "2 of 4 runs finished before" in printed and {(run.width, run.depth) for run in ran} == {(128, 4)}
+    assert "| LR | 2 layers | 4 layers |" in (tmp_path / "out" / "depth_transfer.md").read_text()
+
+    def out_of_memory_at_depth_8(run, sweep):
+        if run.depth == 8:
+            raise RuntimeError("out of memory")
+        return run_once(run, sweep)
+
+    monkeypatch.setattr(width_transfer, "run_once", out_of_memory_at_depth_8)
+    printed = sweep("--depths", "2,8", "--parametrizations", "mup")  # the others go on, and the table is written
+    assert "failed mup_w128_d8_lr0.5_seed1: RuntimeError: out of memory" in printed
+    assert "2 run(s) failed (mup_w128_d8_lr0.5_seed1, mup_w128_d8_lr1_seed1): run the same command" in printed
+    assert "| 1.00e-03 (x0.5) | 7.049 | – |" in (tmp_path / "out" / "depth_transfer.md").read_text()
+    with pytest.raises(SystemExit):
+        sweep("--widths", "128,256", "--depths", "2,4")
+    assert "vary --widths or --depths, not both" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="width 100 is not a multiple of the head size 64"):
+        sweep("--widths", "100,128")
+
+
+@pytest.mark.slow  # 5 toy runs, 2 processes: about 20 s on a loaded 2-core machine
+def test_a_toy_width_transfer_sweep_runs_in_parallel_reads_back_and_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    from conftest import TINY_OVERRIDES
+
+    from bench.width_transfer import Run, Sweep, run_once
+    from training.pretrain import Pretrainer
+
+    # Head size 32 (128 / 4): widths 32 and 64, base width 32; 256 tokens a step, 4 steps.
+    overrides = (*TINY_OVERRIDES, f"data.cache_dir={tmp_path / 'cache'}", "model.num_heads=4", "model.base_width=32")
+    command = [sys.executable, "-m", "bench.width_transfer", "--widths", "32,64", "--scales", "1,2", "--seeds", "1"]
+    command += ["--parametrizations", "mup", "--tokens", "1024", "--jobs", "2", "--work", str(tmp_path / "work")]
+    command += ["--output", str(tmp_path / "out"), *(flag for override in overrides for flag in ("--set", override))]
+    first = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "0 of 4 runs finished before; 4 to run, 2 at a time" in first.stdout
+    assert first.stdout.count("start mup_w") == 4 and "4 of 4 runs, about" in first.stdout
+    saved = json.loads((tmp_path / "out" / "width_transfer.json").read_text())
+    runs = {(run["width"], run["scale"]): run for run in saved["runs"]}
+    assert sorted(runs) == [(32, 1.0), (32, 2.0), (64, 1.0), (64, 2.0)]
+    for run in runs.values():  # trained, validated and probed beside its own random init
+        assert (run["steps"], run["tokens"], run["diverged_at_step"]) == (4, 1024, None)
+        assert (
+            run["gain"] == pytest.approx(run["accuracy"] - run["random_init_accuracy"]) and run["validation_loss"] > 0
+        )
+    assert runs[(64, 1.0)]["random_init_accuracy"] == runs[(64, 2.0)]["random_init_accuracy"]  # the same weights
+    second = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    assert "4 of 4 runs finished before; 0 to run" in second.stdout and "start " not in second.stdout
+
+    original, calls = Pretrainer.train_step, []
+
+    def stopped_at_the_third_step(self):
+        calls.append(self.step)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    stopped = Sweep(1024, overrides, tmp_path / "stopped", checkpoint_seconds=0)  # a checkpoint after every step
+    monkeypatch.setattr(Pretrainer, "train_step", stopped_at_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_once(Run("mup", 64, 2, 2.0, 1), stopped)
+    calls.clear()
+    monkeypatch.setattr(Pretrainer, "train_step", lambda self: calls.append(self.step) or original(self))
+    resumed = run_once(Run("mup", 64, 2, 2.0, 1), stopped)
+    assert calls == [2, 3]  # from the checkpoint after step 2
+    assert {**resumed, "train_seconds": None} == {**runs[(64, 2.0)], "train_seconds": None}  # bit for bit
+    assert not list((tmp_path / "stopped").glob("*.partial.pt"))
