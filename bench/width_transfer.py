@@ -26,7 +26,7 @@ width table (mean ± SE over seeds), the best LR per width by the mean and by ea
 (x2) it moves from the narrowest to the widest; at the base width, mup minus standard paired over seeds (the
 attention's effect alone); .json (every run's figures) and .png (metric against LR, one curve per width).
 Depth runs keep the residual branches unscaled (no CompleteP-style 1/depth factor): they measure whether the
-LRs carry across depth without one.
+LRs carry across depth without one. Their WORK is the width sweep's, so their 2-layer, 128-wide runs are read back.
 """
 
 import argparse
