@@ -2,6 +2,7 @@
 and a one-line error (exit code 2) for a configuration, a study or a data file that is not right."""
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 
@@ -28,12 +29,21 @@ def numbers(kind: type[int] | type[float]) -> Callable[[str], list]:
 
 
 def run_cli(main: Callable[[], None]) -> None:
-    """main(), with a bad configuration, a missing study or data file said in one line, as main.py says it."""
+    """main(), with a bad configuration, a missing study or data file said in one line, as main.py says it; and a
+    Ctrl-C, or `kill -INT` of a background job (a shell starts those with SIGINT ignored: taken back, as main.py
+    does), ending it with exit code 130 and a line saying that the benchmark resumes where it stopped."""
     from data.files_location import DataError
     from training.config import ConfigError, one_line
 
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except (ConfigError, DataError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as interruption:
+        print(
+            f"interrupted: {interruption or 'what finished is kept; run the same command to resume'}", file=sys.stderr
+        )
+        sys.exit(130)

@@ -38,7 +38,6 @@ import json
 import math
 import multiprocessing
 import os
-import signal
 import sys
 import time
 import typing
@@ -577,8 +576,6 @@ def main() -> None:
     parser.add_argument("--work", default="studies/bench/width_transfer", help="the runs' files (resumable)")
     parser.add_argument("--output", default="bench/results")
     args = parser.parse_args()
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job's (as main.py): kill -INT stops it
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     if len(args.tokens) != 1 or args.tokens[0] <= 0 or args.jobs < 1:
         parser.error("--tokens takes one positive number, --jobs at least 1")
     sweep = Sweep(args.tokens[0], tuple(args.set), Path(args.work).resolve(), args.checkpoint_seconds)

@@ -734,3 +734,20 @@ def test_a_toy_width_transfer_sweep_runs_in_parallel_reads_back_and_resumes_an_i
     assert calls == [2, 3]  # from the checkpoint after step 2
     assert {**resumed, "train_seconds": None} == {**runs[(64, 2.0)], "train_seconds": None}  # bit for bit
     assert not list((tmp_path / "stopped").glob("*.partial.pt"))
+
+
+def test_a_benchmark_stopped_by_ctrl_c_says_it_resumes_and_a_background_one_can_be_stopped(capsys, monkeypatch):
+    import signal
+
+    from bench.cli import run_cli
+
+    def stopped() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(signal, "signal", lambda number, handler: handled.append((number, handler)))
+    monkeypatch.setattr(signal, "getsignal", lambda number: signal.SIG_IGN)  # as a shell starts a background job
+    handled = []
+    with pytest.raises(SystemExit) as stop:
+        run_cli(stopped)
+    assert stop.value.code == 130 and handled == [(signal.SIGINT, signal.default_int_handler)]
+    assert capsys.readouterr().err == "interrupted: what finished is kept; run the same command to resume\n"
