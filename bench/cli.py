@@ -43,7 +43,6 @@ def run_cli(main: Callable[[], None]) -> None:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as interruption:
-        print(
-            f"interrupted: {interruption or 'what finished is kept; run the same command to resume'}", file=sys.stderr
-        )
+        said = str(interruption) or "what finished is kept; run the same command to resume"
+        print(f"interrupted: {said}", file=sys.stderr)
         sys.exit(130)
