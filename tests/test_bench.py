@@ -1,6 +1,7 @@
 """The benchmarks' own arithmetic: what they print must follow from the runs they made."""
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -19,6 +20,7 @@ from bench.lr_horizon import best_learning_rate, run_scale, summarize
 from bench.proxy_validity import Recipe, panel, rank_comparisons
 from bench.retrain_runs import RetrainResult
 from bench.time_to_gain import report, seconds_to_reach
+from training.config import ConfigError
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -751,3 +753,143 @@ def test_a_benchmark_stopped_by_ctrl_c_says_it_resumes_and_a_background_one_can_
         run_cli(stopped)
     assert stop.value.code == 130 and handled == [(signal.SIGINT, signal.default_int_handler)]
     assert capsys.readouterr().err == "interrupted: what finished is kept; run the same command to resume\n"
+
+
+def test_the_width_verdict_runs_each_recipe_at_the_width_with_its_learning_rates_carried_from_its_own(tmp_path):
+    from bench.width_verdict import PANEL, Run, Verdict, read_panel
+
+    recipes, seeds, leader = read_panel(PROJECT_DIR / PANEL)
+    assert seeds == [1, 2] and leader == 0 and [recipe.trial for recipe in recipes][:3] == [9, 4, 0]
+    verdict = Verdict(work=tmp_path)
+    for recipe in recipes:
+        run = Run(recipe.trial, tuple(sorted(recipe.params.items())), recipe.tokens, "mup", 512, 1)
+        config = verdict.config(run)
+        tuned_at = {"tiny": 128, "mini": 192}[recipe.params["model.size"]]
+        assert (config.model.hidden_size, config.model.num_heads, config.model.base_width) == (512, 8, tuned_at)
+        assert config.model.attention_kind == recipe.params["model.attention_kind"]
+        assert config.masking.strategy == recipe.params["masking.strategy"]
+        assert config.train.learning_rate == recipe.params["train.learning_rate"]  # carried by the parametrisation
+        assert (config.train.budget_tokens, config.train.budget_seconds, config.train.seed) == (recipe.tokens, None, 1)
+        standard = verdict.config(dataclasses.replace(run, parametrization="standard"))
+        assert standard.model.parametrization == "standard" and verdict.path(run) != verdict.path(
+            dataclasses.replace(run, parametrization="standard")
+        )
+    with pytest.raises(ConfigError, match="--width 500 is not a multiple of trial 9's head size 64"):
+        verdict.config(Run(9, tuple(sorted(recipes[0].params.items())), 1000, "mup", 500, 1))
+
+
+def fake_verdict_panel(path: Path) -> None:
+    """Five recipes ranked by the study 0 > 1 > 2 > 3 > 4, trial 2 the confirmed leader."""
+    recipes = [
+        {
+            "trial": trial,
+            "params": {"model.size": "tiny", "train.learning_rate": 1e-3},
+            "study_value": 0.05 - 0.01 * trial,
+            "tokens": 1000 + trial,
+            "gains": {"1": [0.03 - 0.01 * trial, 0.04 - 0.01 * trial], "10": [0.1, 0.12 - 0.01 * trial]},
+        }
+        for trial in range(5)
+    ]
+    landing = ["The study's best trial (0) ranks 1 of 5 at 10x.", "The confirmed leader (trial 2, over 3 seeds) ..."]
+    path.write_text(json.dumps({"seeds": [1, 2], "recipes": recipes, "landing": landing}))
+
+
+def test_the_width_verdict_ranks_the_recipes_at_the_width_beside_the_study_and_reads_back_its_runs(
+    tmp_path, monkeypatch, capsys
+):
+    from bench import width_transfer, width_verdict
+
+    ran = []
+
+    def run_once(run, verdict):  # at 512 wide the leader (2) moves to the top; trial 4 diverges on seed 2
+        ran.append(run)
+        gain = {0: 0.04, 1: 0.03, 2: 0.06, 3: 0.01, 4: 0.0}[run.trial] + 0.002 * run.seed
+        if run.parametrization == "standard":
+            gain -= 0.05 + 0.01 * run.seed
+        diverged = (run.trial, run.seed) == (4, 2)
+        figures = {
+            "trial": run.trial,
+            "parametrization": run.parametrization,
+            "seed": run.seed,
+            "tokens": run.tokens,
+            "random_init_accuracy": 0.4,
+            "gain": None if diverged else gain,
+            "validation_loss": None if diverged else 7.0 - gain,
+            "diverged_at_step": 5 if diverged else None,
+        }
+        verdict.path(run).parent.mkdir(parents=True, exist_ok=True)
+        verdict.path(run).write_text(json.dumps(figures))
+        return figures
+
+    monkeypatch.setattr(width_transfer, "run_once", run_once)  # the runner the verdict shares
+    fake_verdict_panel(tmp_path / "panel.json")
+
+    def verdict(*flags: str) -> str:
+        arguments = ["--panel", str(tmp_path / "panel.json"), "--work", str(tmp_path / "work"), "--jobs", "1", *flags]
+        monkeypatch.setattr(sys, "argv", ["width_verdict", *arguments, "--output", str(tmp_path / "out")])
+        width_verdict.main()
+        return capsys.readouterr().out
+
+    monkeypatch.setattr(width_verdict.Verdict, "config", lambda self, run: fake_run_config(run))
+    printed = verdict("--multiple", "2")
+    assert sorted((run.trial, run.parametrization) for run in ran if run.seed == 1) == [
+        (0, "mup"),
+        (1, "mup"),
+        (2, "mup"),
+        (2, "standard"),
+        (3, "mup"),
+        (4, "mup"),
+    ]  # standard for the confirmed leader alone
+    assert {run.tokens for run in ran if run.trial == 3} == {2006}  # its own 1x tokens, times 2
+    assert "| 3 | 2 | tiny | +3.0 | +1.5 ± 0.5 | +10.0 ± 0.0 | +6.3 ± 0.1 | 1 | -0.2 ± 0.4 | +6.5 ± 0.5 |" in printed
+    assert "| 5 | 4 | tiny (1 run(s) diverged: at chance) | +1.0 |" in printed
+    assert "| -7.4 ± 7.6 | 5 |" in printed  # seed 2 at chance: 0.25 - 0.40
+    assert "The confirmed leader (trial 2) ranks 1 of 5 at 512 wide (target: top 2)." in printed
+    assert "The study's best trial (0) ranks 2 of 5 at 512 wide." in printed
+    assert "| all (5) | the study's values | +0.70 |" in printed
+    assert "| all (5) | 512 wide seed 1 vs seed 2 | +1.00 |" in printed  # the noise's ceiling
+    assert "| study's top 5 (5) | 1x at own width | +0.70 |" in printed
+    saved = json.loads((tmp_path / "out" / "width_verdict.json").read_text())
+    assert saved["agreements"]["all: the study's values"]["spearman"] == pytest.approx(0.7)
+    assert saved["leader"] == 2 and len(saved["runs"]) == 12
+    ran.clear()
+    assert "12 of 12 runs finished before; 0 to run" in verdict("--multiple", "2") and ran == []
+    with pytest.raises(SystemExit):
+        verdict("--recipes", "0,7")
+    assert "--recipes 7: not in" in capsys.readouterr().err
+
+
+def fake_run_config(run):
+    """A config whose settings key a run's file: its trial, parametrisation, seed and tokens."""
+    from hpo.config import load_config
+
+    config = load_config(PROJECT_DIR / "config.yaml", [f"train.seed={run.seed}", f"train.budget_tokens={run.tokens}"])
+    model = dataclasses.replace(config.model, parametrization=run.parametrization, dropout=run.trial / 100)
+    return dataclasses.replace(config, model=model)
+
+
+@pytest.mark.slow  # 4 toy runs, one process: about 30 s
+def test_a_toy_width_verdict_trains_the_panels_recipes_at_another_width_and_writes_its_table(tmp_path):
+    from conftest import TINY_OVERRIDES
+
+    # Two of the panel's recipes (tiny rope, mini standard) at 128 wide: 2 heads of 64; ~2,000 tokens a run.
+    overrides = [*TINY_OVERRIDES, f"data.cache_dir={tmp_path / 'cache'}"]
+    command = [sys.executable, "-m", "bench.width_verdict", "--recipes", "9,8", "--width", "128", "--seeds", "1"]
+    command += ["--multiple", "0.001", "--standard", "8", "--jobs", "1", "--work", str(tmp_path / "work")]
+    command += ["--output", str(tmp_path / "out"), *(flag for override in overrides for flag in ("--set", override))]
+    first = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "0 of 3 runs finished before; 3 to run, 1 at a time" in first.stdout
+    saved = json.loads((tmp_path / "out" / "width_verdict.json").read_text())
+    runs = {(run["trial"], run["parametrization"]): run for run in saved["runs"]}
+    assert sorted(runs) == [(8, "mup"), (8, "standard"), (9, "mup")]
+    for run in runs.values():  # trained, validated and probed beside its own random init
+        assert run["diverged_at_step"] is None and run["tokens"] >= 1000 and run["validation_loss"] > 0
+        assert run["gain"] == pytest.approx(run["accuracy"] - run["random_init_accuracy"])
+    assert runs[(8, "mup")]["random_init_accuracy"] != runs[(8, "standard")]["random_init_accuracy"] or (
+        runs[(8, "mup")]["validation_loss"] != runs[(8, "standard")]["validation_loss"]
+    )  # mup's initial scales and LRs at 128 wide (from 192) are not standard's
+    table = (tmp_path / "out" / "width_verdict.md").read_text()
+    assert "| 6 | 8 | standard/mini/standard |" in table and "| 1 | 9 | rope/tiny/whole_word |" in table
+    second = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    assert "3 of 3 runs finished before; 0 to run" in second.stdout and "start " not in second.stdout
