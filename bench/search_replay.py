@@ -14,7 +14,7 @@ and at its end is drawn jointly, with the covariance of the pool's seed-paired d
 variance of one run), so pruners see quick values as noisy and as correlated with the end as real ones.
 
 A simulated study is the real one: the project's search space and suggest calls, its samplers and pruners
-(hpo/sampling.py; Optuna's GPSampler besides), config.yaml's recipe enqueued first as a study does. Compute is
+(hpo/sampling.py: tpe, random, qmc, gp), config.yaml's recipe enqueued first as a study does. Compute is
 counted in trial budgets: a trial pruned at report point k used that point's share of its budget. Regret is the
 surrogate's true value of the best in the space (the maximum over a dense Sobol sample and the pool's recipes) minus
 that of the recipe the study would pick: its best observed trial, or (the winner's curse) the best of its top 3
@@ -256,21 +256,12 @@ class Pairing:
     @classmethod
     def parse(cls, text: str) -> "Pairing":
         sampler, _, pruner = text.partition("+")
-        if sampler not in (*SAMPLERS, "gp") or pruner not in PRUNERS:
+        if sampler not in SAMPLERS or pruner not in PRUNERS:
             raise ConfigError(
-                f"--pairings {text!r}: expected SAMPLER+PRUNER, samplers {', '.join((*SAMPLERS, 'gp'))}, "
+                f"--pairings {text!r}: expected SAMPLER+PRUNER, samplers {', '.join(SAMPLERS)}, "
                 f"pruners {', '.join(PRUNERS)}"
             )
         return cls(sampler, pruner)
-
-
-def make_sampler(config: Config, sampler: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The project's samplers (config.yaml's settings), or Optuna's GPSampler, which the project does not offer."""
-    if sampler == "gp":
-        return optuna.samplers.GPSampler(
-            seed=seed, n_startup_trials=config.study.sampler_startup_trials, warn_independent_sampling=False
-        )
-    return SAMPLERS[sampler](config.study, seed)
 
 
 def simulate(config: Config, surrogate: Surrogate, pairing: Pairing, repeat: int, trials: int) -> list[dict]:
@@ -279,7 +270,7 @@ def simulate(config: Config, surrogate: Surrogate, pairing: Pairing, repeat: int
     rng = np.random.default_rng([repeat, 29])
     study = optuna.create_study(
         direction="maximize",
-        sampler=make_sampler(config, pairing.sampler, seed=repeat),
+        sampler=SAMPLERS[pairing.sampler](config.study, repeat),
         pruner=PRUNERS[pairing.pruner](config.study),
     )
     study.enqueue_trial(base_params(config))

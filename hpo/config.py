@@ -38,7 +38,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {}  # filled below, once Config is defined
 
 # The names of hpo.sampling's registries, kept here so that hpo.config needs no sampling module (and the
 # sampling module may import this one); tests/test_registries.py checks each equals its registry's keys.
-SAMPLERS = ("tpe", "random", "qmc")
+SAMPLERS = ("tpe", "random", "qmc", "gp")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
 
 

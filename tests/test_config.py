@@ -1,13 +1,16 @@
 import dataclasses
+import math
 import typing
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
 from data.config import CorpusConfig
 from hpo.config import (
     LEGACY_DEFAULTS,
+    SAMPLERS,
     TYPED_SECTIONS,
     Config,
     ConfigError,
@@ -275,3 +278,24 @@ def test_a_wide_int_range_is_checked_at_its_ends_without_listing_it():
     # milliseconds, where listing the range first took all memory (CI was killed by the kernel).
     config = load_config(CONFIG, ["search_space.train.seed={type: int, low: 0, high: 2147483647}"])
     assert config.search_space["train"]["seed"].high == 2147483647
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_drives_the_default_search_space_past_its_startup_trials(sampler):
+    """12 trials on config.yaml's space (a conditional dimension and presets among them), each scored by a smooth
+    function of its recipe: every sampler proposes valid recipes after its start-up trials too (gp's and tpe's
+    models take over at the 11th)."""
+    from hpo.sampling import make_sampler
+    from hpo.space import suggest
+
+    config = load_config(CONFIG, [f"study.sampler={sampler}"])
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(config.study, seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        recipe = suggest(trial, config)
+        recipe.validate()
+        return -abs(math.log(recipe.train.learning_rate / 1e-3)) - recipe.model.dropout
+
+    study.optimize(objective, n_trials=12)
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 12
+    assert len({trial.params["train.learning_rate"] for trial in study.trials}) == 12
