@@ -539,6 +539,9 @@ def plot(runs: list[dict], plan: Plan, path: Path) -> None:
                         label=plan.column_name(value),
                     )
             subplot.set_xscale("log")
+            grid = [scale * plan.peak for scale in plan.scales]
+            subplot.set_xticks(grid, [f"{rate:.1e}" for rate in grid], fontsize=7)  # the grid's LRs alone
+            subplot.minorticks_off()
             subplot.set_title(parametrization, fontsize=10)
             subplot.set_xlabel("peak learning rate")
             subplot.set_ylabel(shown.label)
