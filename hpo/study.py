@@ -59,6 +59,19 @@ def normalised_base_config(stored: dict) -> dict:
         return stored
 
 
+def inert_keys(config: Config | dict) -> tuple[str, ...]:
+    """Dotted keys that change nothing in runs of this configuration (a Config, or a stored mapping); none when its
+    search space samples the parametrisation (a comparison's grid of standard and mup)."""
+    if isinstance(config, dict):
+        try:
+            config = stored_config(config)
+        except ConfigError:
+            return ()
+    if "parametrization" in config.search_space.get("model", {}):
+        return ()
+    return tuple(f"model.{key}" for key in config.model.inert_keys())
+
+
 def _some(keys: list[str]) -> str:
     more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
     return ", ".join(keys[:SHOWN_KEYS]) + more
@@ -67,7 +80,11 @@ def _some(keys: list[str]) -> str:
 def check_config_unchanged(study: optuna.Study, config: Config, force: bool) -> None:
     """Refuse to add trials whose scores would mean something else than the study's earlier ones, unless
     forced; a forced change is recorded in the study's user attr "config_changes"."""
-    changed = differing_keys(normalised_base_config(study.user_attrs["base_config"]), config_to_dict(config))
+    stored = normalised_base_config(study.user_attrs["base_config"])
+    changed = differing_keys(stored, config_to_dict(config))
+    # A setting that does nothing under both configurations (mup's under standard) changes no score.
+    inert = set(inert_keys(config)) & set(inert_keys(stored))
+    changed = [key for key in changed if key not in inert]
     # A key the configuration no longer has (removed since the study began) counts as a change of meaning.
     scoring = [key for key in changed if role_of(Config, key) in (*TRIAL_ROLES, None)]
     harmless = [key for key in changed if key not in scoring]

@@ -1,6 +1,7 @@
 """The encoder's settings (config.yaml, section model): a plain dataclass without torch, so the study's
 tools load a config without loading the model; the defaults live in config.yaml."""
 
+import math
 from dataclasses import dataclass, field
 
 # The names of the registries this section chooses from, kept here so that validating a config loads no torch
@@ -36,6 +37,13 @@ class ModelConfig:
     parametrization: str = field(metadata={"role": "start", "legacy": "standard"})
     # mup: the hidden size the recipe's learning rates were tuned at (the width multiplier is hidden_size / this)
     base_width: int = field(metadata={"role": "start", "legacy": 128})
+    # mup: attention logits are attention_multiplier x q.k / head size (microsoft/mup's attn_mult); sqrt(head size)
+    # makes them standard's at that head size (1.0 before 2026-12-07)
+    attention_multiplier: float = field(metadata={"role": "start", "legacy": 1.0})
+
+    def inert_keys(self) -> tuple[str, ...]:
+        """The settings that change nothing in this encoder: mup's, under the standard parametrisation."""
+        return ("base_width", "attention_multiplier") if self.parametrization == "standard" else ()
 
     def validate(self) -> None:
         if self.attention_kind not in ATTENTION_KINDS:
@@ -54,6 +62,11 @@ class ModelConfig:
             raise ValueError(
                 f"model.base_width = {self.base_width}; expected a positive width: the hidden size at which the "
                 "recipe was tuned (e.g. 128)"
+            )
+        if not (math.isfinite(self.attention_multiplier) and self.attention_multiplier > 0):
+            raise ValueError(
+                f"model.attention_multiplier = {self.attention_multiplier}; expected a positive number: mup's "
+                "attention logits are it x q.k / head size (8 = sqrt(64) gives standard's at head size 64)"
             )
         if self.pooling not in POOLINGS:
             raise ValueError(f"model.pooling = {self.pooling!r}; expected one of {list(POOLINGS)}")

@@ -56,6 +56,7 @@ class BertHpoConfig(PreTrainedConfig):
     compile: bool = False
     parametrization: str = "standard"
     base_width: int = 128
+    attention_multiplier: float = 1.0  # a saved model without it is from before it existed (model/config.py)
 
     @classmethod
     def from_model_config(

@@ -9,9 +9,14 @@
   proportional to 1/fan_in and learn at the LR / m; a readout matrix (fan-out fixed: the next-sentence head)
   starts with variance proportional to 1/fan_in^2 and learns at the LR / m; input-like parameters (tables,
   biases, norms) keep their scale and LR; the tied readout is scaled proportionally to 1/hidden_size; attention
-  logits are q.k / head size, and the query projection starts at zero.
+  logits are model.attention_multiplier x q.k / head size (1/d, not 1/sqrt(d): q and k grow correlated as the
+  head grows; the multiplier is muP's attn_mult, a constant of the recipe), and the query projection starts at zero.
 
-At m = 1 the two give the same weights and learning rates; they differ only in the attention (tests/test_model.py).
+At m = 1 the two give the same weights and learning rates; they differ only in the attention (tests/test_model.py):
+the zero query projection, and the logits' scale unless attention_multiplier = sqrt(head size). Our heads keep
+their size as the width grows (64: more heads, not wider ones), so the logits' scale is one constant at every
+width and 1/d against 1/sqrt(d) does not bear on the transfer there; config.yaml's multiplier, 8 = sqrt(64), keeps
+standard's attention at the base width (microsoft/mup's README does the same: 8 / d for a base head size 64).
 No torch: what a width does to a recipe can be read without loading the model.
 """
 
@@ -70,7 +75,7 @@ def maximal_update(config: ModelConfig) -> Parametrization:
     width_multiplier = config.hidden_size / config.base_width
     return Parametrization(
         width_multiplier=width_multiplier,
-        attention_scale=1.0 / head_size(config),
+        attention_scale=config.attention_multiplier / head_size(config),
         readout_scale=config.base_width**-0.5 / width_multiplier,
         zero_query=True,
     )

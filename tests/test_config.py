@@ -67,6 +67,7 @@ def test_override_is_typed_and_applied():
         ("model.hidden_size=130", "must be even"),
         ("model.parametrization=mu", "model.parametrization = 'mu'; expected one of standard, mup"),
         ("model.base_width=0", "model.base_width = 0; expected a positive width"),
+        ("model.attention_multiplier=0", "model.attention_multiplier = 0.0; expected a positive number"),
         ("search_space.model.size.choices.odd={hidden_size: 100, num_heads: 3}", "search_space.model.size choice"),
         ("search_space.train.learning_rate.low=0", "log scale needs low > 0"),
         ("search_space.train.nothing={type: float, low: 0, high: 1}", "train has no field 'nothing'"),
@@ -269,8 +270,9 @@ def test_the_derived_lists_of_settings():
     assert "keep_checkpoints" not in weights["retrain"] and "budget_tokens" in weights["retrain"]
     assert LEGACY_DEFAULTS["probe.target"] == "accuracy" and LEGACY_DEFAULTS["study.baseline_trial"] is False
     # The parametrisation shapes the random init (its probe reference) and a stored study's runs were standard.
-    assert {"parametrization", "base_width"} <= set(reference["model"])
+    assert {"parametrization", "base_width", "attention_multiplier"} <= set(reference["model"])
     assert LEGACY_DEFAULTS["model.parametrization"] == "standard" and LEGACY_DEFAULTS["model.base_width"] == 128
+    assert LEGACY_DEFAULTS["model.attention_multiplier"] == 1.0  # mup's logits were q.k / head size
 
 
 def test_a_wide_int_range_is_checked_at_its_ends_without_listing_it():

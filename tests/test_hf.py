@@ -80,13 +80,14 @@ def test_embed_is_the_probe_embedding(pooling, tmp_path):
 
 
 def test_config_round_trips_and_speaks_hugging_face_names(tmp_path, tokenizer):
-    assert BertHpoConfig().model_config() == defaults("model")  # same fields, config.yaml's defaults
+    # Same fields, config.yaml's defaults; but a key added after models were saved takes what its absence meant.
+    assert BertHpoConfig().model_config() == dataclasses.replace(defaults("model"), attention_multiplier=1.0)
     assert BertHpoConfig().vocab_size == tokenizer.vocab_size
     model_config = defaults(
         "model",
         hidden_size=48, num_layers=3, num_heads=4, ffn_multiple=2, embedding_std=0.5, dropout=0.2,
         attention_kind="exposb", attention_backend="reference", pooling="first", max_seq_len=96,
-        gradient_checkpointing=True, compile=True, parametrization="mup", base_width=32,
+        gradient_checkpointing=True, compile=True, parametrization="mup", base_width=32, attention_multiplier=2.0,
         sinusoid_amplitude={"unit": "table", "table": "unit"}[defaults("model").sinusoid_amplitude],
     )  # fmt: skip
     default = defaults("model")
@@ -108,7 +109,7 @@ def test_a_mup_encoder_loads_with_its_parametrization(tmp_path):
     torch.manual_seed(0)
     saved = BertHpoModel(BertHpoConfig.from_model_config(model_config, VOCAB, next_sentence=False)).eval()
     attention = saved.encoder.blocks[0].attention
-    assert not attention.qkv.weight[:64].any() and attention.scale == 1 / 32
+    assert not attention.qkv.weight[:64].any() and attention.scale == model_config.attention_multiplier / 32
     saved.save_pretrained(tmp_path)
 
     loaded = AutoModel.from_pretrained(tmp_path)

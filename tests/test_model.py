@@ -346,14 +346,17 @@ GROUP_SETTINGS = {"learning_rate": 1e-3, "layer_decay": 0.5, "weight_decay": 0.0
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_mup_at_its_base_width_is_standard_but_for_the_attention(kind):
+@pytest.mark.parametrize("attention_multiplier", [1.0, math.sqrt(32)])
+def test_mup_at_its_base_width_is_standard_but_for_the_attention(kind, attention_multiplier):
     """hidden_size == base_width: the same weights (but a zero query projection) and the same learning rates and
-    weight decays; only the attention's logits scale differs (1/head size against 1/sqrt(head size))."""
+    weight decays; the attention's logits are attention_multiplier x q.k / head size against q.k / sqrt(head
+    size): standard's scale when the multiplier is sqrt(head size)."""
     encoders = {}
     for parametrization in ("standard", "mup"):
         torch.manual_seed(0)
         config = defaults(
-            "model", hidden_size=64, num_heads=2, attention_kind=kind, parametrization=parametrization, base_width=64
+            "model", hidden_size=64, num_heads=2, attention_kind=kind, parametrization=parametrization, base_width=64,
+            attention_multiplier=attention_multiplier,
         )
         encoders[parametrization] = Encoder(config, 100, next_sentence=True)
     standard, mup = encoders["standard"], encoders["mup"]
@@ -366,7 +369,8 @@ def test_mup_at_its_base_width_is_standard_but_for_the_attention(kind):
             assert torch.equal(mup_weights[name], weight), name
     assert named_groups(mup, **GROUP_SETTINGS) == named_groups(standard, **GROUP_SETTINGS)
     assert mup.parametrization.readout_scale == standard.parametrization.readout_scale
-    assert (standard.blocks[0].attention.scale, mup.blocks[0].attention.scale) == (1 / math.sqrt(32), 1 / 32)
+    assert standard.blocks[0].attention.scale == 1 / math.sqrt(32)
+    assert mup.blocks[0].attention.scale == pytest.approx(attention_multiplier / 32, rel=1e-12)
 
 
 def test_mup_scales_the_matrices_with_width_and_keeps_input_like_parameters():
@@ -374,7 +378,10 @@ def test_mup_scales_the_matrices_with_width_and_keeps_input_like_parameters():
     next-sentence readout at 0.02 / 4 and LR / 4; tables, biases and norms keep their scale and LR; layer-wise LR
     decay still applies; the tied readout is scaled by base_width**-0.5 / 4."""
     torch.manual_seed(0)
-    config = defaults("model", hidden_size=256, num_heads=8, num_layers=2, parametrization="mup", base_width=64)
+    config = defaults(
+        "model", hidden_size=256, num_heads=8, num_layers=2, parametrization="mup", base_width=64,
+        attention_multiplier=1.0,
+    )
     model = Encoder(config, 2000, next_sentence=True)
     block = model.blocks[0]
     hidden_matrices = [block.attention.qkv.weight[256:], block.attention.out.weight, block.ffn[0].weight]
@@ -418,9 +425,12 @@ def test_reference_attention_takes_the_scale(kind, monkeypatch):
 
     scales = []
     monkeypatch.setattr(kernels, "attention", lambda *args: scales.append(args[-1]) or args[3])
-    config = defaults("model", hidden_size=32, num_heads=2, attention_kind=kind, parametrization="mup", base_width=16)
+    config = defaults(
+        "model", hidden_size=32, num_heads=2, attention_kind=kind, parametrization="mup", base_width=16,
+        attention_multiplier=2.0,
+    )
     Encoder(config, 50).encode(*padded_batch(vocab=50))
-    assert scales == [1 / 16, 1 / 16]  # one per layer
+    assert scales == [2 / 16, 2 / 16]  # one per layer: attention_multiplier / head size
 
 
 @pytest.mark.parametrize(("parametrization", "width_multiplier"), [("standard", 1), ("mup", 2)])

@@ -140,6 +140,28 @@ def test_fields_added_to_the_code_since_the_study_began_are_no_change(tmp_path, 
     assert capsys.readouterr().out == ""
 
 
+def test_a_setting_that_does_nothing_under_both_configurations_is_no_change(tmp_path, make_study, capsys):
+    """model.attention_multiplier came after the study began (its absence means 1.0; config.yaml says 8.0): under
+    the standard parametrisation it does nothing, so the study resumes; under mup it scales the logits: refused;
+    so too when the search space samples the parametrisation (a comparison of standard and mup)."""
+    grid = "search_space.model.parametrization={type: categorical, choices: [standard, mup]}"
+    cases = {"standard": ([], False), "mup": ([], True), "grid": ([grid], True)}
+    for name, (space, refused) in cases.items():
+        storage = make_study(tmp_path / f"{name}.db", [({}, 0.5)])
+        study = optuna.load_study(study_name="fake", storage=storage)
+        overrides = [f"model.parametrization={'mup' if name == 'mup' else 'standard'}", *space]
+        stored = config_to_dict(load_config(CONFIG_PATH, overrides))
+        del stored["model"]["attention_multiplier"]
+        study.set_user_attr("base_config", stored)
+        assert load_config(CONFIG_PATH).model.attention_multiplier != 1.0
+        if refused:
+            with pytest.raises(ConfigError, match="model.attention_multiplier differ"):
+                reopen(storage, overrides)
+        else:
+            reopen(storage, overrides)
+            assert capsys.readouterr().out == ""
+
+
 def test_resume_by_other_software_prints_a_note(tmp_path, make_study, capsys):
     storage = make_study(tmp_path / "fake.db", [({}, 0.5)])
     study = optuna.load_study(study_name="fake", storage=storage)
