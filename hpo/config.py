@@ -337,7 +337,8 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
 
 
 def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one `a.b.c=value` (value parsed as YAML) to the raw config mapping."""
+    """Apply one `a.b.c=value` (value parsed as YAML) to the raw config mapping; `search_space.SECTION.KEY=null`
+    drops that dimension from the search space (the setting keeps the value of its section)."""
     path, separator, text = assignment.partition("=")
     if not separator or not path:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, for example --set train.batch_size=64")
@@ -349,7 +350,14 @@ def apply_override(raw: dict, assignment: str) -> None:
         node = node[key]
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: {key} = {node!r} is not a section; expected a mapping")
-    node[keys[-1]] = yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if value is None and keys[0] == "search_space" and len(keys) > 1:  # a dimension dropped: its setting is fixed
+        if keys[-1] not in node:
+            shown = ", ".join(".".join([*keys[1:-1], key]) for key in node) or "none"
+            raise ConfigError(f"--set {assignment!r}: the search space has no {'.'.join(keys[1:])} (it has: {shown})")
+        del node[keys[-1]]
+        return
+    node[keys[-1]] = value
 
 
 def read_config_file(path: Path) -> dict:

@@ -275,6 +275,15 @@ def test_the_derived_lists_of_settings():
     assert LEGACY_DEFAULTS["model.attention_multiplier"] == 1.0  # mup's logits were q.k / head size
 
 
+def test_a_null_drops_a_dimension_of_the_search_space_and_names_what_there_is_to_drop():
+    config = load_config(CONFIG, ["search_space.model.size=null"])
+    assert "size" not in config.search_space["model"] and "attention_kind" in config.search_space["model"]
+    assert config.model.hidden_size == load_config(CONFIG).model.hidden_size  # the section's value, fixed
+    with pytest.raises(ConfigError, match=r"the search space has no model.sizes \(it has: model.attention_kind, "):
+        load_config(CONFIG, ["search_space.model.sizes=null"])
+    assert load_config(CONFIG, ["train.budget_seconds=null"]).train.budget_seconds is None  # outside it: a value
+
+
 def test_a_wide_int_range_is_checked_at_its_ends_without_listing_it():
     # A seed searched over 2**31 values (as `compare` does with train.seed): checked at 0 and 2**31 - 1 in
     # milliseconds, where listing the range first took all memory (CI was killed by the kernel).
