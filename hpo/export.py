@@ -126,8 +126,9 @@ def at_shape(config: Config, target: Shape) -> Config:
     }
     if target.num_layers != base.num_layers:
         carried.provenance["shape"]["depth"] = (
-            f"{base.num_layers} -> {target.num_layers} layers: muP carries the LRs across width, not depth "
-            "(bench/width_transfer.py --depths measures whether they carry here)"
+            f"{base.num_layers} -> {target.num_layers} layers: muP carries the LRs across width, not depth; "
+            "here the best LR moved at most one x2 step from 2 to 8 layers (128 wide, 1M tokens, 2 seeds; "
+            "BENCHMARKS.md, bench/width_transfer.py --depths), without a residual scaling by depth"
         )
     carried.validate()
     return carried
