@@ -40,10 +40,12 @@ class ModelConfig:
     # mup: attention logits are attention_multiplier x q.k / head size (microsoft/mup's attn_mult); sqrt(head size)
     # makes them standard's at that head size (1.0 before 2026-12-07)
     attention_multiplier: float = field(metadata={"role": "start", "legacy": 1.0})
+    # mup: the query projection starts at zero (Tensor Programs V's advice: the first attention is uniform)
+    zero_query: bool = field(metadata={"role": "start", "legacy": True})
 
     def inert_keys(self) -> tuple[str, ...]:
         """The settings that change nothing in this encoder: mup's, under the standard parametrisation."""
-        return ("base_width", "attention_multiplier") if self.parametrization == "standard" else ()
+        return ("base_width", "attention_multiplier", "zero_query") if self.parametrization == "standard" else ()
 
     def validate(self) -> None:
         if self.attention_kind not in ATTENTION_KINDS:

@@ -57,6 +57,7 @@ class BertHpoConfig(PreTrainedConfig):
     parametrization: str = "standard"
     base_width: int = 128
     attention_multiplier: float = 1.0  # a saved model without it is from before it existed (model/config.py)
+    zero_query: bool = True  # likewise
 
     @classmethod
     def from_model_config(

@@ -10,7 +10,9 @@
   starts with variance proportional to 1/fan_in^2 and learns at the LR / m; input-like parameters (tables,
   biases, norms) keep their scale and LR; the tied readout is scaled proportionally to 1/hidden_size; attention
   logits are model.attention_multiplier x q.k / head size (1/d, not 1/sqrt(d): q and k grow correlated as the
-  head grows; the multiplier is muP's attn_mult, a constant of the recipe), and the query projection starts at zero.
+  head grows; the multiplier is muP's attn_mult, a constant of the recipe), and the query projection starts at zero
+  (model.zero_query: Tensor Programs V's advice, not part of the parametrisation; with it off and the multiplier at
+  sqrt(head size), mup at its base width is standard exactly).
 
 At m = 1 the two give the same weights and learning rates; they differ only in the attention (tests/test_model.py):
 the zero query projection, and the logits' scale unless attention_multiplier = sqrt(head size). Our heads keep
@@ -77,7 +79,7 @@ def maximal_update(config: ModelConfig) -> Parametrization:
         width_multiplier=width_multiplier,
         attention_scale=config.attention_multiplier / head_size(config),
         readout_scale=config.base_width**-0.5 / width_multiplier,
-        zero_query=True,
+        zero_query=config.zero_query,
     )
 
 

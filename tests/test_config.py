@@ -273,6 +273,7 @@ def test_the_derived_lists_of_settings():
     assert {"parametrization", "base_width", "attention_multiplier"} <= set(reference["model"])
     assert LEGACY_DEFAULTS["model.parametrization"] == "standard" and LEGACY_DEFAULTS["model.base_width"] == 128
     assert LEGACY_DEFAULTS["model.attention_multiplier"] == 1.0  # mup's logits were q.k / head size
+    assert LEGACY_DEFAULTS["model.zero_query"] is True  # and its query projection started at zero
 
 
 def test_a_null_drops_a_dimension_of_the_search_space_and_names_what_there_is_to_drop():

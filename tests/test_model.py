@@ -373,6 +373,28 @@ def test_mup_at_its_base_width_is_standard_but_for_the_attention(kind, attention
     assert mup.blocks[0].attention.scale == pytest.approx(attention_multiplier / 32, rel=1e-12)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_mup_without_the_zero_query_at_standard_attention_scale_is_standard_at_its_base_width(kind):
+    """model.zero_query false and attention_multiplier sqrt(head size): at hidden_size == base_width, the same
+    weights, learning rates, scales and outputs as standard."""
+    encoders = {}
+    for parametrization in ("standard", "mup"):
+        torch.manual_seed(0)
+        config = defaults(
+            "model", hidden_size=64, num_heads=2, attention_kind=kind, parametrization=parametrization, base_width=64,
+            attention_multiplier=math.sqrt(32), zero_query=False,
+        )
+        encoders[parametrization] = Encoder(config, 100, next_sentence=True).eval()
+    standard, mup = encoders["standard"], encoders["mup"]
+    for name, weight in standard.state_dict().items():
+        assert torch.equal(mup.state_dict()[name], weight), name
+    assert named_groups(mup, **GROUP_SETTINGS) == named_groups(standard, **GROUP_SETTINGS)
+    assert mup.blocks[0].attention.scale == pytest.approx(standard.blocks[0].attention.scale, rel=1e-12)
+    with torch.no_grad():
+        batch = padded_batch(vocab=100)
+        torch.testing.assert_close(mup.encode(*batch), standard.encode(*batch), rtol=1e-6, atol=1e-6)
+
+
 def test_mup_scales_the_matrices_with_width_and_keeps_input_like_parameters():
     """At 4x the base width: hidden matrices start at std 0.02 / 2 and learn at LR / 4 (weight decay x 4), the
     next-sentence readout at 0.02 / 4 and LR / 4; tables, biases and norms keep their scale and LR; layer-wise LR
