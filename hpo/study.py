@@ -49,27 +49,22 @@ def differing_keys(stored: Any, current: Any, prefix: str = "") -> list[str]:
     ]
 
 
-def normalised_base_config(stored: dict) -> dict:
+def stored_base_config(stored: dict) -> Config | None:
     """The stored base config with keys added to the code since filled in by what their absence meant
-    (hpo.config.LEGACY_DEFAULTS), which then do not count as changes; as stored when it no longer loads
-    (a key was removed or retyped)."""
+    (hpo.config.LEGACY_DEFAULTS), which then do not count as changes; None when it no longer loads (a key was
+    removed or retyped: it is then compared as stored)."""
     try:
-        return config_to_dict(stored_config(stored))
+        return stored_config(stored)
     except ConfigError:
-        return stored
+        return None
 
 
-def inert_keys(config: Config | dict) -> tuple[str, ...]:
-    """Dotted keys that change nothing in runs of this configuration (a Config, or a stored mapping); none when its
-    search space samples the parametrisation (a comparison's grid of standard and mup)."""
-    if isinstance(config, dict):
-        try:
-            config = stored_config(config)
-        except ConfigError:
-            return ()
-    if "parametrization" in config.search_space.get("model", {}):
-        return ()
-    return tuple(f"model.{key}" for key in config.model.inert_keys())
+def inert_keys(config: Config | None) -> set[str]:
+    """Dotted keys that change nothing in runs of this configuration; none when its search space samples the
+    parametrisation (a comparison's grid of standard and mup) or it no longer loads."""
+    if config is None or "parametrization" in config.search_space.get("model", {}):
+        return set()
+    return {f"model.{key}" for key in config.model.inert_keys()}
 
 
 def _some(keys: list[str]) -> str:
@@ -80,10 +75,11 @@ def _some(keys: list[str]) -> str:
 def check_config_unchanged(study: optuna.Study, config: Config, force: bool) -> None:
     """Refuse to add trials whose scores would mean something else than the study's earlier ones, unless
     forced; a forced change is recorded in the study's user attr "config_changes"."""
-    stored = normalised_base_config(study.user_attrs["base_config"])
-    changed = differing_keys(stored, config_to_dict(config))
+    raw = study.user_attrs["base_config"]
+    stored = stored_base_config(raw)
+    changed = differing_keys(raw if stored is None else config_to_dict(stored), config_to_dict(config))
     # A setting that does nothing under both configurations (mup's under standard) changes no score.
-    inert = set(inert_keys(config)) & set(inert_keys(stored))
+    inert = inert_keys(config) & inert_keys(stored)
     changed = [key for key in changed if key not in inert]
     # A key the configuration no longer has (removed since the study began) counts as a change of meaning.
     scoring = [key for key in changed if role_of(Config, key) in (*TRIAL_ROLES, None)]
