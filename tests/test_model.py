@@ -355,7 +355,12 @@ def test_mup_at_its_base_width_is_standard_but_for_the_attention(kind, attention
     for parametrization in ("standard", "mup"):
         torch.manual_seed(0)
         config = defaults(
-            "model", hidden_size=64, num_heads=2, attention_kind=kind, parametrization=parametrization, base_width=64,
+            "model",
+            hidden_size=64,
+            num_heads=2,
+            attention_kind=kind,
+            parametrization=parametrization,
+            base_width=64,
             attention_multiplier=attention_multiplier,
         )
         encoders[parametrization] = Encoder(config, 100, next_sentence=True)
@@ -381,8 +386,14 @@ def test_mup_without_the_zero_query_at_standard_attention_scale_is_standard_at_i
     for parametrization in ("standard", "mup"):
         torch.manual_seed(0)
         config = defaults(
-            "model", hidden_size=64, num_heads=2, attention_kind=kind, parametrization=parametrization, base_width=64,
-            attention_multiplier=math.sqrt(32), zero_query=False,
+            "model",
+            hidden_size=64,
+            num_heads=2,
+            attention_kind=kind,
+            parametrization=parametrization,
+            base_width=64,
+            attention_multiplier=math.sqrt(32),
+            zero_query=False,
         )
         encoders[parametrization] = Encoder(config, 100, next_sentence=True).eval()
     standard, mup = encoders["standard"], encoders["mup"]
@@ -401,7 +412,12 @@ def test_mup_scales_the_matrices_with_width_and_keeps_input_like_parameters():
     decay still applies; the tied readout is scaled by base_width**-0.5 / 4."""
     torch.manual_seed(0)
     config = defaults(
-        "model", hidden_size=256, num_heads=8, num_layers=2, parametrization="mup", base_width=64,
+        "model",
+        hidden_size=256,
+        num_heads=8,
+        num_layers=2,
+        parametrization="mup",
+        base_width=64,
         attention_multiplier=1.0,
     )
     model = Encoder(config, 2000, next_sentence=True)
@@ -448,7 +464,12 @@ def test_reference_attention_takes_the_scale(kind, monkeypatch):
     scales = []
     monkeypatch.setattr(kernels, "attention", lambda *args: scales.append(args[-1]) or args[3])
     config = defaults(
-        "model", hidden_size=32, num_heads=2, attention_kind=kind, parametrization="mup", base_width=16,
+        "model",
+        hidden_size=32,
+        num_heads=2,
+        attention_kind=kind,
+        parametrization="mup",
+        base_width=16,
         attention_multiplier=2.0,
     )
     Encoder(config, 50).encode(*padded_batch(vocab=50))
