@@ -26,9 +26,10 @@ class BertHpoConfig(PreTrainedConfig):
     """ModelConfig's fields, the vocabulary size, whether the encoder has the next-sentence parts (segment table
     and classifier), and whether it was trained causally (CLM), so that a loaded encoder embeds as it was trained.
 
-    Hugging Face configs declare their fields with defaults (a default-constructed config is what
-    save_pretrained diffs against), so this class repeats config.yaml's model section: the one place that
-    does, kept equal to it by tests/test_hf.py."""
+    Hugging Face configs declare their fields with defaults, so this class repeats config.yaml's model section
+    (the one place that does, kept equal to it by tests/test_hf.py), but for a field added after models were
+    saved, whose default is what its absence meant. config.json holds every field, even at its default (a test
+    says so), so a default changed later changes no saved model."""
 
     model_type = MODEL_TYPE
     # Hugging Face's common names for the same settings, for tools that read them.

@@ -2,6 +2,7 @@
 model for every attention kind, the config round-trips, and a retrain's output folder loads."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import kernels
 import main
 from hpo.config import defaults, load_config
 from hpo.export import write_config
+from model.config import ModelConfig
 from model.hf import BertHpoConfig, BertHpoModel
 from training import retrain as retrain_module
 from training.probe import embed
@@ -101,6 +103,15 @@ def test_config_round_trips_and_speaks_hugging_face_names(tmp_path, tokenizer):
     assert type(loaded) is BertHpoConfig and loaded.model_config() == model_config
     assert (loaded.vocab_size, loaded.next_sentence, loaded.causal) == (321, True, True)
     assert (loaded.num_hidden_layers, loaded.num_attention_heads, loaded.max_position_embeddings) == (3, 4, 96)
+
+
+def test_a_saved_config_writes_every_field_even_at_its_default(tmp_path):
+    # Hugging Face writes only what differs from a default; a field left out would load as whatever the class's
+    # default is then, so config.json must hold every one (then a later default changes no saved model).
+    BertHpoConfig().save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    names = [f.name for f in dataclasses.fields(ModelConfig)] + ["vocab_size", "next_sentence", "causal"]
+    assert [name for name in names if name not in written] == []
 
 
 def test_a_mup_encoder_loads_with_its_parametrization(tmp_path):
