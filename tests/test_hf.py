@@ -83,7 +83,9 @@ def test_embed_is_the_probe_embedding(pooling, tmp_path):
 
 def test_config_round_trips_and_speaks_hugging_face_names(tmp_path, tokenizer):
     # Same fields, config.yaml's defaults; but a key added after models were saved takes what its absence meant.
-    assert BertHpoConfig().model_config() == dataclasses.replace(defaults("model"), attention_multiplier=1.0)
+    assert BertHpoConfig().model_config() == dataclasses.replace(
+        defaults("model"), attention_multiplier=1.0, zero_query=True
+    )
     assert BertHpoConfig().vocab_size == tokenizer.vocab_size
     model_config = defaults(
         "model",
@@ -117,7 +119,9 @@ def test_a_saved_config_writes_every_field_even_at_its_default(tmp_path):
 def test_a_mup_encoder_loads_with_its_parametrization(tmp_path):
     """Built by Hugging Face under mup (twice its base width): a zero query projection and the scaled matrices, as
     the study's encoder starts; saved and loaded, the same parametrisation and the same embeddings."""
-    model_config = defaults("model", hidden_size=64, num_heads=2, max_seq_len=64, parametrization="mup", base_width=32)
+    model_config = defaults(
+        "model", hidden_size=64, num_heads=2, max_seq_len=64, parametrization="mup", base_width=32, zero_query=True
+    )
     torch.manual_seed(0)
     saved = BertHpoModel(BertHpoConfig.from_model_config(model_config, VOCAB, next_sentence=False)).eval()
     attention = saved.encoder.blocks[0].attention

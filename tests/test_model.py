@@ -362,6 +362,7 @@ def test_mup_at_its_base_width_is_standard_but_for_the_attention(kind, attention
             parametrization=parametrization,
             base_width=64,
             attention_multiplier=attention_multiplier,
+            zero_query=True,
         )
         encoders[parametrization] = Encoder(config, 100, next_sentence=True)
     standard, mup = encoders["standard"], encoders["mup"]
@@ -406,10 +407,12 @@ def test_mup_without_the_zero_query_at_standard_attention_scale_is_standard_at_i
         torch.testing.assert_close(mup.encode(*batch), standard.encode(*batch), rtol=1e-6, atol=1e-6)
 
 
-def test_mup_scales_the_matrices_with_width_and_keeps_input_like_parameters():
-    """At 4x the base width: hidden matrices start at std 0.02 / 2 and learn at LR / 4 (weight decay x 4), the
-    next-sentence readout at 0.02 / 4 and LR / 4; tables, biases and norms keep their scale and LR; layer-wise LR
-    decay still applies; the tied readout is scaled by base_width**-0.5 / 4."""
+@pytest.mark.parametrize("zero_query", [False, True])
+def test_mup_scales_the_matrices_with_width_and_keeps_input_like_parameters(zero_query):
+    """At 4x the base width: hidden matrices start at std 0.02 / 2 (the query projection at zero with
+    model.zero_query) and learn at LR / 4 (weight decay x 4), the next-sentence readout at 0.02 / 4 and LR / 4;
+    tables, biases and norms keep their scale and LR; layer-wise LR decay still applies; the tied readout is
+    scaled by base_width**-0.5 / 4."""
     torch.manual_seed(0)
     config = defaults(
         "model",
@@ -419,15 +422,18 @@ def test_mup_scales_the_matrices_with_width_and_keeps_input_like_parameters():
         parametrization="mup",
         base_width=64,
         attention_multiplier=1.0,
+        zero_query=zero_query,
     )
     model = Encoder(config, 2000, next_sentence=True)
     block = model.blocks[0]
-    hidden_matrices = [block.attention.qkv.weight[256:], block.attention.out.weight, block.ffn[0].weight]
+    query, key_value = block.attention.qkv.weight[:256], block.attention.qkv.weight[256:]
+    hidden_matrices = [key_value, block.attention.out.weight, block.ffn[0].weight]
     hidden_matrices += [block.ffn[2].weight, model.head_transform[0].weight, model.pooler.weight]
+    hidden_matrices += [] if zero_query else [query]
     for matrix in hidden_matrices:
         assert matrix.std().item() == pytest.approx(0.01, rel=0.05)
     assert model.next_sentence_head.weight.std().item() == pytest.approx(0.005, rel=0.15)
-    assert not block.attention.qkv.weight[:256].any()
+    assert query.any() != zero_query
     assert model.token_embedding.weight.std().item() == pytest.approx(config.embedding_std, rel=0.02)
     assert model.positions.table.weight.std().item() == pytest.approx(config.embedding_std, rel=0.05)
 
