@@ -67,6 +67,30 @@ def inert_keys(config: Config | None) -> set[str]:
     return {f"model.{key}" for key in config.model.inert_keys()}
 
 
+def restoring_flags(stored: dict, keys: list[str]) -> str | None:
+    """The --set flags that give `keys` their stored values again (after an update of config.yaml, say), or None
+    when one of them has no such flag (a key the study did not have, a mapping) or there are too many to read."""
+    flags = []
+    for key in keys:
+        value: Any = stored
+        for part in key.split("."):
+            value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
+        if isinstance(value, list) and all(_flag_value(item) is not None for item in value):
+            flags.append(f"--set {key}=[{', '.join(_flag_value(item) for item in value)}]")
+        elif _flag_value(value) is not None:
+            flags.append(f"--set {key}={_flag_value(value)}")
+        else:
+            return None
+    return " ".join(flags) if 0 < len(flags) <= SHOWN_KEYS else None
+
+
+def _flag_value(value: Any) -> str | None:
+    """A scalar as --set reads it (YAML), or None."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value) if isinstance(value, (str, int, float)) else None
+
+
 def _some(keys: list[str]) -> str:
     more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
     return ", ".join(keys[:SHOWN_KEYS]) + more
@@ -85,9 +109,11 @@ def check_config_unchanged(study: optuna.Study, config: Config, force: bool) -> 
     scoring = [key for key in changed if role_of(Config, key) in (*TRIAL_ROLES, None)]
     harmless = [key for key in changed if key not in scoring]
     if scoring and not force:
+        restore = restoring_flags(raw if stored is None else config_to_dict(stored), scoring)
         raise ConfigError(
             f"study {study.study_name!r} was created with a different configuration: {_some(scoring)} differ; "
-            "use a new --study_name, or pass --force to continue anyway"
+            + (f"to resume it as it was created: {restore}; else " if restore else "")
+            + "use a new --study_name, or pass --force to continue anyway"
         )
     if harmless:
         print(

@@ -104,7 +104,7 @@ def test_a_mup_study_exports_its_leader_at_a_bert_size_with_the_lrs_carried(tmp_
 def test_a_standard_study_refuses_another_shape_in_one_line_and_exports_its_own(
     tmp_path, monkeypatch, capsys, make_study
 ):
-    storage = make_study(tmp_path / "fake.db", TRIALS)
+    storage = make_study(tmp_path / "fake.db", TRIALS, overrides=["model.parametrization=standard"])
     monkeypatch.chdir(tmp_path)
 
     assert export(storage, "--target_size", "small") == 2

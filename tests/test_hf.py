@@ -84,7 +84,7 @@ def test_embed_is_the_probe_embedding(pooling, tmp_path):
 def test_config_round_trips_and_speaks_hugging_face_names(tmp_path, tokenizer):
     # Same fields, config.yaml's defaults; but a key added after models were saved takes what its absence meant.
     assert BertHpoConfig().model_config() == dataclasses.replace(
-        defaults("model"), attention_multiplier=1.0, zero_query=True
+        defaults("model"), parametrization="standard", attention_multiplier=1.0, zero_query=True
     )
     assert BertHpoConfig().vocab_size == tokenizer.vocab_size
     model_config = defaults(

@@ -108,6 +108,9 @@ def test_resume_with_a_different_search_space_or_budget_is_refused(tmp_path, mak
     assert message.startswith("study 'fake' was created with a different configuration: ")
     assert ": train.budget_tokens, search_space.model.attention_kind.choices differ;" in message
     assert "use a new --study_name, or pass --force to continue anyway" in message
+    tokens = load_config(CONFIG_PATH).train.budget_tokens  # what the study was created with
+    restore = f"--set train.budget_tokens={tokens} --set search_space.model.attention_kind.choices=[standard, rope, "
+    assert f"to resume it as it was created: {restore}exposb, absolute]; else use" in message
     code = main.main(["--study_name", "fake", "--storage", storage, *sum((["--set", o] for o in changed), [])])
     assert code == 2 and capsys.readouterr().err.count("\n") == 1
 
