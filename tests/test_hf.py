@@ -91,8 +91,9 @@ def test_config_round_trips_and_speaks_hugging_face_names(tmp_path, tokenizer):
         "model",
         hidden_size=48, num_layers=3, num_heads=4, ffn_multiple=2, embedding_std=0.5, dropout=0.2,
         attention_kind="exposb", attention_backend="reference", pooling="first", max_seq_len=96,
-        gradient_checkpointing=True, compile=True, parametrization="mup", base_width=32, attention_multiplier=2.0,
+        gradient_checkpointing=True, compile=True, base_width=32, attention_multiplier=2.0,
         zero_query=not defaults("model").zero_query,
+        parametrization={"standard": "mup", "mup": "standard"}[defaults("model").parametrization],
         sinusoid_amplitude={"unit": "table", "table": "unit"}[defaults("model").sinusoid_amplitude],
     )  # fmt: skip
     default = defaults("model")

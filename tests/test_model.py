@@ -105,7 +105,8 @@ def test_sentence_embedding_ignores_padding(pooling):
 
 
 def test_layer_wise_learning_rate_decay_and_embedding_tables_outside_it():
-    model = Encoder(defaults("model", hidden_size=32, num_layers=3, num_heads=2), 50)
+    config = defaults("model", hidden_size=32, num_layers=3, num_heads=2, parametrization="standard")
+    model = Encoder(config, 50)
     groups = model.parameter_groups(learning_rate=1.0, layer_decay=0.5, weight_decay=0.1, embedding_lr_multiplier=30)
     rate_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
@@ -262,7 +263,9 @@ def test_pretraining_starts_from_the_corpus_unigram_law(data_dir, tokenizer, tmp
 @pytest.mark.parametrize("embedding_std", [1.0, 0.1])
 def test_embedding_tables_have_their_scale_and_linear_layers_bert_scale(embedding_std):
     torch.manual_seed(0)
-    config = defaults("model", hidden_size=64, num_layers=1, num_heads=2, embedding_std=embedding_std)
+    config = defaults(
+        "model", hidden_size=64, num_layers=1, num_heads=2, embedding_std=embedding_std, parametrization="standard"
+    )
     model = Encoder(config, vocab_size=5000)
     assert abs(model.token_embedding.weight.std().item() / embedding_std - 1.0) < 0.02
     assert abs(model.positions.table.weight.std().item() / embedding_std - 1.0) < 0.05

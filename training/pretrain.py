@@ -202,7 +202,7 @@ class _PredictionLoss(nn.Module):
 class StepResult:
     loss: float  # mean over this process's micro-batches
     tokens: int  # over all processes
-    learning_rate: float  # of the top (full-rate) parameter group, as used by this step
+    learning_rate: float  # train.learning_rate x the schedule, as used by this step (the top layer's non-matrix rate)
     gradient_norm: float  # of all the gradients, before clipping
 
 
@@ -370,7 +370,8 @@ class Pretrainer:
         started = self.clock()
         self.model.train()
         execution = self.execution
-        learning_rate = self.optimizers[0].param_groups[-1]["lr"]
+        group = self.optimizers[0].param_groups[-1]  # the schedule's multiplier, as the scheduler set it
+        learning_rate = self.config.train.learning_rate * group["lr"] / group["initial_lr"]
         global_batch = self.corpus.batch(self.step, self.config.train.batch_size, self.config.train.seed)  # (B, S)
         rows = len(global_batch) // execution.micro_batches
         for optimizer in self.optimizers:
