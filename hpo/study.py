@@ -75,17 +75,18 @@ def restoring_flags(stored: dict, keys: list[str]) -> str | None:
         value: Any = stored
         for part in key.split("."):
             value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
-        if isinstance(value, list) and all(_flag_value(item) is not None for item in value):
-            flags.append(f"--set {key}=[{', '.join(_flag_value(item) for item in value)}]")
-        elif _flag_value(value) is not None:
-            flags.append(f"--set {key}={_flag_value(value)}")
-        else:
+        written = _flag_value(value)
+        if written is None:
             return None
+        flags.append(f"--set {key}={written}")
     return " ".join(flags) if 0 < len(flags) <= SHOWN_KEYS else None
 
 
 def _flag_value(value: Any) -> str | None:
-    """A scalar as --set reads it (YAML), or None."""
+    """A scalar or a list of scalars as --set reads it (YAML), or None."""
+    if isinstance(value, list):
+        items = [_flag_value(item) for item in value]
+        return None if None in items or any(isinstance(item, list) for item in value) else f"[{', '.join(items)}]"
     if isinstance(value, bool) or value is None:
         return {True: "true", False: "false", None: "null"}[value]
     return str(value) if isinstance(value, (str, int, float)) else None
@@ -101,7 +102,8 @@ def check_config_unchanged(study: optuna.Study, config: Config, force: bool) -> 
     forced; a forced change is recorded in the study's user attr "config_changes"."""
     raw = study.user_attrs["base_config"]
     stored = stored_base_config(raw)
-    changed = differing_keys(raw if stored is None else config_to_dict(stored), config_to_dict(config))
+    stored_dict = raw if stored is None else config_to_dict(stored)
+    changed = differing_keys(stored_dict, config_to_dict(config))
     # A setting that does nothing under both configurations (mup's under standard) changes no score.
     inert = inert_keys(config) & inert_keys(stored)
     changed = [key for key in changed if key not in inert]
@@ -109,7 +111,7 @@ def check_config_unchanged(study: optuna.Study, config: Config, force: bool) -> 
     scoring = [key for key in changed if role_of(Config, key) in (*TRIAL_ROLES, None)]
     harmless = [key for key in changed if key not in scoring]
     if scoring and not force:
-        restore = restoring_flags(raw if stored is None else config_to_dict(stored), scoring)
+        restore = restoring_flags(stored_dict, scoring)
         raise ConfigError(
             f"study {study.study_name!r} was created with a different configuration: {_some(scoring)} differ; "
             + (f"to resume it as it was created: {restore}; else " if restore else "")

@@ -348,13 +348,9 @@ def named_groups(model: Encoder, **settings) -> list[tuple[list[str], float, flo
 GROUP_SETTINGS = {"learning_rate": 1e-3, "layer_decay": 0.5, "weight_decay": 0.01, "embedding_lr_multiplier": 30}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("attention_multiplier", [1.0, math.sqrt(32)])
-def test_mup_at_its_base_width_is_standard_but_for_the_attention(kind, attention_multiplier):
-    """hidden_size == base_width: the same weights (but a zero query projection) and the same learning rates and
-    weight decays; the attention's logits are attention_multiplier x q.k / head size against q.k / sqrt(head
-    size): standard's scale when the multiplier is sqrt(head size)."""
-    encoders = {}
+def encoders_at_base_width(kind: str, attention_multiplier: float, zero_query: bool) -> tuple[Encoder, Encoder]:
+    """(standard, mup) encoders at hidden_size == base_width (64, head size 32), drawn from the same seed."""
+    encoders = []
     for parametrization in ("standard", "mup"):
         torch.manual_seed(0)
         config = defaults(
@@ -365,10 +361,19 @@ def test_mup_at_its_base_width_is_standard_but_for_the_attention(kind, attention
             parametrization=parametrization,
             base_width=64,
             attention_multiplier=attention_multiplier,
-            zero_query=True,
+            zero_query=zero_query,
         )
-        encoders[parametrization] = Encoder(config, 100, next_sentence=True)
-    standard, mup = encoders["standard"], encoders["mup"]
+        encoders.append(Encoder(config, 100, next_sentence=True).eval())
+    return encoders[0], encoders[1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("attention_multiplier", [1.0, math.sqrt(32)])
+def test_mup_at_its_base_width_is_standard_but_for_the_attention(kind, attention_multiplier):
+    """hidden_size == base_width: the same weights (but a zero query projection) and the same learning rates and
+    weight decays; the attention's logits are attention_multiplier x q.k / head size against q.k / sqrt(head
+    size): standard's scale when the multiplier is sqrt(head size)."""
+    standard, mup = encoders_at_base_width(kind, attention_multiplier, zero_query=True)
     mup_weights = mup.state_dict()
     for name, weight in standard.state_dict().items():
         if name.endswith("attention.qkv.weight"):
@@ -386,21 +391,7 @@ def test_mup_at_its_base_width_is_standard_but_for_the_attention(kind, attention
 def test_mup_without_the_zero_query_at_standard_attention_scale_is_standard_at_its_base_width(kind):
     """model.zero_query false and attention_multiplier sqrt(head size): at hidden_size == base_width, the same
     weights, learning rates, scales and outputs as standard."""
-    encoders = {}
-    for parametrization in ("standard", "mup"):
-        torch.manual_seed(0)
-        config = defaults(
-            "model",
-            hidden_size=64,
-            num_heads=2,
-            attention_kind=kind,
-            parametrization=parametrization,
-            base_width=64,
-            attention_multiplier=math.sqrt(32),
-            zero_query=False,
-        )
-        encoders[parametrization] = Encoder(config, 100, next_sentence=True).eval()
-    standard, mup = encoders["standard"], encoders["mup"]
+    standard, mup = encoders_at_base_width(kind, math.sqrt(32), zero_query=False)
     for name, weight in standard.state_dict().items():
         assert torch.equal(mup.state_dict()[name], weight), name
     assert named_groups(mup, **GROUP_SETTINGS) == named_groups(standard, **GROUP_SETTINGS)
