@@ -4,6 +4,7 @@ a sweep of the peak LR at several widths, under the standard parametrisation and
     python -m bench.width_transfer                  # widths 128, 256, 512 x LR x0.25..x4 x standard, mup x seeds 1, 2
     python -m bench.width_transfer --depths 2,4,8   # the same at depths 2, 4, 8, width 128 (depth_transfer.*)
     python -m bench.width_transfer --jobs 2 --tokens 2e6 --set masking.strategy=span
+    python -m bench.width_transfer --summarize bench/results/width_transfer.json   # its tables again, no run
 
 Each run is config.yaml's recipe with the peak LR (train.learning_rate) at a multiple of config.yaml's (the token
 table's LR follows it: train.embedding_lr_multiplier is fixed), at one width (heads grow with it: the head size
@@ -23,8 +24,11 @@ CHECKPOINT_SECONDS of training), so a long sweep can be stopped and started agai
 
 Writes OUTPUT/width_transfer.md (or depth_transfer.md with --depths): per metric and parametrisation, the LR by
 width table (mean ± SE over seeds), the best LR per width by the mean and by each seed, and how many grid steps
-(x2) it moves from the narrowest to the widest; at the base width, mup minus standard paired over seeds (the
-attention's effect alone); .json (every run's figures) and .png (metric against LR, one curve per width).
+(x2) it moves from the narrowest to the widest, the narrowest's best LR carried to the widest against the
+widest's own best (paired over seeds); at the base width, mup minus standard paired over seeds (the attention's
+effect alone); .json (every run's figures) and .png (metric against LR, one curve per width). `--summarize
+FILE.json` writes these again from a saved sweep's runs (a sweep made before a change to config.yaml, whose
+runs' keys no longer match it), training nothing.
 Depth runs keep the residual branches unscaled (no CompleteP-style 1/depth factor): they measure whether the
 LRs carry across depth without one. Their WORK is the width sweep's, so their 2-layer, 128-wide runs are read back.
 """
@@ -438,6 +442,66 @@ def moves_lines(best: dict, moves: dict, plan: "Plan") -> list[str]:
     return [*lines, ""]
 
 
+def carried(runs: list[dict], plan: "Plan", best: dict) -> dict:
+    """The LR tuned at the first width (or depth) carried to the last, against the last one's own best: per
+    parametrisation and metric, {"carried": scale, "best": scale, "difference": [carried - best by seed], "mean",
+    "standard_error", "within_one_se"} (the issue's test of a transfer: the carried recipe within one standard
+    error of the best the wide model could have had); None where a best is missing or a run diverged."""
+    by_key = {(run["parametrization"], run[plan.axis], run["scale"], run["seed"]): run for run in runs}
+    first, last = plan.values[0], plan.values[-1]
+    found: dict = {}
+    for parametrization, by_metric in best.items():
+        for metric, chosen in by_metric.items():
+            scale, target = chosen[first]["mean"], chosen[last]["mean"]
+            entry = None
+            if scale is not None and target is not None:
+                pairs = [
+                    [by_key.get((parametrization, last, s, seed), {}).get(metric) for s in (scale, target)]
+                    for seed in plan.seeds
+                ]
+                if all(None not in pair for pair in pairs):
+                    difference = [here - there for here, there in pairs]
+                    mean, error = mean_and_standard_error(difference)
+                    within = scale == target or (len(difference) > 1 and abs(mean) <= error)
+                    entry = {
+                        "carried": scale,
+                        "best": target,
+                        "difference": difference,
+                        "mean": mean,
+                        "standard_error": error,
+                        "within_one_se": within,
+                    }
+            found.setdefault(parametrization, {})[metric] = entry
+    return found
+
+
+def carried_lines(found: dict, plan: "Plan") -> list[str]:
+    first, last = (plan.column_name(value) for value in (plan.values[0], plan.values[-1]))
+    lines = [
+        f"### The best LR at {first} carried to {last}, against the best there",
+        "",
+        f"At {last}: the run at the best LR of {first} minus the run at the best LR of {last}, paired over seeds "
+        "(mean ± SE; 0 where the two are the same LR). Target under mup: within one standard error of the best.",
+        "",
+        f"| parametrisation | metric | LR carried | best at {last} | carried - best | within one SE |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for parametrization, by_metric in found.items():
+        for metric, entry in by_metric.items():
+            if entry is None:
+                lines.append(f"| {parametrization} | {METRICS[metric].label} | – | – | – | – |")
+                continue
+            shown = METRICS[metric]
+            difference = shown.format(entry["mean"], signed=True) + (
+                f" ± {shown.format(entry['standard_error'], signed=False)}" if len(entry["difference"]) > 1 else ""
+            )
+            lines.append(
+                f"| {parametrization} | {shown.label} | x{entry['carried']:g} | x{entry['best']:g} | {difference} | "
+                f"{'yes' if entry['within_one_se'] else 'no'} |"
+            )
+    return [*lines, ""]
+
+
 def attention_lines(runs: list[dict], plan: "Plan") -> list[str]:
     """mup minus standard, paired over seeds, where the width is the base width: there the two differ only in the
     attention (logits q.k / head size instead of / sqrt(head size), and a zero query projection at the start)."""
@@ -500,8 +564,10 @@ def summarize(runs: list[dict], plan: "Plan") -> tuple[list[str], dict]:
             moves.setdefault(parametrization, {})[metric] = steps_moved(chosen, plan)
             lines += table_lines(cells, metric, parametrization, plan, chosen)
     lines += moves_lines(best, moves, plan)
+    transfer = carried(runs, plan, best)
+    lines += carried_lines(transfer, plan)
     lines += attention_lines(runs, plan)
-    return lines, {"best": best, "moves": moves}
+    return lines, {"best": best, "moves": moves, "carried": transfer}
 
 
 def plot(runs: list[dict], plan: Plan, path: Path) -> None:
@@ -578,7 +644,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--work", default="studies/bench/width_transfer", help="the runs' files (resumable)")
     parser.add_argument("--output", default="bench/results")
+    parser.add_argument("--summarize", type=Path, metavar="FILE.json", help="a saved sweep: its tables again, no run")
     args = parser.parse_args()
+    if args.summarize:
+        write(*read_saved(args.summarize), Path(args.output))
+        return
     if len(args.tokens) != 1 or args.tokens[0] <= 0 or args.jobs < 1:
         parser.error("--tokens takes one positive number, --jobs at least 1")
     sweep = Sweep(args.tokens[0], tuple(args.set), Path(args.work).resolve(), args.checkpoint_seconds)
@@ -605,19 +675,35 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept, a stopped one resumes from its checkpoint; run the same command")
         sys.exit(130)
-    if not figures:
-        return
+    if figures:
+        write(plan, figures, sweep.tokens, list(sweep.overrides), Path(args.output))
+
+
+def write(plan: Plan, figures: list[dict], tokens: int, overrides: list[str], output: Path) -> None:
+    """OUTPUT/{width,depth}_transfer.md, .json and .png, and the tables printed."""
     lines, chosen = summarize(figures, plan)
     name = f"{plan.axis}_transfer"
-    output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     (output / f"{name}.md").write_text(
         f"# The best LR across {plan.axis} (bench/width_transfer.py)\n\n" + "\n".join(lines) + "\n"
     )
-    saved = {**dataclasses.asdict(plan), "tokens": sweep.tokens, "overrides": list(sweep.overrides), **chosen}
+    saved = {**dataclasses.asdict(plan), "tokens": tokens, "overrides": overrides, **chosen}
     (output / f"{name}.json").write_text(json.dumps({**saved, "runs": figures}, indent=1))
     plot(figures, plan, output / f"{name}.png")
     print("\n".join(lines))
+
+
+def read_saved(path: Path) -> tuple[Plan, list[dict], int, list[str]]:
+    """A sweep's .json as `write` saved it: its plan, runs, tokens and overrides."""
+    try:
+        saved = json.loads(path.read_text())
+        fields = {field.name: saved[field.name] for field in dataclasses.fields(Plan)}
+        return Plan(**fields), saved["runs"], saved["tokens"], saved["overrides"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            f"--summarize {path}: not a sweep saved by bench/width_transfer.py ({type(error).__name__}: {error}); "
+            "name its width_transfer.json or depth_transfer.json"
+        ) from error
 
 
 if __name__ == "__main__":

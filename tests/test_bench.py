@@ -632,6 +632,12 @@ def test_the_width_transfer_table_reads_the_best_lr_per_width_and_how_many_grid_
     assert "| mup | validation loss | x1 | x1 | +0 | +0 | +1 |" in table
     assert "### mup minus standard at the base width (128): the attention's effect alone" in table
     assert "| x1 | -0.050 ± 0.000 | +1.0 ± 0.0 |" in table
+    # 128 wide's best LR carried to 512 wide, against 512's own best: standard's lands two steps off, mup's on it
+    assert "| standard | probe gain over random init (points) | x1 | x0.25 | -4.0 ± 0.0 | no |" in table
+    assert "| standard | validation loss | x1 | x0.25 | +0.400 ± 0.000 | no |" in table
+    assert "| mup | probe gain over random init (points) | x1 | x1 | +0.0 ± 0.0 | yes |" in table
+    assert chosen["carried"]["standard"]["gain"]["within_one_se"] is False
+    assert chosen["carried"]["mup"]["validation_loss"]["difference"] == [0.0, 0.0]
 
 
 def test_the_width_transfer_sweep_runs_the_costliest_first_and_never_reruns_a_finished_run(
@@ -667,6 +673,16 @@ def test_the_width_transfer_sweep_runs_the_costliest_first_and_never_reruns_a_fi
     ran.clear()
     assert "8 of 8 runs finished before; 0 to run" in sweep("--widths", "128,256") and ran == []
     assert "0 of 8 runs finished before" in sweep("--widths", "128,256", "--set", "train.batch_size=16")
+    # a saved sweep's tables written again from its .json alone (another config.yaml's keys would not find its runs)
+    ran.clear()
+    table = (tmp_path / "out" / "width_transfer.md").read_text()
+    saved = tmp_path / "out" / "width_transfer.json"
+    monkeypatch.setattr(sys, "argv", ["width_transfer", "--summarize", str(saved), "--output", str(tmp_path / "again")])
+    width_transfer.main()
+    assert (tmp_path / "again" / "width_transfer.md").read_text() == table and ran == []
+    monkeypatch.setattr(sys, "argv", ["width_transfer", "--summarize", str(tmp_path / "out" / "width_transfer.md")])
+    with pytest.raises(ConfigError, match=r"--summarize .*width_transfer\.md: not a sweep saved by"):
+        width_transfer.main()
 
     ran.clear()  # depth: at config.yaml's width, 128; its own files
     printed = sweep("--depths", "2,4", "--parametrizations", "mup")
