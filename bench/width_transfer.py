@@ -442,12 +442,24 @@ def moves_lines(best: dict, moves: dict, plan: "Plan") -> list[str]:
     return [*lines, ""]
 
 
+def runs_by_key(runs: list[dict], plan: "Plan") -> dict[tuple, dict]:
+    """(parametrisation, width or depth, LR scale, seed) -> the run."""
+    return {(run["parametrization"], run[plan.axis], run["scale"], run["seed"]): run for run in runs}
+
+
+def difference_text(metric: str, differences: list[float]) -> str:
+    """Paired differences as shown: signed mean, ± SE where there are several."""
+    shown = METRICS[metric]
+    mean, error = mean_and_standard_error(differences)
+    return shown.format(mean, signed=True) + (f" ± {shown.format(error, signed=False)}" if len(differences) > 1 else "")
+
+
 def carried(runs: list[dict], plan: "Plan", best: dict) -> dict:
     """The LR tuned at the first width (or depth) carried to the last, against the last one's own best: per
     parametrisation and metric, {"carried": scale, "best": scale, "difference": [carried - best by seed], "mean",
     "standard_error", "within_one_se"} (the issue's test of a transfer: the carried recipe within one standard
     error of the best the wide model could have had); None where a best is missing or a run diverged."""
-    by_key = {(run["parametrization"], run[plan.axis], run["scale"], run["seed"]): run for run in runs}
+    by_key = runs_by_key(runs, plan)
     first, last = plan.values[0], plan.values[-1]
     found: dict = {}
     for parametrization, by_metric in best.items():
@@ -491,13 +503,10 @@ def carried_lines(found: dict, plan: "Plan") -> list[str]:
             if entry is None:
                 lines.append(f"| {parametrization} | {METRICS[metric].label} | – | – | – | – |")
                 continue
-            shown = METRICS[metric]
-            difference = shown.format(entry["mean"], signed=True) + (
-                f" ± {shown.format(entry['standard_error'], signed=False)}" if len(entry["difference"]) > 1 else ""
-            )
+            difference = difference_text(metric, entry["difference"])
             lines.append(
-                f"| {parametrization} | {shown.label} | x{entry['carried']:g} | x{entry['best']:g} | {difference} | "
-                f"{'yes' if entry['within_one_se'] else 'no'} |"
+                f"| {parametrization} | {METRICS[metric].label} | x{entry['carried']:g} | x{entry['best']:g} | "
+                f"{difference} | {'yes' if entry['within_one_se'] else 'no'} |"
             )
     return [*lines, ""]
 
@@ -517,7 +526,7 @@ def attention_lines(runs: list[dict], plan: "Plan") -> list[str]:
         "| LR | " + " | ".join(f"{plan.column_name(v)}: {METRICS[m].label}" for v, m in columns) + " |",
         "|---:|" + "---:|" * len(columns),
     ]
-    by_key = {(run["parametrization"], run[plan.axis], run["scale"], run["seed"]): run for run in runs}
+    by_key = runs_by_key(runs, plan)
     for scale in plan.scales:
         texts = []
         for value, metric in columns:
@@ -529,12 +538,7 @@ def attention_lines(runs: list[dict], plan: "Plan") -> list[str]:
             if len(differences) < len(plan.seeds):
                 texts.append("–")
                 continue
-            mean, error = mean_and_standard_error(differences)
-            shown = METRICS[metric]
-            texts.append(
-                shown.format(mean, signed=True)
-                + (f" ± {shown.format(error, signed=False)}" if len(differences) > 1 else "")
-            )
+            texts.append(difference_text(metric, differences))
         lines.append(f"| x{scale:g} | " + " | ".join(texts) + " |")
     return [*lines, ""]
 
