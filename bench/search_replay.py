@@ -3,6 +3,7 @@ and config.yaml's recipe at equal compute, and which sampler, pruner and number 
 
     python -m bench.search_replay                         # every pairing, 50 repeats of 100 trials, from the pool
     python -m bench.search_replay --repeats 10 --trials 50 --pairings tpe+median,random+none
+    python -m bench.search_replay --pairings tpe+median:pruner_warmup_steps=1,tpe+median:pruner_startup_trials=5
 
 Running many real studies per sampler is too slow here, so this replays them, as HPO benchmarks do (HPOBench, YAHPO
 Gym): a surrogate fitted on the pool (bench/search_pool.py's table) stands for each recipe's true mean value, and
@@ -14,7 +15,10 @@ and at its end is drawn jointly, with the covariance of the pool's seed-paired d
 variance of one run), so pruners see quick values as noisy and as correlated with the end as real ones.
 
 A simulated study is the real one: the project's search space and suggest calls, its samplers and pruners
-(hpo/sampling.py: tpe, random, qmc, gp), config.yaml's recipe enqueued first as a study does. Compute is
+(hpo/sampling.py: tpe, random, qmc, gp; median, successive halving, hyperband, none), with config.yaml's study
+settings but those a pairing names (the pruner's warm-up and startup trials), config.yaml's recipe enqueued first
+as a study does. Optuna's WilcoxonPruner is not among them: it tests a trial's per-instance scores (folds,
+problems) against the best trial's, and a trial here reports one training curve, not instances. Compute is
 counted in trial budgets: a trial pruned at report point k used that point's share of its budget. Regret is the
 surrogate's true value of the best in the space (the maximum over a dense Sobol sample and the pool's recipes) minus
 that of the recipe the study would pick: its best observed trial, or (the winner's curse) the best of its top 3
@@ -24,6 +28,7 @@ pool's table, the surrogate, the space and the pairing: a stopped replay resumes
 """
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -39,7 +44,7 @@ import optuna
 from scipy import stats
 
 from bench.cli import run_cli
-from hpo.config import DEFAULT_CONFIG_PATH, Config, ConfigError, dimensions, load_config
+from hpo.config import DEFAULT_CONFIG_PATH, Config, ConfigError, StudyConfig, dimensions, load_config
 from hpo.sampling import PRUNERS, SAMPLERS
 from hpo.space import base_params, suggest
 from hpo.statistics import mean_and_standard_error, rank_agreement, t_interval
@@ -244,34 +249,57 @@ def fit_surrogate(pool: Pool, config: Config, name: str) -> Surrogate:
 # A simulated study --------------------------------------------------------------------------------------------------
 
 
+# The study.* settings a pairing may set for itself
+PAIRING_SETTINGS = ("sampler_startup_trials", "pruner_startup_trials", "pruner_warmup_steps")
+
+
 @dataclass(frozen=True)
 class Pairing:
+    """A sampler and a pruner, with study settings of their own (the rest are config.yaml's): `tpe+median` or
+    `tpe+median:pruner_warmup_steps=1:pruner_startup_trials=5`."""
+
     sampler: str
     pruner: str
+    settings: tuple[tuple[str, int], ...] = ()
 
     @property
     def name(self) -> str:
-        return f"{self.sampler}+{self.pruner}"
+        return f"{self.sampler}+{self.pruner}" + "".join(f":{key}={value}" for key, value in self.settings)
 
     @classmethod
     def parse(cls, text: str) -> "Pairing":
-        sampler, _, pruner = text.partition("+")
+        head, *assignments = text.split(":")
+        sampler, _, pruner = head.partition("+")
         if sampler not in SAMPLERS or pruner not in PRUNERS:
             raise ConfigError(
-                f"--pairings {text!r}: expected SAMPLER+PRUNER, samplers {', '.join(SAMPLERS)}, "
+                f"--pairings {text!r}: expected SAMPLER+PRUNER[:SETTING=N...], samplers {', '.join(SAMPLERS)}, "
                 f"pruners {', '.join(PRUNERS)}"
             )
-        return cls(sampler, pruner)
+        settings = []
+        for assignment in assignments:
+            key, _, value = assignment.partition("=")
+            if key not in PAIRING_SETTINGS or not value.isdigit():
+                raise ConfigError(
+                    f"--pairings {text!r}: {assignment!r} is not SETTING=N with N >= 0 and SETTING one of "
+                    f"{', '.join(PAIRING_SETTINGS)}"
+                )
+            settings.append((key, int(value)))
+        return cls(sampler, pruner, tuple(settings))
+
+    def study(self, config: Config) -> StudyConfig:
+        """config.yaml's study settings with this pairing's own."""
+        return dataclasses.replace(config.study, sampler=self.sampler, pruner=self.pruner, **dict(self.settings))
 
 
 def simulate(config: Config, surrogate: Surrogate, pairing: Pairing, repeat: int, trials: int) -> list[dict]:
     """One study of `trials` trials over the surrogate: each trial's cost (budgets), state, observed and true end
     value. config.yaml's recipe runs first, as in a study."""
     rng = np.random.default_rng([repeat, 29])
+    settings = pairing.study(config)
     study = optuna.create_study(
         direction="maximize",
-        sampler=SAMPLERS[pairing.sampler](config.study, repeat),
-        pruner=PRUNERS[pairing.pruner](config.study),
+        sampler=SAMPLERS[pairing.sampler](settings, repeat),
+        pruner=PRUNERS[pairing.pruner](settings),
     )
     study.enqueue_trial(base_params(config))
     points = config.train.report_points
@@ -357,7 +385,7 @@ def replay_all(
     for pairing in pairings:
         for repeat in range(repeats):
             key = replay_key(pool, config, surrogate.name, pairing, repeat, trials)
-            path = work / f"{pairing.name}_{repeat}_{key}.json"
+            path = work / f"{pairing.name.replace(':', '-')}_{repeat}_{key}.json"
             if path.exists():
                 results[pairing.name][repeat] = json.loads(path.read_text())
             else:
@@ -582,8 +610,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 
 DEFAULT_PAIRINGS = (
-    "random+none,qmc+none,tpe+none,gp+none,tpe+median,tpe+successive_halving,tpe+hyperband,"
-    "random+median,random+successive_halving,random+hyperband"
+    "random+none,qmc+none,tpe+none,gp+none,tpe+median,tpe+successive_halving,tpe+hyperband,gp+median,"
+    "random+median,random+successive_halving,random+hyperband,"
+    "tpe+median:pruner_warmup_steps=1,tpe+median:pruner_startup_trials=5"
 )
 
 
@@ -682,7 +711,12 @@ def main() -> None:
     parser.add_argument("--pool", default="bench/results/search_pool.csv", help="bench/search_pool.py's table")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="the pool's base config (its space)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as the pool was run")
-    parser.add_argument("--pairings", default=DEFAULT_PAIRINGS, help="SAMPLER+PRUNER, comma-separated")
+    parser.add_argument(
+        "--pairings",
+        default=DEFAULT_PAIRINGS,
+        help="SAMPLER+PRUNER[:SETTING=N...], comma-separated; SETTING: a study.* setting of "
+        + ", ".join(PAIRING_SETTINGS),
+    )
     parser.add_argument("--surrogate", choices=list(SURROGATES), help="default: the best held-out ranking")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--trials", type=int, default=100)

@@ -560,18 +560,40 @@ def test_a_study_picks_its_best_observed_trial_and_pays_for_pruned_ones_by_their
     assert probability_lower(np.array([1.0, 2.0]), np.array([2.0, 3.0]))[0] == pytest.approx(0.875)  # 3.5 of 4
 
 
+def test_a_pairing_names_its_sampler_pruner_and_own_study_settings():
+    from bench.search_replay import ConfigError, Pairing
+    from hpo.config import DEFAULT_CONFIG_PATH, load_config
+
+    config = load_config(DEFAULT_CONFIG_PATH, [])
+    pairing = Pairing.parse("tpe+median:pruner_warmup_steps=1:pruner_startup_trials=5")
+    assert pairing.name == "tpe+median:pruner_warmup_steps=1:pruner_startup_trials=5"
+    study = pairing.study(config)
+    assert (study.sampler, study.pruner, study.pruner_warmup_steps, study.pruner_startup_trials) == (
+        "tpe",
+        "median",
+        1,
+        5,
+    )
+    assert study.sampler_startup_trials == config.study.sampler_startup_trials  # the rest are config.yaml's
+    assert Pairing.parse("random+none").study(config).pruner_warmup_steps == config.study.pruner_warmup_steps
+    for bad in ("tpe", "tpe+nope", "tpe+median:heartbeat_seconds=3", "tpe+median:pruner_warmup_steps=-1"):
+        with pytest.raises(ConfigError, match="--pairings"):
+            Pairing.parse(bad)
+
+
 @pytest.mark.slow
 def test_the_search_replay_fits_its_surrogate_replays_pairings_and_resumes(tmp_path, monkeypatch, capsys):
     from bench import search_replay
 
     pool = tmp_path / "pool.csv"
     write_synthetic_pool(pool)
-    arguments = ["--pool", str(pool), "--repeats", "2", "--trials", "8", "--pairings", "random+none,tpe+median"]
+    pairings = "random+none,tpe+median,tpe+median:pruner_warmup_steps=3"  # warm-up 3: no pruning at 3 points
+    arguments = ["--pool", str(pool), "--repeats", "2", "--trials", "8", "--pairings", pairings]
     arguments += ["--work", str(tmp_path / "work"), "--output", str(tmp_path / "out")]
     monkeypatch.setattr(sys, "argv", ["search_replay", *arguments])
     search_replay.main()
     printed = capsys.readouterr().out
-    assert "0 replays read back; 4 to run" in printed
+    assert "0 replays read back; 6 to run" in printed
     assert "Pool: 52 runs of 41 recipes, 11 of them on two seeds" in printed
     saved = json.loads((tmp_path / "out" / "search_replay.json").read_text())
     fit, summary = saved["fit"], saved["summary"]
@@ -581,6 +603,7 @@ def test_the_search_replay_fits_its_surrogate_replays_pairings_and_resumes(tmp_p
         rows = summary["pairings"][name]["checkpoints"]
         assert set(rows) == {"6"} and rows["6"]["regret"] >= 0
     assert summary["pairings"]["random+none"]["pruned_share"] == 0
+    assert summary["pairings"]["tpe+median:pruner_warmup_steps=3"]["pruned_share"] == 0
     assert (tmp_path / "out" / "search_replay.png").exists()
     assert saved["recipes"][0]["surrogate"] == max(recipe["surrogate"] for recipe in saved["recipes"])
     check = saved["confirmation"]  # the confirmation runs are checked against the surrogate, not fitted on
@@ -588,7 +611,7 @@ def test_the_search_replay_fits_its_surrogate_replays_pairings_and_resumes(tmp_p
     assert "re-run on fresh seeds (2, 3, 4)" in (tmp_path / "out" / "search_replay.md").read_text()
 
     search_replay.main()  # cached: nothing runs again
-    assert "4 replays read back; 0 to run" in capsys.readouterr().out
+    assert "6 replays read back; 0 to run" in capsys.readouterr().out
 
 
 def fake_transfer_figures(run, peak: float = 2e-3) -> dict:
