@@ -45,7 +45,7 @@ from scipy import stats
 
 from bench.cli import run_cli
 from hpo.config import DEFAULT_CONFIG_PATH, Config, ConfigError, StudyConfig, dimensions, load_config
-from hpo.sampling import PRUNERS, SAMPLERS
+from hpo.sampling import PRUNERS, SAMPLERS, make_pruner, make_sampler
 from hpo.space import base_params, suggest
 from hpo.statistics import mean_and_standard_error, rank_agreement, t_interval
 from hpo.study_values import CHANCE_ACCURACY
@@ -297,9 +297,7 @@ def simulate(config: Config, surrogate: Surrogate, pairing: Pairing, repeat: int
     rng = np.random.default_rng([repeat, 29])
     settings = pairing.study(config)
     study = optuna.create_study(
-        direction="maximize",
-        sampler=SAMPLERS[pairing.sampler](settings, repeat),
-        pruner=PRUNERS[pairing.pruner](settings),
+        direction="maximize", sampler=make_sampler(settings, repeat), pruner=make_pruner(settings)
     )
     study.enqueue_trial(base_params(config))
     points = config.train.report_points
